@@ -1,0 +1,90 @@
+"""Every record layout of lobstream, defined once.
+
+The canonical event (DESIGN.md contract 1) is what every source produces and every kernel
+consumes; the signal record is what the daemon publishes (contract 4). Both are aligned numpy
+structured dtypes so that the raw bytes of an array are the wire format and Numba can read the
+fields without copies.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# --- the canonical event ------------------------------------------------------------------
+EVENT_DTYPE = np.dtype(
+    [
+        ("ts_event", "<i8"),  # exchange time, ns since the Unix epoch (UTC)
+        ("ts_recv", "<i8"),  # time.monotonic_ns() of the feed handler / replayer; 0 = unknown
+        ("seq", "<u8"),  # per-instrument sequence, contiguous; 0 = not sequenced
+        ("price", "<i8"),  # integer ticks of the instrument's tick size
+        ("size", "<f8"),  # resting size at that price after the update; 0 removes the level
+        ("instrument", "<u4"),  # id from the instrument registry
+        ("side", "u1"),  # SIDE_BID / SIDE_ASK
+        ("action", "u1"),  # ACTION_*
+        ("flags", "u1"),  # FLAG_* bits
+    ],
+    align=True,
+)
+
+SIDE_BID = 0
+SIDE_ASK = 1
+
+ACTION_UPDATE = 0  # set the resting size at a price level
+ACTION_CLEAR = 1  # empty the instrument's book; a snapshot follows
+ACTION_TRADE = 2  # a trade print; not part of the book
+
+FLAG_LAST = 1  # the book is consistent after this event: a feature row may be written
+FLAG_SNAPSHOT = 2  # the event is part of a snapshot (heals a stale instrument on LAST)
+
+# --- condition codes reported by kernels --------------------------------------------------
+# Kernels never raise or log: they count conditions into an int64 array indexed by these
+# codes, and the Python layer decides whether a condition is an error, a warning or routine.
+CODE_CROSSED = 0  # best bid >= best ask after an event with LAST set
+CODE_OUT_OF_RANGE = 1  # price outside the book's tick window: re-centred or the level dropped
+CODE_SEQ_GAP = 2  # seq not previous + 1 (both non-zero)
+CODE_STALE_SKIPPED = 3  # event for a stale instrument ignored until a snapshot heals it
+CODE_BAD_INSTRUMENT = 4  # instrument id >= number of instruments in the state
+CODE_BAD_EVENT = 5  # unknown side or action, price <= 0, size < 0 or not finite
+CODE_EMPTY_BOOK = 6  # LAST on a book with an empty side: no feature row written
+CODE_RECENTRED = 7  # the tick window moved to follow the market
+CODE_DROPPED_LEVELS = 8  # resting levels lost off the edge of the window by a re-centre
+N_CODES = 9
+
+CODE_NAMES = (
+    "crossed",
+    "out_of_range",
+    "seq_gap",
+    "stale_skipped",
+    "bad_instrument",
+    "bad_event",
+    "empty_book",
+    "recentred",
+    "dropped_levels",
+)
+assert len(CODE_NAMES) == N_CODES
+
+# --- the signal record (contract 4, "signals out") ----------------------------------------
+SIGNAL_DTYPE = np.dtype(
+    [
+        ("instrument", "<u4"),
+        ("model_id", "<u4"),  # first 4 bytes of the artifact's SHA-256, as an integer
+        ("seq", "<u8"),  # seq of the newest event in the window
+        ("ts_event", "<i8"),  # ts_event of the newest event in the window
+        ("ts_recv", "<i8"),  # ts_recv of the newest event in the window (monotonic ns)
+        ("ts_publish", "<i8"),  # time.monotonic_ns() when the signal was sent
+        ("prob", "<f4", (3,)),  # down, flat, up
+        ("pred", "u1"),  # argmax of prob: 0 down, 1 flat, 2 up
+    ],
+    align=True,
+)
+
+CLASS_NAMES = ("down", "flat", "up")
+
+# --- feature rows (contract 2) ------------------------------------------------------------
+DEFAULT_LEVELS = 10
+DEFAULT_WINDOW = 100
+
+
+def n_features(levels: int) -> int:
+    """Width F of a feature row for ``levels`` levels per side (ask px, ask sz, bid px, bid sz)."""
+    return 4 * levels

@@ -1,0 +1,1 @@
+"""lobstream.models."""
