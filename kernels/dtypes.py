@@ -48,7 +48,8 @@ CODE_BAD_EVENT = 5  # unknown side or action, price <= 0, size < 0 or not finite
 CODE_EMPTY_BOOK = 6  # LAST on a book with an empty side: no feature row written
 CODE_RECENTRED = 7  # the tick window moved to follow the market
 CODE_DROPPED_LEVELS = 8  # resting levels lost off the edge of the window by a re-centre
-N_CODES = 9
+CODE_TIME_BACKWARDS = 9  # ts_event earlier than the instrument's previous event: dropped
+N_CODES = 10
 
 CODE_NAMES = (
     "crossed",
@@ -60,6 +61,7 @@ CODE_NAMES = (
     "empty_book",
     "recentred",
     "dropped_levels",
+    "time_backwards",
 )
 assert len(CODE_NAMES) == N_CODES
 
@@ -79,6 +81,26 @@ SIGNAL_DTYPE = np.dtype(
 )
 
 CLASS_NAMES = ("down", "flat", "up")
+
+# --- row metadata: what is known about each written feature row ---------------------------
+ROW_META_DTYPE = np.dtype(
+    [
+        ("ts_event", "<i8"),  # of the event (with LAST) that completed the row
+        ("ts_recv", "<i8"),
+        ("seq", "<u8"),
+        ("event_index", "<i8"),  # index of that event in the batch it came in
+        ("best_bid", "<i8"),  # ticks; the touch, for labels and trading simulation
+        ("best_ask", "<i8"),
+        ("mid", "<f8"),  # (best_bid + best_ask) / 2 in ticks
+        ("instrument", "<u4"),
+    ],
+    align=True,
+)
+
+FEATURE_ZSCORE = 0  # params: price_mean, price_std (ticks), size_mean, size_std
+FEATURE_TICKS_FROM_MID = 1  # params: price_scale (ticks per unit); sizes as log1p(size)
+FEATURE_RAW = 2  # prices in ticks, sizes as they are (for statistics and baselines)
+FEATURE_KIND_NAMES = ("zscore", "ticks_from_mid", "raw")
 
 # --- feature rows (contract 2) ------------------------------------------------------------
 DEFAULT_LEVELS = 10
