@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
+
 from lobstream.kernels.registry import Registry
 from lobstream.replay.errors import Defects
 
