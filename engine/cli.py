@@ -18,7 +18,7 @@ SUBCOMMANDS: dict[str, str] = {
     "serve": "lobstream.engine.serve:serve",
     "replay": "lobstream.replay.cli:replay",
     "convert": "lobstream.replay.cli:convert",
-    "train": "lobstream.models.cli:train",
+    "train": "lobstream.replay.train_cli:train",
     "backtest": "lobstream.replay.backtest_cli:backtest",
     "bench": "lobstream.engine.bench_cli:bench",
 }
