@@ -1,0 +1,162 @@
+"""The daemon's Prometheus metrics and its rate-limited log.
+
+Metrics live in their own ``CollectorRegistry`` (so tests and several daemons in one process do
+not collide) and every label value is created at start-up, so a scrape shows zeros rather than
+missing series. Latencies are Histograms in seconds with microsecond-scale buckets.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter as PyCounter
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from lobstream.kernels.dtypes import CODE_NAMES
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("receive", "book", "gather", "model", "publish", "end_to_end")
+# Frame-level rejections (the message is dropped before the book sees it).
+FRAME_REASONS = ("empty", "misaligned", "bad_topic", "unknown_instrument", "wrong_instrument")
+# 1 us .. 1 s: the stages of the hot path sit between a few and a few thousand microseconds.
+LATENCY_BUCKETS = tuple(m * 10.0**e for e in range(-6, 0) for m in (1.0, 2.0, 5.0)) + (
+    1.0,
+    2.0,
+    5.0,
+)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class Metrics:
+    """Counters, histograms and gauges of one daemon, plus plain totals for the heartbeat.
+
+    Parameters
+    ----------
+    namespace : str
+        Prefix of every metric name.
+    """
+
+    def __init__(self, namespace: str = "lobstream") -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r, ns = self.registry, namespace
+        self.events = Counter("events", "Events received in valid frames", namespace=ns, registry=r)
+        self.messages = Counter(
+            "messages", "Market-data messages received", namespace=ns, registry=r
+        )
+        self.rejected = Counter(
+            "rejected", "Messages dropped, by reason", ["reason"], namespace=ns, registry=r
+        )
+        self.conditions = Counter(
+            "book_conditions",
+            "Conditions reported by the book kernel, by code",
+            ["condition"],
+            namespace=ns,
+            registry=r,
+        )
+        self.signals = Counter("signals", "Signals published", namespace=ns, registry=r)
+        self.conflated = Counter(
+            "conflated",
+            "Window updates not inferred on their own because a newer window came first",
+            namespace=ns,
+            registry=r,
+        )
+        self.batches = Counter("model_calls", "Model calls (batches)", namespace=ns, registry=r)
+        self.reloads = Counter(
+            "model_reloads", "Artifact reloads, by outcome", ["outcome"], namespace=ns, registry=r
+        )
+        self.stage = Histogram(
+            "stage_seconds",
+            "Latency of each stage of the hot path",
+            ["stage"],
+            namespace=ns,
+            registry=r,
+            buckets=LATENCY_BUCKETS,
+        )
+        self.batch_size = Histogram(
+            "batch_size", "Windows per model call", namespace=ns, registry=r, buckets=BATCH_BUCKETS
+        )
+        self.stale = Gauge(
+            "stale_instruments", "Instruments marked stale", namespace=ns, registry=r
+        )
+        self.backlog = Gauge(
+            "drain_backlog",
+            "Messages left for the next round by max_drain",
+            namespace=ns,
+            registry=r,
+        )
+        # label values at start: a scrape shows every series from the first second
+        self._rejected = {k: self.rejected.labels(k) for k in FRAME_REASONS}
+        self._conditions = [self.conditions.labels(k) for k in CODE_NAMES]
+        self._stage = {k: self.stage.labels(k) for k in STAGES}
+        for k in ("ok", "refused"):
+            self.reloads.labels(k)
+        # plain totals for the status heartbeat (prometheus values are not meant to be read back)
+        self.totals: PyCounter = PyCounter()
+
+    def reject(self, reason: str, n: int = 1) -> None:
+        self._rejected[reason].inc(n)
+        self.totals["rejected." + reason] += n
+
+    def add_conditions(self, counts) -> None:
+        """Add a kernel report's first row (counts per code, ndarray (N_CODES,) int64)."""
+        for code, n in enumerate(counts):
+            if n:
+                self._conditions[code].inc(int(n))
+                self.totals["book." + CODE_NAMES[code]] += int(n)
+
+    def observe(self, stage: str, seconds: float) -> None:
+        self._stage[stage].observe(seconds)
+
+    def observe_many(self, stage: str, seconds) -> None:
+        h = self._stage[stage]
+        for s in seconds:
+            h.observe(float(s))
+
+    def count(self, name: str, n: int = 1) -> None:
+        """Add to a plain counter (events, messages, signals, conflated, model_calls)."""
+        getattr(self, name).inc(n)
+        self.totals[name] += n
+
+    def serve_http(self, address: str) -> None:
+        """Expose the registry at ``http://address/metrics`` (a daemon thread of prometheus)."""
+        host, _, port = address.rpartition(":")
+        start_http_server(int(port), addr=host.strip("[]"), registry=self.registry)
+        logger.info("metrics on http://%s/metrics", address)
+
+
+class RateLimitedLog:
+    """Log lines per kind at most ``max_per_s`` a second; the rest are counted and summarised.
+
+    The summary of suppressed lines is logged once a second at most, by :meth:`flush`.
+    """
+
+    def __init__(self, log: logging.Logger, max_per_s: float) -> None:
+        self.log = log
+        self.max_per_s = max_per_s
+        self._window = 0.0
+        self._sent: PyCounter = PyCounter()
+        self._suppressed: PyCounter = PyCounter()
+
+    def warning(self, kind: str, msg: str, *args) -> None:
+        now = time.monotonic()
+        if now - self._window >= 1.0:
+            self.flush(now)
+        if self._sent[kind] < self.max_per_s:
+            self._sent[kind] += 1
+            self.log.warning(msg, *args)
+        else:
+            self._suppressed[kind] += 1
+
+    def flush(self, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        if self._suppressed:
+            self.log.warning(
+                "suppressed %s similar log lines in the last second: %s",
+                sum(self._suppressed.values()),
+                dict(self._suppressed),
+            )
+        self._suppressed.clear()
+        self._sent.clear()
+        self._window = now
