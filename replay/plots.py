@@ -1,0 +1,177 @@
+"""PNG figures of a backtest and of the latency benchmark (matplotlib, Agg: no display needed)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from lobstream.kernels.dtypes import CLASS_NAMES  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+_NS_PER_HOUR = 3_600_000_000_000
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    logger.info("wrote %s", path)
+    return path
+
+
+def _hours_of_day(ts_ns: np.ndarray) -> np.ndarray:
+    """UTC hour of day (float) of ns timestamps."""
+    return (np.asarray(ts_ns, dtype=np.int64) % (24 * _NS_PER_HOUR)) / _NS_PER_HOUR
+
+
+def plot_equity(path: Path, exit_ts: np.ndarray, cum_pnl: np.ndarray, title: str = "") -> Path:
+    """Cumulative net P&L against exit time (UTC hour of day).
+
+    Parameters
+    ----------
+    exit_ts : (n,) int64 ns, in exit order.
+    cum_pnl : (n,) float64 cumulative net P&L in quote currency.
+    """
+    fig, ax = plt.subplots(figsize=(8, 4))
+    if len(cum_pnl):
+        ax.step(_hours_of_day(exit_ts), cum_pnl, where="post", lw=1.2)
+    ax.axhline(0, color="grey", lw=0.6)
+    ax.set_xlabel("exit time (UTC hour)")
+    ax.set_ylabel("cumulative net P&L")
+    ax.set_title(title or f"equity curve ({len(cum_pnl)} trades)")
+    return _save(fig, Path(path))
+
+
+def plot_confusion(path: Path, confusion: Sequence[Sequence[int]]) -> Path:
+    """Confusion matrix (rows true class, columns predicted), counts and row shares."""
+    cm = np.asarray(confusion, dtype=np.int64)
+    share = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(4.6, 4))
+    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    names = CLASS_NAMES[: cm.shape[0]]
+    ax.set_xticks(range(len(names)), names)
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(
+                j,
+                i,
+                f"{cm[i, j]}\n{share[i, j]:.0%}",
+                ha="center",
+                va="center",
+                color="white" if share[i, j] > 0.5 else "black",
+                fontsize=8,
+            )
+    ax.set_title("confusion matrix")
+    return _save(fig, Path(path))
+
+
+def calibration_table(probs: np.ndarray, labels: np.ndarray, n_bins: int = 10) -> list[dict]:
+    """Reliability per class: mean predicted probability vs observed frequency, by bin.
+
+    Parameters
+    ----------
+    probs : (n, 3) float, rows with a label.
+    labels : (n,) int in 0..2.
+
+    Returns
+    -------
+    One dict per class: ``name``, ``mean_prob`` (n_bins,), ``freq`` (n_bins,), ``count``
+    (n_bins,); empty bins hold NaN.
+    """
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    out = []
+    for c, name in enumerate(CLASS_NAMES):
+        p = probs[:, c]
+        b = np.clip(np.digitize(p, edges) - 1, 0, n_bins - 1)
+        count = np.bincount(b, minlength=n_bins)
+        sum_p = np.bincount(b, weights=p, minlength=n_bins)
+        hits = np.bincount(b, weights=(labels == c).astype(np.float64), minlength=n_bins)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out.append(
+                {"name": name, "mean_prob": sum_p / count, "freq": hits / count, "count": count}
+            )
+    return out
+
+
+def plot_calibration(path: Path, probs: np.ndarray, labels: np.ndarray, n_bins: int = 10) -> Path:
+    """Reliability diagram of each class probability against the realised labels."""
+    fig, ax = plt.subplots(figsize=(5, 4.4))
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--", label="perfect")
+    for row in calibration_table(probs, labels, n_bins):
+        ok = row["count"] > 0
+        ax.plot(row["mean_prob"][ok], row["freq"][ok], marker="o", ms=3, label=row["name"])
+    ax.set_xlabel("predicted probability")
+    ax.set_ylabel("observed frequency")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title("probability calibration")
+    return _save(fig, Path(path))
+
+
+def plot_signal_counts(
+    path: Path, ts: np.ndarray, signal: np.ndarray, bin_minutes: int = 15
+) -> Path:
+    """Long and short signals per time bin over the day (UTC).
+
+    Parameters
+    ----------
+    ts : (n,) int64 ns, ts_event of every row with a window.
+    signal : (n,) int8 +1/-1/0.
+    """
+    hours = _hours_of_day(ts)
+    width = bin_minutes / 60.0
+    lo = np.floor(hours.min() / width) * width if len(hours) else 0.0
+    hi = (np.floor(hours.max() / width) + 1) * width if len(hours) else 1.0
+    edges = np.arange(lo, hi + width / 2, width)
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    for s, name, color in ((1, "long", "tab:green"), (-1, "short", "tab:red")):
+        counts, _ = np.histogram(hours[signal == s], bins=edges)
+        ax.bar(
+            edges[:-1] + (0 if s > 0 else width / 2),
+            counts,
+            width=width / 2,
+            align="edge",
+            label=name,
+            color=color,
+        )
+    ax.set_xlabel(f"UTC hour ({bin_minutes}-minute bins)")
+    ax.set_ylabel("signals")
+    ax.legend(fontsize=8)
+    ax.set_title("signals over the day")
+    return _save(fig, Path(path))
+
+
+def plot_latency(path: Path, rates: Sequence[dict]) -> Path:
+    """End-to-end latency percentiles per target rate (log scale), from the latency bench."""
+    keys = ("p50_us", "p90_us", "p99_us", "p999_us", "max_us")
+    labels = [_rate_label(r["target_events_per_s"]) for r in rates]
+    x = np.arange(len(rates))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for k in keys:
+        ax.plot(x, [max(r.get(k) or 0.0, 1e-3) for r in rates], marker="o", label=k[:-3])
+    ax.set_xticks(x, labels)
+    ax.set_yscale("log")
+    ax.set_xlabel("target events/s")
+    ax.set_ylabel("end-to-end latency (us)")
+    ax.legend(fontsize=8)
+    ax.set_title("signal latency: newest event ts_recv -> signal receipt")
+    return _save(fig, Path(path))
+
+
+def _rate_label(rate: float) -> str:
+    if not rate:
+        return "max"
+    return f"{rate / 1000:g}k" if rate >= 1000 else f"{rate:g}"
