@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-logger = logging.getLogger(__name__)
+from lobstream.kernels.dtypes import CLASS_NAMES
 
-CLASS_NAMES = ("down", "flat", "up")
+logger = logging.getLogger(__name__)
 
 
 def _confusion(y_true: np.ndarray, y_pred: np.ndarray, n: int) -> np.ndarray:
