@@ -91,8 +91,12 @@ def decode_json(payload: bytes | memoryview) -> np.ndarray:
 
 
 def decode(payload: bytes | memoryview) -> np.ndarray:
-    """Records from either encoding (JSON payloads start with ``{``)."""
+    """Records from either encoding.
+
+    JSON payloads start with ``{`` and end with ``}``; a binary payload ends in a record's
+    zero padding byte, so the two cannot be confused.
+    """
     view = memoryview(payload)
-    if len(view) and view[0] == ord("{"):
+    if len(view) and view[0] == ord("{") and view[-1] == ord("}"):
         return decode_json(view)
     return decode_binary(view)
