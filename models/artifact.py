@@ -9,11 +9,14 @@ device.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import tempfile
+import warnings
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -119,7 +122,7 @@ def export_model(model: nn.Module, path: str | os.PathLike, manifest: dict[str, 
     model.eval()
     full = build_manifest(model, manifest)
     cpu_model = model if _on_cpu(model) else _cpu_copy(model)
-    scripted = torch.jit.script(cpu_model)
+    scripted = script_module(cpu_model)
     cfg = cpu_model.config
     probe = torch.randn(2, 1, cfg.T, cfg.F, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -136,7 +139,8 @@ def export_model(model: nn.Module, path: str | os.PathLike, manifest: dict[str, 
     os.close(fd)
     try:
         extra = {MANIFEST_NAME: json.dumps(full, indent=2, sort_keys=True)}
-        torch.jit.save(scripted, tmp, _extra_files=extra)
+        with quiet_jit():
+            torch.jit.save(scripted, tmp, _extra_files=extra)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -144,6 +148,21 @@ def export_model(model: nn.Module, path: str | os.PathLike, manifest: dict[str, 
     digest = sha256_file(path)
     logger.info("exported %s to %s (sha256 %s)", full["arch"], path, digest)
     return digest
+
+
+@contextlib.contextmanager
+def quiet_jit() -> Iterator[None]:
+    """Silence TorchScript's deprecation warnings: the project keeps TorchScript behind this
+    file on purpose (see the module docstring), so the warning would only be noise."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.jit")
+        yield
+
+
+def script_module(model: nn.Module) -> torch.jit.ScriptModule:
+    """``torch.jit.script`` of ``model`` (not modified), without the deprecation warning."""
+    with quiet_jit():
+        return torch.jit.script(model)
 
 
 def _on_cpu(model: nn.Module) -> bool:
@@ -261,7 +280,8 @@ def load_model(
     dev = resolve_device(device)
     extra = {MANIFEST_NAME: ""}
     try:
-        module = torch.jit.load(str(path), map_location=dev, _extra_files=extra)
+        with quiet_jit():
+            module = torch.jit.load(str(path), map_location=dev, _extra_files=extra)
     except RuntimeError as e:
         raise ArtifactError(
             f"{path}: not a TorchScript archive ({str(e).splitlines()[0]}); "
