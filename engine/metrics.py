@@ -96,7 +96,10 @@ class Metrics:
         self.totals: PyCounter = PyCounter()
 
     def reject(self, reason: str, n: int = 1) -> None:
-        self._rejected[reason].inc(n)
+        child = self._rejected.get(reason)
+        if child is None:  # a reason the wire decoder added after start-up
+            child = self._rejected[reason] = self.rejected.labels(reason)
+        child.inc(n)
         self.totals["rejected." + reason] += n
 
     def add_conditions(self, counts) -> None:

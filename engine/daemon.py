@@ -1,0 +1,378 @@
+"""The signal daemon: ingest -> book and rows -> continuous batching -> model -> publish.
+
+One loop thread owns the ingest and publish sockets (sockets never cross threads) and runs
+rounds: wait for market data (bounded), drain what has arrived (at most ``max_drain``
+messages), apply it with one kernel call, then infer every instrument whose window changed
+since its last inference (up to ``max_batch``, newest window only) and publish. What arrives
+during an inference waits in ZeroMQ's bounded queue for the next round, so at low load a
+signal costs one model call and at high load the batch grows instead of the queue.
+
+Signal handlers only request: :meth:`Daemon.request_stop` and :meth:`Daemon.request_reload`.
+Shutdown runs in a fixed, logged order: stop intake, finish the batch in flight (published),
+final heartbeat, close sockets (publisher with linger), terminate the context.
+
+A reload (SIGHUP, or the artifact file changing) loads and warms the new model on a helper
+thread while the loop keeps running on the old one; the loop swaps at the start of a round,
+so no event is lost. The new artifact is checked as at start and must keep the feature spec
+and window of the running one (the rings hold rows normalised with it).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import zmq
+
+from lobstream.engine.config import ServeConfig
+from lobstream.engine.ingest import Ingest
+from lobstream.engine.metrics import Metrics, RateLimitedLog
+from lobstream.engine.publisher import Publisher
+from lobstream.engine.scheduler import Scheduler
+from lobstream.kernels.book import new_book, new_report
+from lobstream.kernels.dtypes import CODE_CROSSED, CODE_SEQ_GAP, SIGNAL_DTYPE
+from lobstream.kernels.ring import apply_events_rows, gather_windows, new_ring
+from lobstream.kernels.ring import warmup as warmup_kernels
+
+logger = logging.getLogger(__name__)
+
+_IDLE_WAIT_MS = 50  # longest blocking wait: bounds how late a stop or heartbeat can be
+
+
+@dataclass
+class LoadedModel:
+    """A checked artifact with its warm runner."""
+
+    path: str
+    sha256: str
+    manifest: dict
+    runner: object  # lobstream.models.runner.ModelRunner: .input (Bmax,1,T,F), .infer(n)
+    model_id: int
+    mtime_ns: int
+    size: int
+
+
+def expectations(cfg: ServeConfig) -> dict:
+    """Manifest values the config requires of the artifact (contract 3)."""
+    m = cfg.model
+    return {"T": m.window, "L": m.levels, "feature": {"kind": m.feature_kind}}
+
+
+def load_checked_model(cfg: ServeConfig) -> LoadedModel:
+    """Load the configured artifact, check it against the config, build and warm its runner.
+
+    Raises ``lobstream.models.artifact.ArtifactError`` (naming both values) on a mismatch or a
+    SHA-256 that differs from the pinned one. Called before any socket opens.
+    """
+    from lobstream.models.artifact import load_model, sha256_file
+    from lobstream.models.runner import ModelRunner
+
+    m = cfg.model
+    st = os.stat(m.path) if os.path.exists(m.path) else None
+    module, manifest = load_model(
+        m.path, expect=expectations(cfg), sha256=m.sha256 or None, device=m.device
+    )
+    runner = ModelRunner(
+        module, manifest, device=m.device, max_batch=m.max_batch, threads=m.threads
+    )
+    digest = sha256_file(m.path)
+    return LoadedModel(
+        path=m.path,
+        sha256=digest,
+        manifest=manifest,
+        runner=runner,
+        model_id=int(digest[:8], 16),
+        mtime_ns=st.st_mtime_ns if st else 0,
+        size=st.st_size if st else 0,
+    )
+
+
+class Daemon:
+    """The daemon's state and loop.
+
+    Parameters
+    ----------
+    cfg : ServeConfig
+    symbols : sequence of str
+        Symbol of each instrument id (from the registry).
+    model : LoadedModel
+        Already checked (see :func:`load_checked_model`).
+    context : zmq.Context, optional
+        Terminated at shutdown only if the daemon created it.
+    """
+
+    def __init__(self, cfg: ServeConfig, symbols, model: LoadedModel, context=None) -> None:
+        from lobstream.replay.backtest import spec_from_manifest
+
+        self.cfg = cfg
+        self.symbols = list(symbols)
+        n = len(self.symbols)
+        self.model = model
+        self.spec = spec_from_manifest(model.manifest)
+        self.T = int(model.manifest["T"])
+        self.book = new_book(n)
+        self.ring = new_ring(n, self.T, self.spec.levels)
+        self.report = new_report()
+        self.max_batch = min(cfg.model.max_batch, model.runner.input.shape[0])
+        self.scheduler = Scheduler(n, self.T, self.max_batch)
+        self.records = np.zeros(self.max_batch, SIGNAL_DTYPE)  # zeroed: padding goes out as 0
+        self.signals_by_inst = np.zeros(n, np.int64)
+        self.metrics = Metrics()
+        self.rlog = RateLimitedLog(logger, cfg.logging.max_per_s)
+        self._own_ctx = context is None
+        self.ctx = context
+        self.ingest: Ingest | None = None
+        self.publisher: Publisher | None = None
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._pending: LoadedModel | None = None
+        self._loader: threading.Thread | None = None
+        self._http = None
+        self.started = threading.Event()  # set once sockets are open (tests wait on it)
+        self.t_start = time.monotonic()
+
+    # -- requests (safe from signal handlers and other threads) ---------------------------
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        self._reload.set()
+
+    # -- life cycle ------------------------------------------------------------------------
+    def open(self) -> None:
+        """Warm the kernels, open the sockets and the metrics endpoint."""
+        warmup_kernels()
+        self._warm_path()
+        if self.ctx is None:
+            self.ctx = zmq.Context()
+        if self.cfg.metrics.address:
+            self.metrics.serve_http(self.cfg.metrics.address)
+        self.publisher = Publisher(self.ctx, self.cfg.publish, self.symbols)
+        self.ingest = Ingest(self.ctx, self.cfg.ingest, self.symbols, self.metrics, self.rlog)
+        self.started.set()
+
+    def _warm_path(self) -> None:
+        # one gather + model call + record fill on zero windows: the first real signal then
+        # pays neither a compile nor an allocation
+        ring = new_ring(1, self.T, self.spec.levels)
+        gather_windows(ring, np.zeros(1, np.int64), self.model.runner.input)
+        self.model.runner.infer(1)
+
+    def run(self) -> int:
+        """Open, loop until a stop is requested, shut down. Returns the exit status (0)."""
+        if self.ingest is None:
+            self.open()
+        logger.info(
+            "serving %s instruments with %s (sha256 %s), max batch %s",
+            len(self.symbols),
+            self.model.manifest.get("arch"),
+            self.model.sha256[:12],
+            self.max_batch,
+        )
+        next_status = time.monotonic() + self.cfg.publish.status_interval_s
+        next_poll = time.monotonic() + (self.cfg.model.reload_poll_s or 1e18)
+        ingest = self.ingest
+        try:
+            while not self._stop.is_set():
+                if self._pending is not None:
+                    self._swap_model()
+                busy = ingest.backlog or len(self.scheduler.due(self.ring.count, self.book.stale))
+                if not busy:
+                    ingest.wait(_IDLE_WAIT_MS)
+                self.round()
+                now = time.monotonic()
+                if now >= next_status:
+                    self.send_status()
+                    self.rlog.flush(now)
+                    next_status = now + self.cfg.publish.status_interval_s
+                if now >= next_poll:
+                    self._check_file()
+                    next_poll = now + self.cfg.model.reload_poll_s
+                if self._reload.is_set():
+                    self._reload.clear()
+                    self._start_reload("request")
+        finally:
+            self.shutdown()
+        return 0
+
+    def round(self) -> int:
+        """One round: drain and apply, then infer and publish one batch. Returns signals sent."""
+        events, _ = self.ingest.drain()
+        if events is not None:
+            self.apply(events)
+        return self.infer_and_publish()
+
+    def apply(self, events: np.ndarray) -> None:
+        """Apply an event batch to the books and rings, and count the kernel's conditions."""
+        rep = self.report
+        stale_before = self.book.stale.copy()
+        t0 = time.perf_counter_ns()
+        apply_events_rows(self.book, self.ring, self.spec, events, rep)
+        self.metrics.observe("book", (time.perf_counter_ns() - t0) * 1e-9)
+        if rep[0].any():
+            self.metrics.add_conditions(rep[0])
+            if rep[0, CODE_SEQ_GAP] or rep[0, CODE_CROSSED] or stale_before.any():
+                self._log_stale_changes(stale_before, rep)
+            rep[0] = 0
+            rep[1] = -1
+        self.scheduler.forget_stale(self.ring.count, self.book.stale)
+        self.metrics.stale.set(int(np.count_nonzero(self.book.stale)))
+
+    def _log_stale_changes(self, before: np.ndarray, rep: np.ndarray) -> None:
+        now = self.book.stale
+        for i in np.flatnonzero(now & ~before):
+            why = "sequence gap" if rep[0, CODE_SEQ_GAP] else "crossed book"
+            self.rlog.warning(
+                "stale", "%s is stale (%s): no signals until a snapshot heals it",
+                self.symbols[i], why,
+            )  # fmt: skip
+        for i in np.flatnonzero(before & ~now):
+            self.rlog.warning("healed", "%s healed by a snapshot", self.symbols[i])
+
+    def infer_and_publish(self) -> int:
+        """Infer the due instruments (at most ``max_batch``) and publish their signals."""
+        ids, conflated = self.scheduler.select(self.ring.count, self.book.stale)
+        b = len(ids)
+        if b == 0:
+            return 0
+        m = self.metrics
+        runner = self.model.runner
+        t0 = time.perf_counter_ns()
+        gather_windows(self.ring, ids, runner.input)
+        t1 = time.perf_counter_ns()
+        probs = runner.infer(b)
+        t2 = time.perf_counter_ns()
+        rec = self.records[:b]
+        meta = self.ring.meta[ids]
+        rec["instrument"] = ids
+        rec["model_id"] = self.model.model_id
+        rec["seq"] = meta["seq"]
+        rec["ts_event"] = meta["ts_event"]
+        rec["ts_recv"] = meta["ts_recv"]
+        rec["prob"] = probs[:b]
+        rec["pred"] = np.argmax(probs[:b], axis=1)
+        rec["ts_publish"] = time.monotonic_ns()
+        self.publisher.send_signals(rec)
+        t3 = time.perf_counter_ns()
+        self.signals_by_inst[ids] += 1
+        m.observe("gather", (t1 - t0) * 1e-9)
+        m.observe("model", (t2 - t1) * 1e-9)
+        m.observe("publish", (t3 - t2) * 1e-9)
+        m.batch_size.observe(b)
+        m.count("signals", b)
+        m.count("model_calls")
+        if conflated:
+            m.count("conflated", conflated)
+        known = rec["ts_recv"] > 0
+        if known.any():
+            m.observe_many("end_to_end", (rec["ts_publish"][known] - rec["ts_recv"][known]) * 1e-9)
+        return b
+
+    # -- status heartbeat --------------------------------------------------------------------
+    def status(self) -> dict:
+        """The heartbeat: per-instrument state and the daemon's counts (JSON-ready)."""
+        count, stale = self.ring.count, self.book.stale
+        inst = {}
+        for i, s in enumerate(self.symbols):
+            state = "stale" if stale[i] else ("warming" if count[i] < self.T else "healthy")
+            inst[s] = {
+                "state": state,
+                "rows": int(count[i]),
+                "signals": int(self.signals_by_inst[i]),
+            }
+        return {
+            "ts": time.monotonic_ns(),
+            "uptime_s": round(time.monotonic() - self.t_start, 3),
+            "model": {
+                "arch": self.model.manifest.get("arch"),
+                "sha256": self.model.sha256,
+                "model_id": self.model.model_id,
+            },
+            "stale": int(np.count_nonzero(stale)),
+            "counts": {k: int(v) for k, v in sorted(self.metrics.totals.items())},
+            "instruments": inst,
+        }
+
+    def send_status(self) -> None:
+        self.publisher.send_status(self.status())
+
+    # -- hot reload ------------------------------------------------------------------------
+    def _check_file(self) -> None:
+        try:
+            st = os.stat(self.cfg.model.path)
+        except OSError:
+            return  # a file being replaced; the next poll sees the new one
+        if (st.st_mtime_ns, st.st_size) != (self.model.mtime_ns, self.model.size):
+            if self._loader is None:
+                self._start_reload("file change")
+
+    def _start_reload(self, why: str) -> None:
+        if self._loader is not None and self._loader.is_alive():
+            logger.info("reload (%s) ignored: one is in progress", why)
+            return
+        logger.info("reloading %s (%s)", self.cfg.model.path, why)
+        self._loader = threading.Thread(target=self._load_new, name="lobstream-reload", daemon=True)
+        self._loader.start()
+
+    def _load_new(self) -> None:
+        from lobstream.replay.backtest import spec_from_manifest
+
+        try:
+            new = load_checked_model(self.cfg)
+            spec = spec_from_manifest(new.manifest)
+            if int(new.manifest["T"]) != self.T or spec.to_dict() != self.spec.to_dict():
+                raise ValueError(
+                    f"feature spec or window changed ({spec.to_dict()}, T={new.manifest['T']} "
+                    f"vs {self.spec.to_dict()}, T={self.T}); the rings hold rows of the old "
+                    "spec: restart the daemon to change them"
+                )
+            new.runner.infer(1)  # warm on the helper thread, not the loop
+        except Exception as exc:  # a bad file must never stop a running daemon
+            logger.error("reload refused, keeping %s: %s", self.model.sha256[:12], exc)
+            self.metrics.reloads.labels("refused").inc()
+            self._remember_file()
+            return
+        self._pending = new
+
+    def _remember_file(self) -> None:
+        try:
+            st = os.stat(self.cfg.model.path)
+            self.model.mtime_ns, self.model.size = st.st_mtime_ns, st.st_size
+        except OSError:
+            pass
+
+    def _swap_model(self) -> None:
+        new, self._pending = self._pending, None
+        if new.runner.input.shape[0] < self.max_batch:
+            self.max_batch = new.runner.input.shape[0]
+            self.scheduler.max_batch = self.max_batch
+        old = self.model
+        self.model = new
+        self._loader = None
+        self.metrics.reloads.labels("ok").inc()
+        logger.info("model reloaded: %s -> %s", old.sha256[:12], new.sha256[:12])
+
+    # -- shutdown -----------------------------------------------------------------------------
+    def shutdown(self) -> None:
+        """Stop intake, publish the batch in flight, close sockets, terminate the context."""
+        logger.info("shutdown: stop intake")
+        if self.ingest is not None:
+            self.ingest.close()
+            self.ingest = None
+        if self.publisher is not None:
+            sent = self.infer_and_publish()  # windows already applied but not yet inferred
+            logger.info("shutdown: published %s signals in flight; final heartbeat", sent)
+            self.send_status()
+            self.publisher.close()
+            self.publisher = None
+        if self._loader is not None:
+            self._loader.join(timeout=0.5)
+        logger.info("shutdown: closing the context")
+        if self.ctx is not None and self._own_ctx:
+            self.ctx.term()
+            self.ctx = None
+        logger.info("shutdown complete")

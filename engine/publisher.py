@@ -1,0 +1,83 @@
+"""The signal publisher: a PUB socket owned by the daemon's loop thread.
+
+Sends ``[b"sig.<symbol>", payload]`` per signal (binary ``SIGNAL_DTYPE`` record or JSON, see
+:mod:`lobstream.engine.signals`) and the JSON status heartbeat. Sends never block: when a
+subscriber is slow ZeroMQ drops at its high-water mark, so the hot path never waits for it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import zmq
+
+from lobstream.engine.config import PublishConfig
+from lobstream.engine.security import setup_curve
+from lobstream.engine.signals import encode_json, signal_topic
+
+logger = logging.getLogger(__name__)
+
+
+class Publisher:
+    """PUB socket for signals and status.
+
+    Parameters
+    ----------
+    ctx : zmq.Context
+    cfg : PublishConfig
+    symbols : sequence of str
+        Symbol of each instrument id (topics are built once here).
+    """
+
+    def __init__(self, ctx: zmq.Context, cfg: PublishConfig, symbols) -> None:
+        self.cfg = cfg
+        self.json = cfg.encoding == "json"
+        self.symbols = list(symbols)
+        self.topics = [signal_topic(s) for s in self.symbols]
+        self.status_topic = cfg.status_topic.encode()
+        self.sock = ctx.socket(zmq.PUB)
+        self.sock.setsockopt(zmq.SNDHWM, cfg.sndhwm)
+        self.sock.setsockopt(zmq.LINGER, cfg.linger_ms)
+        self.auth = setup_curve(ctx, self.sock, cfg.curve, server=cfg.mode == "bind")
+        if cfg.mode == "bind":
+            self.sock.bind(cfg.endpoint)
+        else:
+            self.sock.connect(cfg.endpoint)
+        logger.info("publishing signals on %s (%s, %s)", cfg.endpoint, cfg.mode, cfg.encoding)
+
+    def send_signals(self, records: np.ndarray) -> None:
+        """Publish one message per record.
+
+        Parameters
+        ----------
+        records : ndarray (B,) SIGNAL_DTYPE
+            Not modified. Must have been allocated zeroed (padding bytes are sent as they are).
+        """
+        send = self.sock.send_multipart
+        if self.json:
+            for k in range(len(records)):
+                i = int(records[k]["instrument"])
+                send([self.topics[i], encode_json(records[k], self.symbols[i])], zmq.NOBLOCK)
+            return
+        raw = memoryview(records.view(np.uint8)).cast("B")
+        size = records.dtype.itemsize
+        ids = records["instrument"]
+        for k in range(len(records)):
+            # PUB never blocks on a full peer queue (it drops), NOBLOCK guards a connecting PUB
+            send([self.topics[ids[k]], raw[k * size : (k + 1) * size]], zmq.NOBLOCK)
+
+    def send_status(self, status: dict) -> None:
+        try:
+            self.sock.send_multipart(
+                [self.status_topic, json.dumps(status, separators=(",", ":")).encode()],
+                zmq.NOBLOCK,
+            )
+        except zmq.Again:
+            logger.debug("status heartbeat dropped: publisher queue full")
+
+    def close(self) -> None:
+        self.sock.close(linger=self.cfg.linger_ms)
+        if self.auth is not None:
+            self.auth.stop()
