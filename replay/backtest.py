@@ -1,0 +1,382 @@
+"""In-process backtest: files -> events -> feature rows -> windows -> model -> probabilities.
+
+The same kernels as the daemon (:func:`lobstream.kernels.features.events_to_rows` shares its
+row arithmetic with the daemon's ring writer), the same :class:`~lobstream.models.runner.
+ModelRunner`, the artifact's own feature spec and label definition. Windows are never
+materialised: per instrument, the last ``T - 1`` rows of the previous chunk are kept, the new
+rows appended, and each window is a strided view ``rows[j : j + T]`` copied straight into the
+runner's preallocated input buffer, ``B`` windows per model call.
+
+Memory: the chunk buffers are fixed (``batch_rows`` events of rows at a time); what grows with
+the data is the compact per-row record kept for scoring and trading (row meta 48 bytes,
+probabilities 12 bytes: about 60 bytes per feature row, e.g. 60 MB for a million rows), never
+the ``T x F`` windows (16 kB each).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from lobstream.kernels.book import BookState, new_book, new_report
+from lobstream.kernels.dtypes import CODE_NAMES, ROW_META_DTYPE
+from lobstream.kernels.features import FeatureSpec, events_to_rows
+from lobstream.kernels.labels import LABEL_NONE, smoothed_labels
+from lobstream.kernels.registry import Registry
+from lobstream.replay.trading import (
+    DEFAULT_SWEEP,
+    Trades,
+    TradingConfig,
+    signals_from_probs,
+    simulate_rows,
+    threshold_sweep,
+    trade_stats,
+)
+
+logger = logging.getLogger(__name__)
+
+# progress(events_done, rows_done, windows_done)
+ProgressFn = Callable[[int, int, int], None]
+
+
+@dataclass(frozen=True)
+class LabelDef:
+    """The artifact's label definition: horizon (rows or ns), unit, threshold alpha."""
+
+    horizon: int
+    unit: str  # "events" | "ns"
+    alpha: float
+
+    @property
+    def horizon_seconds(self) -> float:
+        return self.horizon / 1e9 if self.unit == "ns" else float("nan")
+
+
+@dataclass
+class BacktestResult:
+    """Per-row record of a backtest (every array has one entry per feature row, arrival order).
+
+    Attributes
+    ----------
+    meta : (n,) ROW_META_DTYPE; ``event_index`` counts events from the start of the stream.
+    probs : (n, 3) float32, down/flat/up; NaN for rows without a full window.
+    labels : (n,) int8, 0/1/2, or -1 (no full horizon, see kernels.labels).
+    """
+
+    meta: np.ndarray
+    probs: np.ndarray
+    labels: np.ndarray
+    n_events: int
+    n_windows: int
+    seconds: float
+    report: dict = field(default_factory=dict)
+
+    @property
+    def scored(self) -> np.ndarray:
+        """(n,) bool: rows with both a window and a label."""
+        return ~np.isnan(self.probs[:, 0]) & (self.labels >= 0)
+
+
+def spec_from_manifest(manifest: dict) -> FeatureSpec:
+    """The :class:`FeatureSpec` stored in an artifact manifest."""
+    feature = manifest.get("feature")
+    if not isinstance(feature, dict) or "kind" not in feature or "params" not in feature:
+        raise ValueError(
+            f"model manifest has no usable 'feature' spec (found {feature!r}); expected "
+            "{'kind', 'levels', 'params'}: re-export the model with lobstream train"
+        )
+    return FeatureSpec.from_dict({"levels": manifest.get("L"), **feature})
+
+
+def label_def_from_manifest(manifest: dict) -> LabelDef:
+    """The label definition stored in an artifact manifest (horizon, unit, alpha)."""
+    d = manifest.get("label")
+    if not d or "horizon" not in d or "alpha" not in d:
+        raise ValueError(
+            f"model manifest has no usable label definition (found {d!r}); expected "
+            "{'horizon', 'unit', 'alpha'}: re-export the model with lobstream train"
+        )
+    unit = d.get("unit", "events")
+    if unit in ("s", "seconds"):
+        return LabelDef(int(round(float(d["horizon"]) * 1e9)), "ns", float(d["alpha"]))
+    return LabelDef(int(d["horizon"]), unit, float(d["alpha"]))
+
+
+class WindowScorer:
+    """Feature rows (any instruments, arrival order) -> model probabilities per row.
+
+    Keeps, per instrument, the last ``T - 1`` rows seen so that windows continue across chunks.
+    ``runner`` needs ``input`` (a (Bmax, 1, T, F) float32 numpy array) and ``infer(n)``.
+    """
+
+    def __init__(self, runner, window: int, n_features: int, batch: int | None = None) -> None:
+        self.runner = runner
+        self.T = int(window)
+        self.F = int(n_features)
+        buf = runner.input
+        if buf.shape[1:] != (1, self.T, self.F):
+            raise ValueError(
+                f"runner input buffer has shape {buf.shape}; expected (B, 1, {self.T}, "
+                f"{self.F}) for T={self.T}, F={self.F}"
+            )
+        self.batch = min(int(batch or buf.shape[0]), buf.shape[0])
+        self._carry: dict[int, np.ndarray] = {}
+        self.n_windows = 0
+
+    def score(self, rows: np.ndarray, meta: np.ndarray) -> np.ndarray:
+        """Probabilities of every row's window.
+
+        Parameters
+        ----------
+        rows : (m, F) float32, normalised feature rows. Not modified.
+        meta : (m,) ROW_META_DTYPE of those rows.
+
+        Returns
+        -------
+        (m, 3) float32, NaN for rows with fewer than T - 1 rows of their instrument before them.
+        """
+        m = len(meta)
+        probs = np.full((m, 3), np.nan, np.float32)
+        if m == 0:
+            return probs
+        inst = meta["instrument"]
+        ids = np.unique(inst)
+        for i in ids.tolist():
+            idx = None if len(ids) == 1 else np.flatnonzero(inst == i)
+            own = rows[:m] if idx is None else rows[idx]
+            carry = self._carry.get(i)
+            stacked = own if carry is None else np.concatenate((carry, own))
+            n_prev = 0 if carry is None else len(carry)
+            n_win = len(stacked) - self.T + 1
+            if n_win > 0:
+                out = self._infer_all(stacked, n_win)
+                first = self.T - 1 - n_prev  # the first own row that ends a window
+                if idx is None:
+                    probs[first:] = out
+                else:
+                    probs[idx[first:]] = out
+            self._carry[i] = stacked[-(self.T - 1) :].copy() if self.T > 1 else stacked[:0]
+        return probs
+
+    def _infer_all(self, stacked: np.ndarray, n_win: int) -> np.ndarray:
+        # windows[j] == stacked[j : j + T]: a strided view, no copy until the buffer write
+        windows = np.lib.stride_tricks.sliding_window_view(stacked, (self.T, self.F))[:, 0]
+        out = np.empty((n_win, 3), np.float32)
+        buf = self.runner.input
+        b = self.batch
+        for s in range(0, n_win, b):
+            n = min(b, n_win - s)
+            np.copyto(buf[:n, 0], windows[s : s + n])
+            out[s : s + n] = self.runner.infer(n)
+        self.n_windows += n_win
+        return out
+
+
+def rows_from_events(
+    batches: Iterable[np.ndarray],
+    spec: FeatureSpec,
+    n_instruments: int,
+    report: np.ndarray | None = None,
+) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
+    """Feature rows of each event batch: yields ``(rows (m, F) f4, meta (m,), n_events)``.
+
+    The yielded arrays are views of buffers reused for the next batch: copy to keep them.
+    The book grows when an instrument id beyond ``n_instruments`` appears (readers register
+    instruments as they meet them).
+    """
+    book = new_book(max(1, n_instruments))
+    report = new_report() if report is None else report
+    rows = np.empty((0, spec.n_features), np.float32)
+    meta = np.empty(0, ROW_META_DTYPE)
+    for ev in batches:
+        n = len(ev)
+        if n == 0:
+            continue
+        if len(rows) < n:
+            rows = np.empty((n, spec.n_features), np.float32)
+            meta = np.empty(n, ROW_META_DTYPE)
+        top = int(ev["instrument"].max())
+        if top >= book.n_instruments:
+            book = _grow(book, top + 1)
+        m = events_to_rows(book, spec, ev, rows, meta, report)
+        yield rows[:m], meta[:m], n
+
+
+def _grow(book: BookState, n: int) -> BookState:
+    new = new_book(n, book.width)
+    for old, fresh in zip(book, new, strict=True):
+        fresh[: len(old)] = old
+    return new
+
+
+def labels_for_rows(meta: np.ndarray, label: LabelDef) -> np.ndarray:
+    """Labels (n,) int8 of rows of any instruments, each instrument's stream on its own."""
+    out = np.full(len(meta), LABEL_NONE, np.int8)
+    inst = meta["instrument"]
+    for i in np.unique(inst):
+        idx = np.flatnonzero(inst == i)
+        mid = np.ascontiguousarray(meta["mid"][idx], np.float64)
+        ts = np.ascontiguousarray(meta["ts_event"][idx], np.int64)
+        out[idx] = smoothed_labels(mid, label.horizon, label.alpha, ts, label.unit)
+    return out
+
+
+def run_backtest(
+    batches: Iterable[np.ndarray],
+    runner,
+    manifest: dict,
+    *,
+    n_instruments: int = 1,
+    batch: int | None = None,
+    max_rows: int | None = None,
+    on_progress: ProgressFn | None = None,
+) -> BacktestResult:
+    """Score every window of an event stream and label every row.
+
+    Parameters
+    ----------
+    batches : iterable of (n,) EVENT_DTYPE arrays, e.g. :func:`lobstream.replay.readers.
+        read_events`.
+    runner : a :class:`lobstream.models.runner.ModelRunner` of the artifact.
+    manifest : the artifact's manifest (feature spec, T, label definition).
+    n_instruments : instruments expected (the book grows if more appear).
+    batch : windows per model call (default: the runner's buffer size).
+    max_rows : stop after this many feature rows (for benchmarks and quick looks).
+    on_progress : called after each event batch with (events, rows, windows) so far.
+    """
+    spec = spec_from_manifest(manifest)
+    label = label_def_from_manifest(manifest)
+    T = int(manifest["T"])
+    scorer = WindowScorer(runner, T, spec.n_features, batch)
+    report = new_report()
+    metas, probs = [], []
+    n_events = n_rows = 0
+    t0 = time.perf_counter()
+    for rows, meta, n in rows_from_events(batches, spec, n_instruments, report):
+        if max_rows is not None and n_rows + len(meta) > max_rows:
+            rows, meta = rows[: max_rows - n_rows], meta[: max_rows - n_rows]
+        probs.append(scorer.score(rows, meta))
+        meta = meta.copy()
+        meta["event_index"] += n_events  # index in the whole stream, not in its batch
+        metas.append(meta)
+        n_events += n
+        n_rows += len(meta)
+        if on_progress is not None:
+            on_progress(n_events, n_rows, scorer.n_windows)
+        if max_rows is not None and n_rows >= max_rows:
+            break
+    meta_all = np.concatenate(metas) if metas else np.empty(0, ROW_META_DTYPE)
+    probs_all = np.concatenate(probs) if probs else np.empty((0, 3), np.float32)
+    labels = labels_for_rows(meta_all, label)
+    seconds = time.perf_counter() - t0
+    counts = {CODE_NAMES[c]: int(report[0, c]) for c in range(len(CODE_NAMES)) if report[0, c]}
+    if counts:
+        logger.info("kernel conditions during the backtest: %s", counts)
+    return BacktestResult(meta_all, probs_all, labels, n_events, scorer.n_windows, seconds, counts)
+
+
+def backtest_files(
+    paths: Iterable[str | Path],
+    model_path: str | Path,
+    *,
+    registry: Registry | None = None,
+    fmt: str = "auto",
+    device: str = "cpu",
+    threads: int | None = None,
+    batch: int = 256,
+    batch_rows: int | None = None,
+    skip_bad: bool = False,
+    max_rows: int | None = None,
+    on_progress: ProgressFn | None = None,
+) -> tuple[BacktestResult, dict, Registry]:
+    """Load the artifact, read the files and run :func:`run_backtest`.
+
+    Returns
+    -------
+    (result, manifest, registry): the registry holds every instrument the readers met (tick
+    sizes for money figures).
+    """
+    from lobstream.models.artifact import load_model
+    from lobstream.models.runner import ModelRunner
+    from lobstream.replay.readers import DEFAULT_BATCH_ROWS, read_events
+
+    module, manifest = load_model(model_path, device=device)
+    runner = ModelRunner(module, manifest, device=device, max_batch=batch, threads=threads)
+    registry = Registry() if registry is None else registry
+    batches = read_events(
+        paths, registry, fmt=fmt, batch_rows=batch_rows or DEFAULT_BATCH_ROWS, skip_bad=skip_bad
+    )
+    result = run_backtest(
+        batches,
+        runner,
+        manifest,
+        n_instruments=max(1, len(registry)),
+        batch=batch,
+        max_rows=max_rows,
+        on_progress=on_progress,
+    )
+    return result, manifest, registry
+
+
+def evaluate(
+    result: BacktestResult,
+    manifest: dict,
+    config: TradingConfig,
+    *,
+    tick_sizes: Mapping[int, float] | Sequence[float] | None = None,
+    thresholds: Sequence[float] = DEFAULT_SWEEP,
+) -> tuple[dict, Trades]:
+    """Classification report and trading simulation of a backtest, as one JSON-ready dict.
+
+    Returns
+    -------
+    (summary, trades): ``summary`` holds ``n_events``, ``n_rows``, ``n_windows``,
+    ``n_scored``, ``seconds``, ``windows_per_s``, ``metrics`` (:func:`lobstream.models.metrics.
+    classification_report` of the argmax against the artifact's labels, on rows with both a
+    window and a label), ``trading`` (:func:`lobstream.replay.trading.trade_stats` at
+    ``config.threshold`` plus ``config`` and ``sweep``) and ``kernel_conditions``.
+    """
+    from lobstream.models.metrics import classification_report
+
+    scored = result.scored
+    y_pred = np.argmax(result.probs[scored], axis=1)
+    metrics = classification_report(result.labels[scored], y_pred)
+    signal = signals_from_probs(result.probs, config.threshold)
+    trades = simulate_rows(signal, result.meta, config, tick_sizes)
+    trading = {
+        **trade_stats(trades),
+        "config": asdict(config),
+        "sweep": threshold_sweep(result.probs, result.meta, config, thresholds, tick_sizes),
+    }
+    summary = {
+        "model": {
+            "arch": manifest.get("arch"),
+            "T": manifest.get("T"),
+            "label": manifest.get("label"),
+        },
+        "n_events": result.n_events,
+        "n_rows": len(result.meta),
+        "n_windows": result.n_windows,
+        "n_scored": int(scored.sum()),
+        "seconds": result.seconds,
+        "windows_per_s": result.n_windows / result.seconds if result.seconds > 0 else 0.0,
+        "metrics": metrics,
+        "trading": trading,
+        "kernel_conditions": result.report,
+    }
+    return summary, trades
+
+
+def trading_config_for(manifest: dict, **overrides) -> TradingConfig:
+    """A :class:`TradingConfig` whose holding horizon is the artifact's label horizon."""
+    label = label_def_from_manifest(manifest)
+    if label.unit == "ns":
+        base = {"horizon": label.horizon / 1e9, "horizon_unit": "seconds"}
+    else:
+        base = {"horizon": label.horizon, "horizon_unit": "events"}
+    return TradingConfig(**{**base, **{k: v for k, v in overrides.items() if v is not None}})

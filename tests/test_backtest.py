@@ -1,0 +1,197 @@
+"""The in-process backtest: windows across chunks and instruments, labels, metrics, trading."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lobstream.kernels.book import new_book, new_report
+from lobstream.kernels.dtypes import (
+    ACTION_UPDATE,
+    EVENT_DTYPE,
+    FEATURE_ZSCORE,
+    FLAG_LAST,
+    ROW_META_DTYPE,
+    SIDE_ASK,
+    SIDE_BID,
+)
+from lobstream.kernels.features import FeatureSpec, events_to_rows
+from lobstream.kernels.labels import smoothed_labels
+from lobstream.replay.backtest import (
+    WindowScorer,
+    evaluate,
+    label_def_from_manifest,
+    run_backtest,
+    spec_from_manifest,
+    trading_config_for,
+)
+
+T, L = 5, 2
+F = 4 * L
+MANIFEST = {
+    "T": T,
+    "L": L,
+    "F": F,
+    "arch": "fake",
+    "feature": {"kind": "zscore", "levels": L, "params": [1000.0, 10.0, 5.0, 3.0]},
+    "label": {"horizon": 3, "unit": "events", "alpha": 1e-5, "smoothing": "mean"},
+}
+
+
+class FakeRunner:
+    """The runner's interface (input buffer + infer) with a deterministic function of the
+    window in place of a model, recording every window it is given."""
+
+    def __init__(self, max_batch: int = 4) -> None:
+        self.input = np.zeros((max_batch, 1, T, F), np.float32)
+        self.seen: list[np.ndarray] = []
+
+    def infer(self, n: int) -> np.ndarray:
+        w = self.input[:n, 0]
+        self.seen.extend(w.copy())
+        return _fake_probs(w)
+
+
+def _fake_probs(windows: np.ndarray) -> np.ndarray:
+    # up when the last row's mid-ish price column rose over the window, down when it fell
+    z = (
+        np.stack(
+            [
+                -(windows[:, -1, 0] - windows[:, 0, 0]),
+                np.zeros(len(windows)),
+                windows[:, -1, 0] - windows[:, 0, 0],
+            ],
+            axis=1,
+        )
+        * 5
+    )
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def _events(n_steps: int, n_instruments: int, seed: int) -> np.ndarray:
+    """A random-walk two-level book per instrument: every step re-quotes one instrument's
+    touch (old levels removed, new ones added) and ends with LAST."""
+    rng = np.random.default_rng(seed)
+    mids = np.full(n_instruments, 1000)
+    out = []
+    ts = 0
+    for _ in range(n_steps):
+        i = int(rng.integers(n_instruments))
+        old = mids[i]
+        mids[i] += int(rng.integers(-2, 3))
+        ts += int(rng.integers(1, 1000))
+        m = mids[i]
+        recs = []
+        for px in (old - 1, old - 2):
+            recs.append((px, 0.0, SIDE_BID))
+        for px in (old + 1, old + 2):
+            recs.append((px, 0.0, SIDE_ASK))
+        for px in (m - 1, m - 2):
+            recs.append((px, float(rng.integers(1, 10)), SIDE_BID))
+        for px in (m + 1, m + 2):
+            recs.append((px, float(rng.integers(1, 10)), SIDE_ASK))
+        ev = np.zeros(len(recs), EVENT_DTYPE)
+        ev["price"] = [r[0] for r in recs]
+        ev["size"] = [r[1] for r in recs]
+        ev["side"] = [r[2] for r in recs]
+        ev["action"] = ACTION_UPDATE
+        ev["instrument"] = i
+        ev["ts_event"] = ts
+        ev["flags"][-1] = FLAG_LAST
+        out.append(ev)
+    return np.concatenate(out)
+
+
+def _all_rows(events, n_instruments):
+    spec = spec_from_manifest(MANIFEST)
+    rows = np.empty((len(events), F), np.float32)
+    meta = np.empty(len(events), ROW_META_DTYPE)
+    m = events_to_rows(new_book(n_instruments), spec, events, rows, meta, new_report())
+    return rows[:m], meta[:m]
+
+
+def _chunks(events, size):
+    return [events[s : s + size] for s in range(0, len(events), size)]
+
+
+def test_manifest_readers():
+    spec = spec_from_manifest(MANIFEST)
+    assert isinstance(spec, FeatureSpec) and spec.kind == FEATURE_ZSCORE and spec.levels == L
+    lab = label_def_from_manifest(MANIFEST)
+    assert (lab.horizon, lab.unit) == (3, "events")
+    secs = label_def_from_manifest({"label": {"horizon": 1.5, "unit": "seconds", "alpha": 0}})
+    assert (secs.horizon, secs.unit) == (1_500_000_000, "ns")
+    cfg = trading_config_for(MANIFEST, threshold=0.7, cost_bps=None)
+    assert (cfg.horizon, cfg.horizon_unit, cfg.threshold, cfg.cost_bps) == (3, "events", 0.7, 0)
+    with pytest.raises(ValueError, match="label definition"):
+        label_def_from_manifest({"label": {"unit": "events"}})
+    with pytest.raises(ValueError, match="feature"):
+        spec_from_manifest({"L": 2})
+
+
+@pytest.mark.parametrize("chunk", [7, 40, 10_000])
+def test_windows_equal_naive_per_instrument_windows(chunk):
+    n_inst = 3
+    events = _events(120, n_inst, seed=1)
+    rows, meta = _all_rows(events, n_inst)
+    runner = FakeRunner(max_batch=4)
+    res = run_backtest(_chunks(events, chunk), runner, MANIFEST, n_instruments=n_inst)
+    assert res.n_events == len(events)
+    np.testing.assert_array_equal(res.meta, meta)
+    # naive: every instrument's rows on their own, window j = rows[j - T + 1 : j + 1]
+    expected_windows, expected_probs = [], np.full((len(meta), 3), np.nan, np.float32)
+    for i in range(n_inst):
+        idx = np.flatnonzero(meta["instrument"] == i)
+        for j in range(T - 1, len(idx)):
+            w = rows[idx[j - T + 1 : j + 1]]
+            expected_windows.append((idx[j], w))
+            expected_probs[idx[j]] = _fake_probs(w[None])[0]
+    assert res.n_windows == len(expected_windows)
+    seen = {tuple(w.ravel()) for w in runner.seen}
+    assert all(tuple(w.ravel()) in seen for _, w in expected_windows)
+    np.testing.assert_allclose(res.probs, expected_probs, rtol=0, atol=1e-6)
+    # labels: each instrument's own stream with the artifact's definition
+    for i in range(n_inst):
+        idx = np.flatnonzero(meta["instrument"] == i)
+        lab = smoothed_labels(
+            meta["mid"][idx].astype(np.float64), 3, 1e-5, meta["ts_event"][idx], "events"
+        )
+        np.testing.assert_array_equal(res.labels[idx], lab)
+
+
+def test_max_rows_and_progress():
+    events = _events(60, 1, seed=2)
+    calls = []
+    res = run_backtest(
+        _chunks(events, 50),
+        FakeRunner(),
+        MANIFEST,
+        max_rows=25,
+        on_progress=lambda e, r, w: calls.append((e, r, w)),
+    )
+    assert len(res.meta) == 25 and res.n_windows == 25 - T + 1
+    assert calls and calls[-1][1] == 25
+    assert all(a[0] <= b[0] for a, b in zip(calls, calls[1:], strict=False))
+
+
+def test_scorer_refuses_a_mismatched_buffer():
+    with pytest.raises(ValueError, match=r"expected \(B, 1, 6, 8\)"):
+        WindowScorer(FakeRunner(), 6, F)
+
+
+def test_evaluate_report_and_trading():
+    events = _events(300, 2, seed=3)
+    res = run_backtest(_chunks(events, 64), FakeRunner(), MANIFEST, n_instruments=2)
+    cfg = trading_config_for(MANIFEST, threshold=0.5, cost_per_share=0.01)
+    summary, trades = evaluate(res, MANIFEST, cfg, tick_sizes=[0.01, 0.05], thresholds=(0.4, 0.6))
+    m = summary["metrics"]
+    for k in ("accuracy", "f1_macro", "f1_weighted", "mcc", "kappa", "confusion"):
+        assert k in m
+    assert m["n"] == summary["n_scored"] == int(res.scored.sum()) > 0
+    assert np.sum(m["confusion"]) == summary["n_scored"]
+    t = summary["trading"]
+    assert t["n_trades"] == len(trades.net) > 0
+    assert t["costs"] == pytest.approx(2 * 0.01 * t["n_trades"])
+    assert [s["threshold"] for s in t["sweep"]] == [0.4, 0.6]
+    assert t["config"]["horizon"] == 3
