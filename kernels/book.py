@@ -1,0 +1,383 @@
+"""The L2 book for many instruments at once: a dense price ladder per instrument and side.
+
+Each instrument owns a window of ``W`` consecutive ticks per side, ``bid[i, s]`` / ``ask[i, s]``
+being the resting size at price ``base[i] + s`` (0 = no level). A level update is then one store
+plus, rarely, a short scan to find the next touch, and the touch is kept as a slot index
+(``best_bid`` / ``best_ask``, -1 for an empty side). All state lives in preallocated arrays so a
+whole batch is one kernel call with no allocation and no Python per event.
+
+Rules (docs/ARCHITECTURE.md, "Book"), applied per event in this order:
+
+1. ``instrument >= N``: ``CODE_BAD_INSTRUMENT``, skipped.
+2. ``action > 2``; or, for updates and trades, ``side > 1``, ``price <= 0``, ``size < 0`` or
+   not finite: ``CODE_BAD_EVENT``, skipped (a clear carries no side, price or size).
+3. ``ts_event`` earlier than the instrument's previous accepted event: ``CODE_TIME_BACKWARDS``,
+   skipped. Skipped events (1-3) change no state at all, their LAST flag included.
+4. ``seq`` not previous + 1 (both non-zero): ``CODE_SEQ_GAP``, the instrument becomes stale
+   (and an unfinished snapshot stops healing it). The event then goes on to step 5.
+5. ``ACTION_CLEAR`` empties both sides; on a stale instrument it starts a healing snapshot.
+   Any other event on a stale instrument that is not healing: ``CODE_STALE_SKIPPED``, skipped.
+   Trades do not touch the book.
+6. An update outside the window: a delete (size 0) there is a no-op counted
+   ``CODE_OUT_OF_RANGE``; on an empty book the window is placed around the price (not
+   counted); a price improving its side's touch (or on an empty side) re-centres the window on
+   it (``CODE_RECENTRED``, plus one ``CODE_DROPPED_LEVELS`` per non-empty level lost off the
+   edge); a deeper price is dropped (``CODE_OUT_OF_RANGE``). Re-centring puts the price in slot
+   ``W // 2``.
+7. On LAST: a healing instrument heals; then a crossed book (best bid >= best ask) counts
+   ``CODE_CROSSED`` and makes the instrument stale. Otherwise the book is consistent and a
+   feature row may be written (see :mod:`lobstream.kernels.ring`).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import NamedTuple
+
+import numpy as np
+
+from lobstream.kernels._jit import njit
+from lobstream.kernels.dtypes import (
+    ACTION_CLEAR,
+    ACTION_TRADE,
+    ACTION_UPDATE,
+    CODE_BAD_EVENT,
+    CODE_BAD_INSTRUMENT,
+    CODE_CROSSED,
+    CODE_DROPPED_LEVELS,
+    CODE_OUT_OF_RANGE,
+    CODE_RECENTRED,
+    CODE_SEQ_GAP,
+    CODE_STALE_SKIPPED,
+    CODE_TIME_BACKWARDS,
+    EVENT_DTYPE,
+    FLAG_LAST,
+    N_CODES,
+    SIDE_ASK,
+    SIDE_BID,
+)
+
+logger = logging.getLogger(__name__)
+
+# 10,000 instruments x 1,024 ticks x 2 sides x 8 bytes = 164 MB: a sane default for a large
+# universe. ±512 ticks around the touch holds far more than 10 levels of any liquid market; a
+# thin or coarse-ticked one re-centres now and then (counted), which is cheap.
+DEFAULT_WIDTH = 1024
+
+_TS_MIN = np.iinfo(np.int64).min
+
+
+class BookState(NamedTuple):
+    """Preallocated book of ``N`` instruments with a window of ``W`` ticks per side.
+
+    Attributes
+    ----------
+    bid, ask : ndarray (N, W) float64
+        Resting size at price ``base[i] + slot``; 0 means no level.
+    base : ndarray (N,) int64
+        Price in ticks of slot 0.
+    best_bid, best_ask : ndarray (N,) int64
+        Slot of the touch, or -1 if that side is empty.
+    last_seq : ndarray (N,) uint64
+        Sequence number of the last accepted sequenced event (0 = none yet).
+    last_ts : ndarray (N,) int64
+        ``ts_event`` of the last accepted event (int64 min = none yet).
+    stale : ndarray (N,) uint8
+        1 while the book is not trusted (gap, crossed); no rows are written.
+    healing : ndarray (N,) uint8
+        1 between the ``ACTION_CLEAR`` of a snapshot and its LAST event on a stale instrument.
+    """
+
+    bid: np.ndarray
+    ask: np.ndarray
+    base: np.ndarray
+    best_bid: np.ndarray
+    best_ask: np.ndarray
+    last_seq: np.ndarray
+    last_ts: np.ndarray
+    stale: np.ndarray
+    healing: np.ndarray
+
+    @property
+    def n_instruments(self) -> int:
+        return self.bid.shape[0]
+
+    @property
+    def width(self) -> int:
+        return self.bid.shape[1]
+
+
+def new_book(n_instruments: int, width: int = DEFAULT_WIDTH) -> BookState:
+    """An empty book for ``n_instruments`` instruments, ``width`` ticks per side each.
+
+    Memory is ``16 * n_instruments * width`` bytes (e.g. 164 MB for 10,000 x 1,024).
+    """
+    if n_instruments < 1:
+        raise ValueError(f"n_instruments must be >= 1, got {n_instruments}")
+    if width < 4:
+        raise ValueError(f"width must be >= 4 ticks, got {width}; the default is {DEFAULT_WIDTH}")
+    n, w = int(n_instruments), int(width)
+    return BookState(
+        bid=np.zeros((n, w), np.float64),
+        ask=np.zeros((n, w), np.float64),
+        base=np.zeros(n, np.int64),
+        best_bid=np.full(n, -1, np.int64),
+        best_ask=np.full(n, -1, np.int64),
+        last_seq=np.zeros(n, np.uint64),
+        last_ts=np.full(n, _TS_MIN, np.int64),
+        stale=np.zeros(n, np.uint8),
+        healing=np.zeros(n, np.uint8),
+    )
+
+
+def new_report() -> np.ndarray:
+    """A fresh report: ``(2, N_CODES)`` int64, row 0 counts, row 1 first event index (-1)."""
+    rep = np.zeros((2, N_CODES), np.int64)
+    rep[1, :] = -1
+    return rep
+
+
+def check_events(events: np.ndarray) -> np.ndarray:
+    """Return ``events`` as a 1-d C-contiguous EVENT_DTYPE array, or raise naming the problem.
+
+    A strided array is copied (the kernels are compiled for contiguous input only, so a copy
+    here costs less than a second compile on the hot path).
+    """
+    if not isinstance(events, np.ndarray) or events.dtype != EVENT_DTYPE:
+        found = getattr(events, "dtype", type(events))
+        raise TypeError(
+            f"events must be a numpy array of EVENT_DTYPE, got {found}; build it with "
+            "np.zeros(n, lobstream.kernels.dtypes.EVENT_DTYPE) or a reader"
+        )
+    if events.ndim != 1:
+        raise ValueError(f"events must be 1-d, got shape {events.shape}")
+    if not events.flags.c_contiguous:
+        events = np.ascontiguousarray(events)
+    return events
+
+
+def check_report(report: np.ndarray) -> None:
+    if (
+        not isinstance(report, np.ndarray)
+        or report.dtype != np.int64
+        or report.shape != (2, N_CODES)
+        or not report.flags.c_contiguous
+    ):
+        raise ValueError(
+            f"report must be a C-contiguous int64 array of shape (2, {N_CODES}); "
+            "make it with lobstream.kernels.book.new_report()"
+        )
+
+
+def apply_events(book: BookState, events: np.ndarray, report: np.ndarray) -> None:
+    """Apply a batch of events to the book (no feature rows).
+
+    Parameters
+    ----------
+    book : BookState
+        Modified in place.
+    events : ndarray (n,) EVENT_DTYPE
+        Any instruments, in arrival order.
+    report : ndarray (2, N_CODES) int64
+        Condition counts and first event index, accumulated in place (see module doc).
+    """
+    events = check_events(events)
+    check_report(report)
+    _apply_events(*book, events, report)
+
+
+def best_prices(book: BookState, i: int) -> tuple[int | None, int | None]:
+    """Best bid and best ask of instrument ``i`` in ticks (None for an empty side)."""
+    bb, ba, base = int(book.best_bid[i]), int(book.best_ask[i]), int(book.base[i])
+    return (base + bb if bb >= 0 else None, base + ba if ba >= 0 else None)
+
+
+def levels(book: BookState, i: int, side: int, n: int) -> list[tuple[int, float]]:
+    """Top ``n`` non-empty levels of ``side`` of instrument ``i``, as (price ticks, size), best
+    first. For tests and tools; the kernels never build lists."""
+    if side not in (SIDE_BID, SIDE_ASK):
+        raise ValueError(f"side must be SIDE_BID (0) or SIDE_ASK (1), got {side}")
+    ladder = book.bid[i] if side == SIDE_BID else book.ask[i]
+    slots = np.flatnonzero(ladder > 0)
+    if side == SIDE_BID:
+        slots = slots[::-1]
+    base = int(book.base[i])
+    return [(base + int(s), float(ladder[s])) for s in slots[:n]]
+
+
+# ----------------------------------------------------------------------------- kernels ---
+
+
+@njit
+def _count(report, code, k):
+    report[0, code] += 1
+    if report[1, code] < 0:
+        report[1, code] = k
+
+
+@njit
+def _recentre(bid, ask, base, best_bid, best_ask, i, new_base, k, report):
+    """Move instrument i's window so slot 0 is ``new_base``; levels off the edge are lost."""
+    w = bid.shape[1]
+    delta = new_base - base[i]
+    dropped = 0
+    if delta > 0:
+        d = min(delta, w)
+        for s in range(d):
+            dropped += (bid[i, s] > 0.0) + (ask[i, s] > 0.0)
+        for s in range(w - d):
+            bid[i, s] = bid[i, s + d]
+            ask[i, s] = ask[i, s + d]
+        for s in range(w - d, w):
+            bid[i, s] = 0.0
+            ask[i, s] = 0.0
+    elif delta < 0:
+        d = min(-delta, w)
+        for s in range(w - d, w):
+            dropped += (bid[i, s] > 0.0) + (ask[i, s] > 0.0)
+        for s in range(w - 1, d - 1, -1):
+            bid[i, s] = bid[i, s - d]
+            ask[i, s] = ask[i, s - d]
+        for s in range(d):
+            bid[i, s] = 0.0
+            ask[i, s] = 0.0
+    base[i] = new_base
+    # Re-centring is rare: a full rescan is simpler than tracking which touch survived.
+    bb = -1
+    for s in range(w - 1, -1, -1):
+        if bid[i, s] > 0.0:
+            bb = s
+            break
+    ba = -1
+    for s in range(w):
+        if ask[i, s] > 0.0:
+            ba = s
+            break
+    best_bid[i] = bb
+    best_ask[i] = ba
+    _count(report, CODE_RECENTRED, k)
+    if dropped > 0:
+        report[0, CODE_DROPPED_LEVELS] += dropped
+        if report[1, CODE_DROPPED_LEVELS] < 0:
+            report[1, CODE_DROPPED_LEVELS] = k
+
+
+@njit
+def _update(bid, ask, base, best_bid, best_ask, i, side, price, size, k, report):
+    """Set the resting size at ``price`` on ``side`` of instrument i (rule 6)."""
+    w = bid.shape[1]
+    s = price - base[i]
+    if s < 0 or s >= w:
+        if size == 0.0:
+            _count(report, CODE_OUT_OF_RANGE, k)
+            return
+        if best_bid[i] < 0 and best_ask[i] < 0:
+            base[i] = price - w // 2
+        else:
+            if side == SIDE_BID:
+                improves = best_bid[i] < 0 or s > best_bid[i]
+            else:
+                improves = best_ask[i] < 0 or s < best_ask[i]
+            if not improves:
+                _count(report, CODE_OUT_OF_RANGE, k)
+                return
+            _recentre(bid, ask, base, best_bid, best_ask, i, price - w // 2, k, report)
+        s = price - base[i]
+    if side == SIDE_BID:
+        bid[i, s] = size
+        if size > 0.0:
+            if s > best_bid[i]:
+                best_bid[i] = s
+        elif s == best_bid[i]:
+            # the touch left: the next bid is the first non-empty slot below it
+            nb = -1
+            for t in range(s - 1, -1, -1):
+                if bid[i, t] > 0.0:
+                    nb = t
+                    break
+            best_bid[i] = nb
+    else:
+        ask[i, s] = size
+        if size > 0.0:
+            if best_ask[i] < 0 or s < best_ask[i]:
+                best_ask[i] = s
+        elif s == best_ask[i]:
+            na = -1
+            for t in range(s + 1, w):
+                if ask[i, t] > 0.0:
+                    na = t
+                    break
+            best_ask[i] = na
+
+
+@njit
+def _step(bid, ask, base, best_bid, best_ask, last_seq, last_ts, stale, healing, events, k, report):
+    """Apply ``events[k]``; return its instrument if the book is consistent and healthy after
+    it (LAST, not stale, not crossed), else -1. Shared by every event-consuming kernel so the
+    book arithmetic exists once."""
+    n = bid.shape[0]
+    ev = events[k]
+    i = np.int64(ev.instrument)
+    if i >= n:
+        _count(report, CODE_BAD_INSTRUMENT, k)
+        return -1
+    action = ev.action
+    if action > ACTION_TRADE:
+        _count(report, CODE_BAD_EVENT, k)
+        return -1
+    if action != ACTION_CLEAR:
+        size = ev.size
+        # "not (size >= 0)" also catches NaN
+        if ev.side > SIDE_ASK or ev.price <= 0 or not (size >= 0.0) or size == np.inf:
+            _count(report, CODE_BAD_EVENT, k)
+            return -1
+    ts = ev.ts_event
+    if ts < last_ts[i]:
+        _count(report, CODE_TIME_BACKWARDS, k)
+        return -1
+    last_ts[i] = ts
+    seq = ev.seq
+    if seq != 0:
+        prev = last_seq[i]
+        if prev != 0 and seq != prev + np.uint64(1):
+            _count(report, CODE_SEQ_GAP, k)
+            stale[i] = 1
+            healing[i] = 0
+        last_seq[i] = seq
+    if action == ACTION_CLEAR:
+        w = bid.shape[1]
+        for s in range(w):
+            bid[i, s] = 0.0
+            ask[i, s] = 0.0
+        best_bid[i] = -1
+        best_ask[i] = -1
+        healing[i] = stale[i]
+    elif stale[i] != 0 and healing[i] == 0:
+        _count(report, CODE_STALE_SKIPPED, k)
+        return -1
+    elif action == ACTION_UPDATE:
+        _update(bid, ask, base, best_bid, best_ask, i, ev.side, ev.price, ev.size, k, report)
+    if ev.flags & FLAG_LAST:
+        if healing[i] != 0:
+            stale[i] = 0
+            healing[i] = 0
+        if stale[i] != 0:
+            return -1
+        bb = best_bid[i]
+        ba = best_ask[i]
+        if bb >= 0 and ba >= 0 and bb >= ba:
+            _count(report, CODE_CROSSED, k)
+            stale[i] = 1
+            return -1
+        return i
+    return -1
+
+
+@njit
+def _apply_events(
+    bid, ask, base, best_bid, best_ask, last_seq, last_ts, stale, healing, events, report
+):
+    for k in range(events.shape[0]):
+        _step(
+            bid, ask, base, best_bid, best_ask, last_seq, last_ts, stale, healing, events, k, report
+        )

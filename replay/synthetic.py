@@ -1,0 +1,328 @@
+"""A seeded synthetic market: canonical events for tests, benchmarks and demos.
+
+The generator keeps its own L2 book per instrument (a tick ladder, like the kernel's) and emits
+level updates that a real feed would send for it:
+
+- activity concentrates near the touch: the depth of an update is geometric (``near_touch``
+  is the chance that it hits the touch itself);
+- deletes (size 0), including of the touch, which exposes the next deeper level; orders that
+  improve the touch inside the spread; trades at the touch followed by the reduced level. The
+  mid-price is then a random walk that emerges from these, as in a real book;
+- every instrument opens with ``ACTION_CLEAR`` + a snapshot of its levels (``FLAG_SNAPSHOT``,
+  LAST on its final event only); every ``snapshot_every`` packets on average an instrument is
+  snapshotted again (0 = never after the opening one);
+- optional sequence gaps (``gap_prob`` per event: one sequence number skipped), each followed
+  by a recovery snapshot of that instrument at its next packet;
+- events come in per-instrument packets of geometric length (mean ``packet_mean``), LAST on the
+  last event of each; ``last_every_event=True`` sets LAST on every event outside snapshots (as
+  LOBSTER data, where every message leaves a consistent book).
+
+``ts_event`` grows by about ``dt_ns`` per event (non-decreasing); ``ts_recv`` is 0 (unknown);
+``seq`` counts per instrument from 1. All randomness comes from ``seed``: same arguments, same
+array, on every run.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from lobstream.kernels._jit import njit
+from lobstream.kernels.dtypes import (
+    ACTION_CLEAR,
+    ACTION_TRADE,
+    ACTION_UPDATE,
+    EVENT_DTYPE,
+    FLAG_LAST,
+    FLAG_SNAPSHOT,
+    SIDE_ASK,
+    SIDE_BID,
+)
+
+logger = logging.getLogger(__name__)
+
+_GEN_WIDTH = 1024  # ticks of the generator's own ladder per instrument and side
+_MAX_DEPTH = 40  # no level is ever placed deeper than this from the touch
+_EDGE = 128  # re-centre the generator's ladder when the touch comes this close to its edge
+
+START_TS = 1_750_000_000_000_000_000  # 2025-06-15, ns since the epoch
+
+
+def synthetic_events(
+    n_events: int,
+    n_instruments: int = 16,
+    seed: int = 0,
+    *,
+    levels: int = 20,
+    start_price: int = 10_000,
+    near_touch: float = 0.4,
+    delete_prob: float = 0.3,
+    improve_prob: float = 0.15,
+    trade_prob: float = 0.05,
+    snapshot_every: int = 2_000,
+    gap_prob: float = 0.0,
+    packet_mean: float = 2.0,
+    last_every_event: bool = False,
+    dt_ns: int = 1_000,
+) -> np.ndarray:
+    """Generate ``n_events`` canonical events for ``n_instruments`` instruments.
+
+    Parameters
+    ----------
+    n_events : int
+        Length of the result (the last packet or snapshot may be cut short).
+    n_instruments : int
+        Instrument ids ``0 .. n_instruments - 1``, picked uniformly per packet.
+    seed : int
+        Makes the stream reproducible.
+    levels : int
+        Levels per side in each opening book and snapshot.
+    start_price : int
+        Mid of instrument 0 in ticks; instrument ``i`` starts near ``start_price * (1 + i % 7)``.
+    near_touch, delete_prob, improve_prob, trade_prob : float
+        Chance that an update hits the touch, that it deletes an existing level, that it
+        improves the touch inside a spread of >= 2 ticks, and that an event is a trade.
+    snapshot_every : int
+        Mean packets between re-snapshots of an instrument (0 = opening snapshot only).
+    gap_prob : float
+        Chance per event that one sequence number is skipped (a lost message).
+    packet_mean : float
+        Mean events per packet (LAST at the end of each).
+    last_every_event : bool
+        LAST on every event outside snapshots.
+    dt_ns : int
+        Mean nanoseconds between events.
+
+    Returns
+    -------
+    ndarray (n_events,) EVENT_DTYPE
+    """
+    if n_events < 0 or n_instruments < 1:
+        raise ValueError(
+            f"need n_events >= 0 and n_instruments >= 1, got {n_events}, {n_instruments}"
+        )
+    for name, p in (
+        ("near_touch", near_touch),
+        ("delete_prob", delete_prob),
+        ("improve_prob", improve_prob),
+        ("trade_prob", trade_prob),
+        ("gap_prob", gap_prob),
+    ):
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"{name} must be a probability in [0, 1], got {p}")
+    if not 1 <= levels <= _MAX_DEPTH:
+        raise ValueError(f"levels must be in 1..{_MAX_DEPTH}, got {levels}")
+    if start_price < 4 * _GEN_WIDTH:
+        raise ValueError(
+            f"start_price must be >= {4 * _GEN_WIDTH} ticks so prices stay "
+            f"positive, got {start_price}"
+        )
+    if packet_mean < 1.0:
+        raise ValueError(f"packet_mean must be >= 1, got {packet_mean}")
+    out = np.zeros(int(n_events), EVENT_DTYPE)
+    snap_p = 0.0 if snapshot_every <= 0 else 1.0 / snapshot_every
+    _generate(
+        out,
+        int(n_instruments),
+        int(seed),
+        int(levels),
+        int(start_price),
+        float(near_touch),
+        float(delete_prob),
+        float(improve_prob),
+        float(trade_prob),
+        snap_p,
+        float(gap_prob),
+        1.0 / float(packet_mean),
+        bool(last_every_event),
+        float(dt_ns),
+    )
+    return out
+
+
+# ----------------------------------------------------------------------------- kernels ---
+
+
+@njit
+def _emit(out, m, ts, seq, price, size, inst, side, action, flags):
+    if m >= out.shape[0]:
+        return m
+    rec = out[m]
+    rec.ts_event = ts
+    rec.ts_recv = 0
+    rec.seq = seq
+    rec.price = price
+    rec.size = size
+    rec.instrument = inst
+    rec.side = side
+    rec.action = action
+    rec.flags = flags
+    return m + 1
+
+
+@njit
+def _lot():
+    # sizes: mostly small round-ish lots with a heavy tail
+    return float(1 + int(np.random.exponential(1.0) * np.random.exponential(1.0) * 100.0))
+
+
+@njit
+def _touch(gb, ga, i, side, w):
+    if side == 0:
+        for s in range(w - 1, -1, -1):
+            if gb[i, s] > 0.0:
+                return s
+    else:
+        for s in range(w):
+            if ga[i, s] > 0.0:
+                return s
+    return -1
+
+
+@njit
+def _snapshot(out, m, ts, seqs, gb, ga, gbase, i, nlev):
+    """Emit CLEAR + the top ``nlev`` levels per side of instrument i, and forget deeper ones
+    so the generator's book stays the book the consumer sees."""
+    w = gb.shape[1]
+    seqs[i] += 1
+    m = _emit(out, m, ts, seqs[i], 0, 0.0, i, 0, ACTION_CLEAR, FLAG_SNAPSHOT)
+    n_b = 0
+    for s in range(w - 1, -1, -1):
+        if gb[i, s] > 0.0:
+            if n_b < nlev:
+                n_b += 1
+            else:
+                gb[i, s] = 0.0
+    n_a = 0
+    for s in range(w):
+        if ga[i, s] > 0.0:
+            if n_a < nlev:
+                n_a += 1
+            else:
+                ga[i, s] = 0.0
+    left = n_a + n_b
+    for s in range(w - 1, -1, -1):
+        if gb[i, s] > 0.0:
+            left -= 1
+            seqs[i] += 1
+            fl = FLAG_SNAPSHOT | (FLAG_LAST if left == 0 else 0)
+            m = _emit(out, m, ts, seqs[i], gbase[i] + s, gb[i, s], i, SIDE_BID, ACTION_UPDATE, fl)
+    for s in range(w):
+        if ga[i, s] > 0.0:
+            left -= 1
+            seqs[i] += 1
+            fl = FLAG_SNAPSHOT | (FLAG_LAST if left == 0 else 0)
+            m = _emit(out, m, ts, seqs[i], gbase[i] + s, ga[i, s], i, SIDE_ASK, ACTION_UPDATE, fl)
+    return m
+
+
+@njit
+def _shift(gb, ga, gbase, i, new_base):
+    w = gb.shape[1]
+    d = new_base - gbase[i]
+    tmp_b = gb[i].copy()
+    tmp_a = ga[i].copy()
+    for s in range(w):
+        t = s + d
+        if 0 <= t < w:
+            gb[i, s] = tmp_b[t]
+            ga[i, s] = tmp_a[t]
+        else:
+            gb[i, s] = 0.0
+            ga[i, s] = 0.0
+    gbase[i] = new_base
+
+
+@njit
+def _generate(out, n_inst, seed, nlev, start_price, near_touch, delete_prob, improve_prob,
+              trade_prob, snap_p, gap_prob, end_p, last_every, dt_ns):  # fmt: skip
+    np.random.seed(seed)
+    w = _GEN_WIDTH
+    gb = np.zeros((n_inst, w), np.float64)
+    ga = np.zeros((n_inst, w), np.float64)
+    gbase = np.zeros(n_inst, np.int64)
+    seqs = np.zeros(n_inst, np.uint64)
+    pending = np.ones(n_inst, np.uint8)  # needs a snapshot before its next packet
+    for i in range(n_inst):
+        mid = start_price * (1 + i % 7) + np.random.randint(0, 1000)
+        gbase[i] = mid - w // 2
+        c = w // 2
+        for d in range(nlev):
+            gb[i, c - 1 - d] = _lot()
+            ga[i, c + 1 + d] = _lot()
+    n = out.shape[0]
+    m = 0
+    ts = np.int64(1_750_000_000_000_000_000)
+    geo_p = 1.0 - near_touch  # P(depth >= d + 1 | depth >= d)
+    while m < n:
+        i = np.random.randint(0, n_inst)
+        ts += 1 + np.int64(np.random.exponential(dt_ns))
+        if pending[i] != 0 or (snap_p > 0.0 and np.random.random() < snap_p):
+            m = _snapshot(out, m, ts, seqs, gb, ga, gbase, i, nlev)
+            pending[i] = 0
+            continue
+        while m < n:
+            bb = _touch(gb, ga, i, 0, w)
+            ba = _touch(gb, ga, i, 1, w)
+            if bb < _EDGE or ba > w - _EDGE:
+                _shift(gb, ga, gbase, i, gbase[i] + (bb + ba) // 2 - w // 2)
+                bb = _touch(gb, ga, i, 0, w)
+                ba = _touch(gb, ga, i, 1, w)
+            end = last_every or np.random.random() < end_p
+            flags = FLAG_LAST if end else 0
+            side = np.random.randint(0, 2)
+            if np.random.random() < gap_prob:
+                seqs[i] += 1  # a lost message: the consumer sees a gap
+                pending[i] = 1
+            if np.random.random() < trade_prob:
+                s = bb if side == 0 else ba
+                lad = gb if side == 0 else ga
+                rest = lad[i, s]
+                q = min(rest, _lot())
+                seqs[i] += 1
+                m = _emit(out, m, ts, seqs[i], gbase[i] + s, q, i, side, ACTION_TRADE, 0)
+                remain = rest - q
+                # never trade a side empty: keep the last level
+                if remain <= 0.0 and _touch_count(lad, i, side, w) <= 1:
+                    remain = _lot()
+                lad[i, s] = remain
+                seqs[i] += 1
+                m = _emit(out, m, ts, seqs[i], gbase[i] + s, remain, i, side, ACTION_UPDATE, flags)
+            else:
+                lad = gb if side == 0 else ga
+                touch = bb if side == 0 else ba
+                spread = ba - bb
+                if spread >= 2 and np.random.random() < improve_prob:
+                    s = touch + 1 if side == 0 else touch - 1
+                    size = _lot()
+                else:
+                    d = 0
+                    while d < _MAX_DEPTH - 1 and np.random.random() < geo_p:
+                        d += 1
+                    s = touch - d if side == 0 else touch + d
+                    if (
+                        lad[i, s] > 0.0
+                        and np.random.random() < delete_prob
+                        and (s != touch or _touch_count(lad, i, side, w) > 1)
+                    ):
+                        size = 0.0
+                    else:
+                        size = _lot()
+                lad[i, s] = size
+                seqs[i] += 1
+                m = _emit(out, m, ts, seqs[i], gbase[i] + s, size, i, side, ACTION_UPDATE, flags)
+            if end:
+                break
+
+
+@njit
+def _touch_count(lad, i, side, w):
+    """Number of non-empty levels on this ladder, up to 2 (enough to know if one is left)."""
+    c = 0
+    for s in range(w):
+        if lad[i, s] > 0.0:
+            c += 1
+            if c >= 2:
+                return c
+    return c
