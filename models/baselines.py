@@ -193,3 +193,51 @@ class LogisticBaseline:
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Predicted classes (N,) int64."""
         return np.argmax(self.predict_proba(x), axis=1)
+
+
+def baseline_reports(
+    raw_rows: np.ndarray,
+    levels: int,
+    window: int,
+    train: tuple[np.ndarray, np.ndarray],
+    evaluate_on: dict[str, tuple[np.ndarray, np.ndarray]],
+    l2: float = 1e-3,
+) -> dict[str, dict[str, dict]]:
+    """Fit both baselines on ``train`` and score them on each part of ``evaluate_on``.
+
+    Parameters
+    ----------
+    raw_rows : ndarray (M, F) float32
+        RAW rows (the same flat rows whose normalised twin the deep model reads). Not modified.
+    levels, window : int
+        L and T of the windows.
+    train : (ends (N,) int64, labels (N,) int)
+        Training windows' last-row indices and labels.
+    evaluate_on : dict name -> (ends, labels)
+
+    Returns
+    -------
+    dict
+        ``{"majority": {name: report}, "logistic": {name: report}}`` with
+        :func:`lobstream.models.metrics.classification_report` reports.
+    """
+    from lobstream.models.metrics import classification_report
+
+    ofi = order_flow_imbalance(raw_rows)
+    ends, y = train
+    maj = MajorityClass().fit(y)
+    logit = LogisticBaseline(l2=l2).fit(
+        imbalance_features(raw_rows, ends, levels, window, ofi=ofi), y
+    )
+    out: dict[str, dict[str, dict]] = {"majority": {}, "logistic": {}}
+    for name, (e, lab) in evaluate_on.items():
+        lab = np.asarray(lab, dtype=np.int64)
+        out["majority"][name] = classification_report(lab, maj.predict(len(lab)))
+        x = imbalance_features(raw_rows, e, levels, window, ofi=ofi)
+        out["logistic"][name] = classification_report(lab, logit.predict(x))
+    logger.info(
+        "baselines: majority class %d; logistic coef norm %.3g",
+        maj.label,
+        float(np.linalg.norm(logit.coef)),
+    )
+    return out

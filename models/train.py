@@ -1,0 +1,275 @@
+"""Training of any zoo model on windows and labels: seeded, class-weighted AdamW, early stopping
+on validation macro-F1, progress per epoch through a callback.
+
+Data come as :class:`Windows`: flat feature rows plus the index of each window's last row, so
+the (N, 1, T, F) tensor of all windows is never built; a batch is gathered by index from a
+sliding view. File formats and splits live in :mod:`lobstream.replay.dataset`.
+
+Subsampling (``max_train_windows``): each epoch trains on a random subset of that many
+training windows, drawn without replacement from a generator seeded by ``seed`` and the epoch
+number, so successive epochs see different windows and a rerun sees the same ones. Validation
+uses every validation window unless ``max_eval_windows`` is set; then an evenly strided subset
+(fixed across epochs, so epochs compare on the same windows).
+
+CPU by default (``torch.set_num_threads(threads)``); ``device="cuda"`` or ``"auto"`` trains on
+a GPU when present, with mixed precision (float16 autocast and a gradient scaler) there.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from lobstream.models.baselines import class_weights
+from lobstream.models.metrics import classification_report
+
+logger = logging.getLogger(__name__)
+
+
+class Windows:
+    """Sliding (T, F) windows over flat rows, with one label per window.
+
+    Parameters
+    ----------
+    rows : ndarray (M, F) float32
+        Feature rows; shared, never copied or modified.
+    ends : ndarray (N,) int64
+        Row index of each window's last row (window = rows ``end - T + 1 .. end``).
+    labels : ndarray (N,) int
+        Class of each window in {0, 1, 2}.
+    window : int
+        T.
+    """
+
+    def __init__(self, rows: np.ndarray, ends: np.ndarray, labels: np.ndarray, window: int):
+        if rows.ndim != 2 or rows.dtype != np.float32:
+            raise ValueError(f"rows must be (M, F) float32, got {rows.shape} {rows.dtype}")
+        ends = np.asarray(ends, dtype=np.int64)
+        labels = np.asarray(labels)
+        if ends.shape != labels.shape:
+            raise ValueError(f"ends {ends.shape} and labels {labels.shape} differ in length")
+        if ends.size and (ends.min() < window - 1 or ends.max() >= rows.shape[0]):
+            raise ValueError(
+                f"window ends must lie in [{window - 1}, {rows.shape[0] - 1}] for T={window}"
+            )
+        self.rows = rows
+        self.ends = ends
+        self.labels = labels
+        self.window = int(window)
+        # (M - T + 1, 1, T, F) view: entry s is the window starting at row s
+        self._view = np.lib.stride_tricks.sliding_window_view(rows, (window, rows.shape[1]))
+
+    def __len__(self) -> int:
+        return int(self.ends.shape[0])
+
+    def batch(self, idx: np.ndarray) -> np.ndarray:
+        """Windows ``idx`` as a new (B, 1, T, F) float32 array (a gather, not a view)."""
+        return np.ascontiguousarray(self._view[self.ends[idx] - self.window + 1])
+
+    def subset(self, idx: np.ndarray) -> Windows:
+        """The windows ``idx`` (same rows)."""
+        return Windows(self.rows, self.ends[idx], self.labels[idx], self.window)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings (all that a rerun needs besides the data and the model config)."""
+
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-2  # AdamW's decoupled decay
+    patience: int = 3  # epochs without a better validation macro-F1 before stopping
+    seed: int = 0
+    max_train_windows: int | None = None  # per-epoch random subset (see module docstring)
+    max_eval_windows: int | None = None  # strided validation subset
+    class_weighted: bool = True  # inverse-frequency weights in the loss
+    device: str = "cpu"  # "cpu", "cuda", "auto"
+    threads: int = 1  # torch CPU threads: the machine is shared
+    eval_batch_size: int = 512
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    """The best model (by validation macro-F1, in eval mode), per-epoch history, metrics."""
+
+    model: nn.Module
+    history: list[dict[str, Any]]
+    val_metrics: dict[str, Any]
+    best_epoch: int
+    seconds: float
+    config: TrainConfig = field(default_factory=TrainConfig)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch and numpy's legacy generator (model initialisation draws from torch)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def pick_device(device: str) -> torch.device:
+    """``"auto"``: CUDA when present, else CPU; otherwise the device named."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for but CUDA is not available; use cpu/auto")
+    return dev
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    windows: Windows,
+    *,
+    batch_size: int = 512,
+    device: torch.device | str = "cpu",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted classes (N,) int64 and probabilities (N, 3) float32 of every window.
+
+    The model is put in eval mode (and left so).
+    """
+    device = torch.device(device)
+    model.eval()
+    n = len(windows)
+    probs = np.empty((n, 3), dtype=np.float32)
+    for a in range(0, n, batch_size):
+        idx = np.arange(a, min(a + batch_size, n))
+        x = torch.from_numpy(windows.batch(idx)).to(device, non_blocking=True)
+        with torch.autocast(device.type, enabled=device.type == "cuda"):
+            logits = model(x)
+        probs[a : a + len(idx)] = torch.softmax(logits.float(), dim=1).cpu().numpy()
+    return probs.argmax(axis=1).astype(np.int64), probs
+
+
+def evaluate(
+    model: nn.Module, windows: Windows, *, batch_size: int = 512, device: str = "cpu"
+) -> dict[str, Any]:
+    """``classification_report`` of the model on every window."""
+    pred, _ = predict(model, windows, batch_size=batch_size, device=device)
+    return classification_report(windows.labels.astype(np.int64), pred)
+
+
+def _strided(n: int, k: int | None) -> np.ndarray:
+    if k is None or k >= n:
+        return np.arange(n)
+    return np.linspace(0, n - 1, k).round().astype(np.int64)
+
+
+def train_model(
+    model: nn.Module,
+    train: Windows,
+    val: Windows,
+    config: TrainConfig = TrainConfig(),
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> TrainResult:
+    """Train ``model`` in place and return it with its best validation weights restored.
+
+    Parameters
+    ----------
+    model : nn.Module
+        forward (B, 1, T, F) float32 -> logits (B, 3). Trained in place; on return it holds the
+        weights of the epoch with the best validation macro-F1, in eval mode, on ``device``.
+    train, val : Windows
+        Training and validation windows (labels in {0, 1, 2}).
+    config : TrainConfig
+    progress : callable, optional
+        Called after each epoch with that epoch's history entry (epoch, train_loss,
+        val_f1_macro, val_accuracy, best, seconds, windows).
+    """
+    if len(train) == 0 or len(val) == 0:
+        raise ValueError(
+            f"need training and validation windows, got {len(train)} and {len(val)}; "
+            "use more data, a shorter horizon or a smaller window"
+        )
+    device = pick_device(config.device)
+    if device.type == "cpu":
+        torch.set_num_threads(config.threads)
+    use_amp = device.type == "cuda"
+    seed_everything(config.seed)
+    model.to(device)
+    y_train = train.labels.astype(np.int64)
+    weight = torch.tensor(
+        class_weights(y_train) if config.class_weighted else np.ones(3), dtype=torch.float32
+    ).to(device)
+    loss_fn = nn.CrossEntropyLoss(weight=weight)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    val_idx = _strided(len(val), config.max_eval_windows)
+    val_sub = val.subset(val_idx)
+    y_train_t = torch.from_numpy(y_train)
+
+    history: list[dict[str, Any]] = []
+    best_f1, best_epoch, best_state, best_metrics = -1.0, -1, None, {}
+    t_start = time.perf_counter()
+    for epoch in range(config.epochs):
+        t0 = time.perf_counter()
+        rng = np.random.default_rng([config.seed, epoch])
+        n = len(train)
+        if config.max_train_windows is not None and config.max_train_windows < n:
+            order = rng.choice(n, size=config.max_train_windows, replace=False)
+        else:
+            order = rng.permutation(n)
+        model.train()
+        total, seen = 0.0, 0
+        for a in range(0, len(order), config.batch_size):
+            idx = order[a : a + config.batch_size]
+            if len(idx) < 2:
+                continue  # BatchNorm needs more than one sample
+            x = torch.from_numpy(train.batch(idx)).to(device, non_blocking=True)
+            y = y_train_t[idx].to(device, non_blocking=True)
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, enabled=use_amp):
+                loss = loss_fn(model(x), y)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            total += float(loss) * len(idx)
+            seen += len(idx)
+        metrics = evaluate(model, val_sub, batch_size=config.eval_batch_size, device=device)
+        improved = metrics["f1_macro"] > best_f1
+        if improved:
+            best_f1, best_epoch, best_metrics = metrics["f1_macro"], epoch, metrics
+            best_state = copy.deepcopy(model.state_dict())
+        entry = {
+            "epoch": epoch + 1,
+            "train_loss": total / max(seen, 1),
+            "val_f1_macro": metrics["f1_macro"],
+            "val_accuracy": metrics["accuracy"],
+            "best": improved,
+            "seconds": time.perf_counter() - t0,
+            "windows": seen,
+        }
+        history.append(entry)
+        logger.info(
+            "epoch %d: loss %.4f, val macro-F1 %.4f, acc %.4f%s",
+            epoch + 1,
+            entry["train_loss"],
+            entry["val_f1_macro"],
+            entry["val_accuracy"],
+            " (best)" if improved else "",
+        )
+        if progress is not None:
+            progress(entry)
+        if epoch - best_epoch >= config.patience:
+            logger.info("early stop: no better validation macro-F1 for %d epochs", config.patience)
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    if len(val_idx) < len(val):
+        best_metrics = evaluate(model, val, batch_size=config.eval_batch_size, device=device)
+    return TrainResult(
+        model, history, best_metrics, best_epoch + 1, time.perf_counter() - t_start, config
+    )

@@ -1,0 +1,369 @@
+"""Training data: files -> events -> feature rows -> windows and labels, split in time.
+
+The rows come from :func:`lobstream.kernels.features.events_to_rows` with a
+:class:`~lobstream.kernels.features.FeatureSpec`, the same kernel and feature code the daemon
+runs, so a model learns exactly what it will see live. Steps:
+
+1. Each file is read whole (``read_events``) and turned into RAW rows (prices in ticks, sizes as
+   they are) with a fresh book per file. A *stream* is the rows of one instrument in one file;
+   streams are stored one after the other in one flat (M, F) array, and no window crosses a
+   stream boundary (nor a night between two files).
+2. Chronological split: cut times at the ``fractions`` quantiles of all rows' ``ts_event``, so
+   every stream is cut at the same instants. Between two parts of a stream, ``gap`` rows belong
+   to neither: ``T + k`` rows for a horizon of ``k`` events, and for a horizon of ``h`` seconds
+   ``T`` rows more than those within ``h`` of the cut. Labels are computed on each part's own
+   rows, so a label never looks into another part, and a window's rows lie inside its part.
+3. Labels (:mod:`lobstream.kernels.labels`): alpha given, or chosen on the training part only.
+4. Normalisation statistics (z-score) from the training part's RAW rows only: prices (ticks)
+   and sizes over the top ``L`` levels of both sides; then the events are run again through
+   ``events_to_rows`` with the resulting spec to build the normalised rows.
+
+Windows are never materialised: :class:`lobstream.models.train.Windows` holds the flat rows and
+the index of each window's last row, and gathers batches by index.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from lobstream.kernels.book import new_book, new_report
+from lobstream.kernels.dtypes import CODE_NAMES, FEATURE_ZSCORE, N_CODES, ROW_META_DTYPE
+from lobstream.kernels.features import (
+    FeatureSpec,
+    events_to_rows,
+    raw_spec,
+    ticks_from_mid_spec,
+    zscore_spec,
+)
+from lobstream.kernels.labels import balanced_alpha, classify_change, smoothed_change
+from lobstream.kernels.registry import Registry
+from lobstream.models.train import Windows
+from lobstream.replay.readers import read_events
+
+logger = logging.getLogger(__name__)
+
+PARTS = ("train", "val", "test")
+SMOOTHING = "mean of next k mids vs mean of previous k mids (incl. current), relative to past"
+NS_PER_SECOND = 1_000_000_000
+# Conditions that mean the input does not describe a valid book; the others are routine.
+_SERIOUS = ("crossed", "seq_gap", "bad_event", "bad_instrument", "time_backwards")
+
+
+@dataclass(frozen=True)
+class LabelDef:
+    """What a label means: horizon ``k`` in ``unit`` ("events" or "seconds"), threshold
+    ``alpha`` (None: balanced on the training part)."""
+
+    horizon: float
+    unit: str = "events"
+    alpha: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.unit not in ("events", "seconds"):
+            raise ValueError(f"horizon unit must be 'events' or 'seconds', got {self.unit!r}")
+        if not self.horizon > 0:
+            raise ValueError(f"horizon must be positive, got {self.horizon}")
+        if self.unit == "events" and int(self.horizon) != self.horizon:
+            raise ValueError(f"a horizon in events must be a whole number, got {self.horizon}")
+
+    def kernel_args(self) -> tuple[int, str]:
+        if self.unit == "events":
+            return int(self.horizon), "events"
+        return int(round(self.horizon * NS_PER_SECOND)), "ns"
+
+
+@dataclass
+class Stream:
+    """Rows ``start .. stop - 1`` of the flat arrays: one instrument of one file."""
+
+    file: str
+    instrument: int
+    start: int
+    stop: int
+    parts: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> [a, b) rows
+
+
+@dataclass
+class LobDataset:
+    """Normalised rows, RAW rows, meta, and the three parts' windows and labels."""
+
+    rows: np.ndarray  # (M, F) float32, normalised by ``spec``
+    raw: np.ndarray  # (M, F) float32, FEATURE_RAW
+    meta: np.ndarray  # (M,) ROW_META_DTYPE
+    spec: FeatureSpec
+    window: int
+    levels: int
+    label: LabelDef
+    alpha: float
+    streams: list[Stream]
+    parts: dict[str, Windows]
+    files: list[str]
+    n_events: int
+    report: np.ndarray  # (2, N_CODES) summed over files, first pass
+
+    def class_balance(self) -> dict[str, list[float]]:
+        """Fraction of down / flat / up labels in each part."""
+        out = {}
+        for name, w in self.parts.items():
+            c = np.bincount(w.labels.astype(np.int64), minlength=3).astype(float)
+            out[name] = (c / max(c.sum(), 1.0)).round(4).tolist()
+        return out
+
+    def label_dict(self) -> dict:
+        """The manifest's ``label`` entry."""
+        return {
+            "horizon": self.label.horizon,
+            "unit": self.label.unit,
+            "alpha": self.alpha,
+            "alpha_rule": "given" if self.label.alpha is not None else "balanced on train",
+            "smoothing": SMOOTHING,
+            "classes": ["down", "flat", "up"],
+        }
+
+    def trained_on(self) -> dict:
+        """The manifest's ``trained_on`` entry."""
+        return {
+            "files": [Path(f).name for f in self.files],
+            "events": self.n_events,
+            "rows": int(self.rows.shape[0]),
+            "split": "chronological, cut at common ts_event quantiles, gap rows between parts",
+            "split_windows": {k: len(w) for k, w in self.parts.items()},
+            "split_rows": {
+                k: int(sum(s.parts[k][1] - s.parts[k][0] for s in self.streams)) for k in PARTS
+            },
+            "class_balance": self.class_balance(),
+            "normalisation": "z-score statistics from the training part's rows only",
+        }
+
+
+def _file_events(path: str | Path, registry: Registry, max_events: int | None) -> np.ndarray:
+    batches = []
+    n = 0
+    for b in read_events([path], registry):
+        batches.append(b)
+        n += len(b)
+        if max_events is not None and n >= max_events:
+            break
+    if not batches:
+        raise ValueError(f"{path}: no events read; is it an empty file or the wrong format?")
+    ev = np.concatenate(batches)
+    return ev[:max_events] if max_events is not None else ev
+
+
+def _rows(events: np.ndarray, spec: FeatureSpec, n_instruments: int, report: np.ndarray):
+    book = new_book(n_instruments)
+    rows = np.empty((len(events), spec.n_features), dtype=np.float32)
+    meta = np.empty(len(events), dtype=ROW_META_DTYPE)
+    m = events_to_rows(book, spec, events, rows, meta, report)
+    return rows[:m], meta[:m]
+
+
+def _log_report(path: str, report: np.ndarray) -> None:
+    for c in range(N_CODES):
+        if report[0, c]:
+            log = logger.warning if CODE_NAMES[c] in _SERIOUS else logger.info
+            log("%s: %d x %s (first at event %d)", path, report[0, c], CODE_NAMES[c], report[1, c])
+
+
+def _gap_end(ts: np.ndarray, b: int, window: int, label: LabelDef) -> int:
+    """First row after the gap that follows a cut at row ``b`` of one stream."""
+    if label.unit == "events":
+        return b + window + int(label.horizon)
+    h, _ = label.kernel_args()
+    if b >= len(ts):
+        return len(ts)
+    return int(np.searchsorted(ts, ts[b] + h, side="right")) + window
+
+
+def _zscore_params(raw: np.ndarray, levels: int) -> np.ndarray:
+    px = np.concatenate([raw[:, 0 : 4 * levels : 4], raw[:, 2 : 4 * levels : 4]], axis=1)
+    sz = np.concatenate([raw[:, 1 : 4 * levels : 4], raw[:, 3 : 4 * levels : 4]], axis=1)
+    px = px.astype(np.float64)
+    sz = sz.astype(np.float64)
+    p = np.array([px.mean(), px.std(), sz.mean(), sz.std()])
+    if not (p[1] > 0 and p[3] > 0):
+        raise ValueError(
+            f"training rows have constant prices or sizes (std {p[1]}, {p[3]}): cannot "
+            "z-score; use more data or --features ticks_from_mid"
+        )
+    return p
+
+
+def build_dataset(
+    paths: Sequence[str | Path],
+    label: LabelDef,
+    *,
+    window: int = 100,
+    levels: int = 10,
+    fractions: tuple[float, float] = (0.7, 0.15),
+    features: str = "zscore",
+    registry: Registry | None = None,
+    max_events: int | None = None,
+) -> LobDataset:
+    """Build rows, labels and the train / val / test windows from LOB files.
+
+    Parameters
+    ----------
+    paths : sequence of path-like
+        Files any reader of :mod:`lobstream.replay.readers` accepts (for LOBSTER, the message
+        file with its orderbook file beside it).
+    label : LabelDef
+    window : int
+        T, rows per window.
+    levels : int
+        L, levels per side; F = 4 L.
+    fractions : (float, float)
+        Shares of time for train and validation; test takes the rest.
+    features : {"zscore", "ticks_from_mid"}
+        Normalisation; z-score statistics come from the training part.
+    registry : Registry, optional
+        Instrument registry (a fresh one is filled by the readers when absent).
+    max_events : int, optional
+        Read only the first ``max_events`` events of each file (quick runs and tests).
+    """
+    registry = Registry() if registry is None else registry
+    paths = [str(p) for p in paths]
+    if not paths:
+        raise ValueError("no input files given")
+    sources = [(p, _file_events(p, registry, max_events)) for p in paths]
+    return dataset_from_events(
+        sources,
+        label,
+        window=window,
+        levels=levels,
+        fractions=fractions,
+        features=features,
+        n_instruments=len(registry),
+    )
+
+
+def dataset_from_events(
+    sources: Sequence[tuple[str, np.ndarray]],
+    label: LabelDef,
+    *,
+    window: int = 100,
+    levels: int = 10,
+    fractions: tuple[float, float] = (0.7, 0.15),
+    features: str = "zscore",
+    n_instruments: int | None = None,
+) -> LobDataset:
+    """:func:`build_dataset` on events already read: ``sources`` is a list of (name, events
+    (n,) EVENT_DTYPE), one per file; ``n_instruments`` defaults to the largest id + 1."""
+
+    f_train, f_val = fractions
+    if not (0 < f_train < 1 and 0 < f_val < 1 and f_train + f_val < 1):
+        raise ValueError(f"fractions must be two shares in (0, 1) summing below 1, got {fractions}")
+    if window < 2:
+        raise ValueError(f"window T must be at least 2, got {window}")
+    if not sources:
+        raise ValueError("no input files given")
+    paths = [str(name) for name, _ in sources]
+    if n_instruments is None:
+        n_instruments = 1 + max(int(ev["instrument"].max()) if len(ev) else 0 for _, ev in sources)
+
+    # 1. RAW rows per file, regrouped into per-instrument streams
+    events_by_file, raws, metas, streams = [], [], [], []
+    report = new_report()
+    n_events, start = 0, 0
+    for path, ev in zip(paths, (e for _, e in sources), strict=True):
+        n_events += len(ev)
+        rep = new_report()
+        raw, meta = _rows(ev, raw_spec(levels), n_instruments, rep)
+        _log_report(path, rep)
+        report[0] += rep[0]
+        events_by_file.append(ev)
+        order = np.argsort(meta["instrument"], kind="stable")
+        raws.append(raw[order])
+        metas.append(meta[order])
+        for inst in np.unique(meta["instrument"]):
+            n = int(np.count_nonzero(meta["instrument"] == inst))
+            streams.append(Stream(path, int(inst), start, start + n))
+            start += n
+        logger.info("%s: %d events -> %d rows", path, len(ev), len(raw))
+    raw = np.concatenate(raws)
+    meta = np.concatenate(metas)
+    if raw.shape[0] == 0:
+        raise ValueError(f"{paths}: no feature rows (is the book ever two-sided?)")
+
+    # 2. chronological split at common instants, with gaps
+    cut1, cut2 = np.quantile(meta["ts_event"], [f_train, f_train + f_val], method="lower")
+    for s in streams:
+        ts = meta["ts_event"][s.start : s.stop]
+        b1 = int(np.searchsorted(ts, cut1, side="right"))
+        b2 = max(int(np.searchsorted(ts, cut2, side="right")), b1)
+        g1 = min(_gap_end(ts, b1, window, label), len(ts))
+        g2 = min(max(_gap_end(ts, b2, window, label), g1), len(ts))
+        b2 = max(b2, g1)
+        s.parts = {
+            "train": (s.start, s.start + b1),
+            "val": (s.start + g1, s.start + b2),
+            "test": (s.start + g2, s.stop),
+        }
+
+    # 3. labels per part; alpha from the training part only
+    k, unit = label.kernel_args()
+    changes: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {p: [] for p in PARTS}
+    for s in streams:
+        for p, (a, b) in s.parts.items():
+            if b - a < window:
+                continue
+            ch = smoothed_change(meta["mid"][a:b], k, meta["ts_event"][a:b], unit)
+            ends = np.arange(a + window - 1, b, dtype=np.int64)
+            changes[p].append((ends, ch[window - 1 :]))
+    if label.alpha is not None:
+        alpha = float(label.alpha)
+    else:
+        train_ch = [c for _, c in changes["train"]]
+        if not train_ch:
+            raise ValueError(
+                f"the training part has fewer than T={window} rows in every stream; "
+                "use more data or a smaller window"
+            )
+        alpha = balanced_alpha(np.concatenate(train_ch))
+
+    # 4. z-score statistics from the training rows, then normalised rows from the kernel
+    if features == "zscore":
+        tr = np.concatenate([raw[a:b] for s in streams for a, b in [s.parts["train"]]])
+        spec = zscore_spec(*_zscore_params(tr, levels), levels=levels)
+    elif features == "ticks_from_mid":
+        spec = ticks_from_mid_spec(1.0, levels)
+    else:
+        raise ValueError(f"features must be 'zscore' or 'ticks_from_mid', got {features!r}")
+    rows = np.empty_like(raw)
+    off = 0
+    for path, ev in zip(paths, events_by_file, strict=True):
+        r, m = _rows(ev, spec, n_instruments, new_report())
+        order = np.argsort(m["instrument"], kind="stable")
+        if len(r) != len(order) or not np.array_equal(
+            m["event_index"][order], meta["event_index"][off : off + len(r)]
+        ):
+            raise RuntimeError(f"{path}: normalised pass wrote different rows than the raw pass")
+        rows[off : off + len(r)] = r[order]
+        off += len(r)
+
+    parts = {}
+    for p in PARTS:
+        if changes[p]:
+            ends = np.concatenate([e for e, _ in changes[p]])
+            lab = classify_change(np.concatenate([c for _, c in changes[p]]), alpha)
+        else:
+            ends, lab = np.zeros(0, np.int64), np.zeros(0, np.int8)
+        keep = lab >= 0
+        parts[p] = Windows(rows, ends[keep], lab[keep], window)
+    ds = LobDataset(
+        rows, raw, meta, spec, window, levels, label, alpha, streams, parts, paths, n_events, report
+    )
+    logger.info(
+        "dataset: alpha %.3g, windows %s, balance %s",
+        alpha,
+        {p: len(w) for p, w in parts.items()},
+        ds.class_balance(),
+    )
+    if spec.kind == FEATURE_ZSCORE:
+        logger.info("z-score params (train only): %s", spec.params.tolist())
+    return ds
