@@ -1,0 +1,709 @@
+"""Binance depth data: hftbacktest recordings (``<local_ts_ns> <json>`` lines) and depth CSVs.
+
+Recordings (gzip or plain text, one websocket message per line) hold ``depthUpdate`` diffs,
+the REST snapshot line (``lastUpdateId``), ``trade`` / ``aggTrade`` prints and ``bookTicker``
+lines (ignored, counted in the log). Binance's historical futures depth CSVs
+(``symbol,timestamp,first_update_id,last_update_id,side,update_type,price,qty,pu``) hold
+``snap`` rows (a snapshot) and ``set`` rows (diffs); both go through the same state machine.
+
+What is emitted, per instrument:
+
+- A snapshot becomes ``ACTION_CLEAR`` + one ``ACTION_UPDATE`` per level, all ``FLAG_SNAPSHOT``,
+  the last with ``FLAG_LAST``. Each applied diff message becomes one update per level, the last
+  with ``FLAG_LAST``. Trades are ``ACTION_TRADE`` with ``seq`` 0 and no flags; their ``side`` is
+  the aggressor's (``SIDE_BID`` = buyer-initiated, i.e. ``m`` false).
+- Update-id sync (Binance's rules): spot drops diffs with ``u <= lastUpdateId``, the first kept
+  one must have ``U <= lastUpdateId + 1 <= u`` and then ``U == previous u + 1``; futures drop
+  ``u < lastUpdateId``, need ``U <= lastUpdateId <= u`` first and then ``pu == previous u``.
+  Diffs recorded before the snapshot line are buffered and replayed after it under those rules.
+- ``seq`` is a per-instrument counter, contiguous while the id chain holds. A broken chain skips
+  one number (a gap), so the book kernel marks the instrument stale until the next snapshot;
+  the diffs after the break are still emitted (and counted in the log).
+- Diffs for an instrument that has never had a snapshot are not emitted (their count is
+  logged). Files read one after the other with the same registry chain: the sync state is
+  kept per registry, so ``btcusdt_20240808.gz`` then ``btcusdt_20240809.gz`` (which has no
+  snapshot) continue the same book. A file read alone without a snapshot yields trades only.
+- ``ts_event``: futures diffs use ``T`` (transaction time), spot diffs ``E``; trades ``T``; a
+  snapshot without a time (spot REST) takes the newest exchange time seen for the instrument.
+  Times are clamped to be non-decreasing per instrument (trades and depth come from separate
+  streams); clamps are counted in the log. ``ts_recv`` is 0: the recorder's clock is wall time,
+  not this host's monotonic clock.
+- Instruments are registered as ``binance:SYM`` (spot), ``binance-futures:SYM`` (USD-M) and
+  ``binance-delivery:SYM`` (COIN-M); a registry entry under the plain symbol is used too. Without
+  one, the tick is inferred as the coarsest grid holding every price of the first chunk
+  (spot BTCUSDT: 0.01; futures: 0.1) and logged.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import re
+import weakref
+import zlib
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from lobstream.kernels.dtypes import (
+    ACTION_CLEAR,
+    ACTION_TRADE,
+    ACTION_UPDATE,
+    EVENT_DTYPE,
+    FLAG_LAST,
+    FLAG_SNAPSHOT,
+    SIDE_ASK,
+    SIDE_BID,
+)
+from lobstream.kernels.registry import Instrument, Registry
+from lobstream.replay.errors import DataError, Defects
+from lobstream.replay.readers import _decimal
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "binance"
+
+SCALE = 8  # Binance sends at most 8 decimals
+_CHUNK_BYTES = 8 << 20
+_CSV_BATCH = 200_000
+_MAX_PENDING = 20_000  # pre-snapshot diffs kept for replay after the snapshot
+_CSV_HEADER = "symbol,timestamp,first_update_id,last_update_id,side,update_type,price,qty,pu"
+_CSV_SCHEMA = {
+    "symbol": pl.Utf8,
+    "timestamp": pl.Int64,
+    "first_update_id": pl.Int64,
+    "last_update_id": pl.Int64,
+    "side": pl.Utf8,
+    "update_type": pl.Utf8,
+    "price": pl.Utf8,
+    "qty": pl.Utf8,
+    "pu": pl.Int64,
+}
+_JSON = json.JSONDecoder()
+_LINE_RE = re.compile(rb"^\d{15,20} \{")
+
+# message kinds
+_DEPTH, _SNAP, _TRADE = 0, 1, 2
+
+
+@dataclass
+class _Chain:
+    """Sync state of one instrument's update-id chain (kept across files of one registry)."""
+
+    futures: bool
+    synced: bool = False
+    fresh: bool = False  # a snapshot was applied and no diff yet
+    last_u: int = 0
+    seq: int = 0
+    last_ts: int = 0
+    pending: deque = field(default_factory=lambda: deque(maxlen=_MAX_PENDING))
+
+
+@dataclass
+class _Stats:
+    ignored: int = 0
+    unsynced: int = 0
+    dropped_old: int = 0
+    gaps: int = 0
+    clamped: int = 0
+    snapshots: int = 0
+
+
+# Sync state per registry: reading files in order with one registry chains them.
+_CHAINS: weakref.WeakKeyDictionary[Registry, dict[str, _Chain]] = weakref.WeakKeyDictionary()
+
+
+def _chains(registry: Registry) -> dict[str, _Chain]:
+    d = _CHAINS.get(registry)
+    if d is None:
+        d = {}
+        _CHAINS[registry] = d
+    return d
+
+
+def detect(path: Path) -> bool:
+    """A Binance recording (``<digits> {json}`` lines) or a Binance futures depth CSV."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(2)
+        opener = gzip.open if magic == b"\x1f\x8b" else open
+        with opener(path, "rb") as fh:
+            head = fh.read(4096)
+    except (OSError, EOFError):
+        return False
+    first = head.split(b"\n", 1)[0]
+    if first.strip().decode("ascii", "replace") == _CSV_HEADER:
+        return True
+    return bool(_LINE_RE.match(first)) and (b'"stream"' in head or b"lastUpdateId" in head)
+
+
+def read(
+    path: Path,
+    registry: Registry,
+    *,
+    batch_rows: int = 262_144,
+    skip_bad: bool = False,
+    defects: Defects | None = None,
+) -> Iterator[np.ndarray]:
+    """Event batches (EVENT_DTYPE, at most ``batch_rows`` events each) from one Binance file.
+
+    Raises
+    ------
+    DataError
+        A malformed line (bad JSON, missing field, non-numeric or non-positive price, negative
+        quantity, unknown side, truncated gzip) names the file and row, unless ``skip_bad``:
+        then the message is skipped and counted by kind in ``defects``.
+    """
+    path = Path(path)
+    defects = Defects() if defects is None else defects
+    rd = _Reader(path, registry, skip_bad, defects)
+    with open(path, "rb") as fh:
+        magic = fh.read(2)
+    if magic != b"\x1f\x8b" and _is_csv(path):
+        chunks = rd.csv_chunks()
+    else:
+        chunks = rd.json_chunks()
+    for events in chunks:
+        for start in range(0, len(events), batch_rows):
+            yield events[start : start + batch_rows]
+    rd.finish()
+
+
+def _is_csv(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        first = fh.readline()
+    return first.strip().decode("ascii", "replace") == _CSV_HEADER
+
+
+def _symbol_from_name(path: Path) -> str:
+    stem = path.name.split(".")[0]
+    return re.sub(r"_\d{8}$", "", stem).upper()
+
+
+class _Chunk:
+    """Messages and their levels, gathered in Python before one bulk numeric conversion."""
+
+    def __init__(self) -> None:
+        self.px: list[str] = []
+        self.qty: list[str] = []
+        self.side: list[int] = []
+        self.ticks = self.size = self.sides = np.zeros(0, np.int64)
+        # per message: kind, row, key, ts_ns, U, u, pu, lv_start, lv_end
+        self.msgs: list[tuple] = []
+
+    def add_levels(self, levels: list, side: int) -> None:
+        if not levels:
+            return
+        try:
+            px, qty = zip(*levels, strict=True)
+        except (TypeError, ValueError):
+            raise ValueError("each level must be a [price, quantity] pair") from None
+        self.px.extend(px)
+        self.qty.extend(qty)
+        self.side.extend([side] * len(px))
+
+
+class _Reader:
+    def __init__(self, path: Path, registry: Registry, skip_bad: bool, defects: Defects):
+        self.path = path
+        self.registry = registry
+        self.skip_bad = skip_bad
+        self.defects = defects
+        self.chains = _chains(registry)
+        self.stats = _Stats()
+        self.file_symbol = _symbol_from_name(path)
+        self.last_depth_key: str | None = None
+        self.units: dict[str, int] = {}
+        self.inst: dict[str, Instrument] = {}
+
+    # -- errors ---------------------------------------------------------------------------
+    def bad(self, kind: str, problem: str, row: int) -> None:
+        """Raise, or count the defect when skipping."""
+        if not self.skip_bad:
+            raise DataError(self.path, problem, row=row)
+        self.defects.add(kind, f"{self.path} row {row}")
+
+    # -- market and instrument -----------------------------------------------------------
+    def key_for(self, symbol: str, futures: bool) -> str:
+        venue = (
+            "binance-delivery" if "_" in symbol else ("binance-futures" if futures else "binance")
+        )
+        key = f"{venue}:{symbol}"
+        if key not in self.chains:
+            self.chains[key] = _Chain(futures=futures or "_" in symbol)
+        return key
+
+    def instrument(self, key: str, max_dec: int) -> Instrument:
+        inst = self.inst.get(key)
+        if inst is not None:
+            return inst
+        plain = key.split(":", 1)[1]
+        if key in self.registry:
+            inst = self.registry.by_symbol(key)
+        elif plain in self.registry:
+            inst = self.registry.by_symbol(plain)
+        else:
+            tick = _decimal.infer_tick(max_dec)
+            inst = self.registry.add(key, tick)
+            logger.info(
+                "%s: %s not in the registry; tick size %s inferred from the data (add it to the "
+                "registry to set it)",
+                self.path,
+                key,
+                tick,
+            )
+        self.units[key] = _decimal.tick_units(inst.tick_size, SCALE)
+        self.inst[key] = inst
+        return inst
+
+    # -- JSON lines -----------------------------------------------------------------------
+    def json_chunks(self) -> Iterator[np.ndarray]:
+        with open(self.path, "rb") as raw:
+            gz = raw.read(2) == b"\x1f\x8b"
+        fh = gzip.open(self.path, "rb") if gz else open(self.path, "rb")
+        row = 0
+        with fh:
+            while True:
+                try:
+                    lines = fh.readlines(_CHUNK_BYTES)
+                except (EOFError, OSError, zlib.error) as exc:
+                    self.bad(
+                        "truncated_file",
+                        f"compressed stream ends or is corrupt after row "
+                        f"{row} ({exc}); expected a complete gzip file: re-download it",
+                        row + 1,
+                    )
+                    return
+                if not lines:
+                    break
+                chunk = _Chunk()
+                row = self.parse_lines(lines, row, chunk)
+                yield self.process(chunk)
+
+    def parse_lines(self, lines: list[bytes], row: int, ck: _Chunk) -> int:
+        """Parse a chunk of lines into ``ck``; returns the row number of the last line."""
+        rows: list[int] = []
+        parts: list[bytes] = []
+        for line in lines:
+            row += 1
+            sp = line.find(b" ", 0, 32)
+            if sp <= 0:
+                if line.strip():
+                    self.bad("bad_line", "expected '<local_ts_ns> <json>', found no space", row)
+                continue
+            # the BBO stream is not part of the book: skip it before paying for JSON
+            if b"@bookTicker" in line[sp : sp + 48]:
+                self.stats.ignored += 1
+                continue
+            parts.append(line[sp + 1 :].rstrip())
+            rows.append(row)
+        # one decoder call per chunk; a bad line makes it fail, then lines are parsed one by one
+        # to name the row
+        objs = None
+        try:
+            objs = json.loads(b"[" + b",".join(parts) + b"]")
+            if len(objs) != len(parts):
+                objs = None
+        except ValueError:
+            objs = None
+        if objs is None:
+            objs = []
+            for r, part in zip(rows, parts, strict=True):
+                try:
+                    objs.append(_JSON.decode(part.decode()))
+                except ValueError as exc:
+                    objs.append(None)
+                    self.bad("bad_json", f"not valid JSON ({exc}); the line may be truncated", r)
+        for r, obj in zip(rows, objs, strict=True):
+            if obj is not None:
+                self.parse_obj(obj, r, ck)
+        return row
+
+    def parse_obj(self, obj: object, row: int, ck: _Chunk) -> None:
+        if not isinstance(obj, dict):
+            self.bad("bad_json", f"expected a JSON object, found {type(obj).__name__}", row)
+            return
+        data = obj.get("data", obj)
+        try:
+            if "lastUpdateId" in data:
+                futures = "E" in data or "T" in data
+                sym = data.get("symbol") or (
+                    self.last_depth_key.split(":", 1)[1]
+                    if self.last_depth_key
+                    else self.file_symbol
+                )
+                key = self.key_for(sym, futures)
+                ts = int(data.get("T") or data.get("E") or 0) * 1_000_000
+                lid = int(data["lastUpdateId"])
+                s = len(ck.px)
+                ck.add_levels(data["bids"], SIDE_BID)
+                ck.add_levels(data["asks"], SIDE_ASK)
+                ck.msgs.append((_SNAP, row, key, ts, lid, lid, lid, s, len(ck.px)))
+                return
+            e = data.get("e")
+            if e == "depthUpdate":
+                futures = "pu" in data
+                key = self.key_for(data["s"], futures)
+                self.last_depth_key = key
+                ts = int(data["T"] if futures and "T" in data else data["E"]) * 1_000_000
+                s = len(ck.px)
+                ck.add_levels(data["b"], SIDE_BID)
+                ck.add_levels(data["a"], SIDE_ASK)
+                ck.msgs.append(
+                    (
+                        _DEPTH,
+                        row,
+                        key,
+                        ts,
+                        int(data["U"]),
+                        int(data["u"]),
+                        int(data.get("pu", -1)),
+                        s,
+                        len(ck.px),
+                    )
+                )
+                return
+            if e in ("trade", "aggTrade"):
+                key = self.key_for(data["s"], "M" not in data)
+                ts = int(data["T"]) * 1_000_000
+                m = data["m"]
+                if not isinstance(m, bool):
+                    self.bad("bad_side", f"trade 'm' must be true or false, found {m!r}", row)
+                    return
+                s = len(ck.px)
+                ck.px.append(data["p"])
+                ck.qty.append(data["q"])
+                ck.side.append(SIDE_ASK if m else SIDE_BID)
+                ck.msgs.append((_TRADE, row, key, ts, 0, 0, 0, s, s + 1))
+                return
+        except (KeyError, TypeError, IndexError, ValueError) as exc:
+            self.bad(
+                "bad_record",
+                f"{e or 'message'} is missing or has a malformed field "
+                f"({exc!r}); expected Binance's documented message layout",
+                row,
+            )
+            return
+        # bookTicker and anything else (subscription acks): not part of the book
+        self.stats.ignored += 1
+
+    # -- CSV ------------------------------------------------------------------------------
+    def csv_chunks(self) -> Iterator[np.ndarray]:
+        lf = pl.scan_csv(self.path, schema=_CSV_SCHEMA, has_header=True)
+        carry: pl.DataFrame | None = None
+        row0 = 1  # file row of the first data row of the next frame (header is row 1)
+        try:
+            batches = lf.collect_batches(chunk_size=_CSV_BATCH)
+            for df in batches:
+                if carry is not None:
+                    df = pl.concat([carry, df])
+                # hold back the last message: it may continue in the next batch
+                ids = df["last_update_id"].to_numpy()
+                cut = len(ids)
+                while cut > 0 and ids[cut - 1] == ids[-1]:
+                    cut -= 1
+                if cut == 0:
+                    carry = df
+                    continue
+                carry = df[cut:]
+                yield self.process(self.csv_frame(df[:cut], row0))
+                row0 += cut
+        except pl.exceptions.PolarsError as exc:
+            self.bad(
+                "bad_record",
+                f"not a valid depth CSV ({exc}); expected columns "
+                f"{_CSV_HEADER} with integer ids and timestamps",
+                row0,
+            )
+            return
+        if carry is not None and len(carry):
+            yield self.process(self.csv_frame(carry, row0))
+
+    def csv_frame(self, df: pl.DataFrame, row0: int) -> _Chunk:
+        ck = _Chunk()
+        n = len(df)
+        if n == 0:
+            return ck
+        side_s = df["side"].to_numpy()
+        side = np.full(n, 255, np.int64)
+        side[side_s == "b"] = SIDE_BID
+        side[side_s == "a"] = SIDE_ASK
+        typ = df["update_type"].to_numpy()
+        for i in np.flatnonzero(side == 255)[:1]:
+            self.bad("bad_side", f"side must be 'a' or 'b', found {side_s[i]!r}", row0 + 1 + int(i))
+        good_typ = (typ == "snap") | (typ == "set")
+        for i in np.flatnonzero(~good_typ)[:1]:
+            self.bad(
+                "bad_record",
+                f"update_type must be 'snap' or 'set', found {typ[i]!r}",
+                row0 + 1 + int(i),
+            )
+        keep = (side != 255) & good_typ
+        nulls = df.select(pl.any_horizontal(pl.all().is_null())).to_series().to_numpy()
+        for i in np.flatnonzero(nulls & keep)[:1]:
+            self.bad("bad_record", "empty field; every column must be filled", row0 + 1 + int(i))
+        keep &= ~nulls
+        if not keep.all():
+            extra = int((~keep).sum()) - 1
+            if self.skip_bad and extra > 0:
+                self.defects.add("bad_record", f"{self.path} row {row0 + 1}", extra)
+        idx = np.flatnonzero(keep)
+        ck.px = df["price"].to_numpy()[idx].tolist()
+        ck.qty = df["qty"].to_numpy()[idx].tolist()
+        ck.side = side[idx].tolist()
+        sym = df["symbol"].to_numpy()[idx]
+        ts = df["timestamp"].to_numpy()[idx] * 1_000_000
+        fu = df["first_update_id"].to_numpy()[idx]
+        lu = df["last_update_id"].to_numpy()[idx]
+        pu = df["pu"].to_numpy()[idx]
+        snap = typ[idx] == "snap"
+        m = len(idx)
+        if m == 0:
+            return ck
+        # a message is a run of rows with the same (symbol, last_update_id, update_type)
+        brk = np.ones(m, bool)
+        brk[1:] = (lu[1:] != lu[:-1]) | (sym[1:] != sym[:-1]) | (snap[1:] != snap[:-1])
+        starts = np.flatnonzero(brk)
+        ends = np.append(starts[1:], m)
+        for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
+            key = self.key_for(str(sym[s]), True)
+            self.last_depth_key = key
+            kind = _SNAP if snap[s] else _DEPTH
+            ck.msgs.append(
+                (
+                    kind,
+                    row0 + 1 + int(idx[s]),
+                    key,
+                    int(ts[s]),
+                    int(fu[s]),
+                    int(lu[s]),
+                    int(pu[s]),
+                    s,
+                    e,
+                )
+            )
+        return ck
+
+    # -- numbers, sync and events ---------------------------------------------------------
+    def process(self, ck: _Chunk) -> np.ndarray:
+        if not ck.msgs:
+            return np.zeros(0, EVENT_DTYPE)
+        pxv, pst, _ = (
+            _decimal.parse_fixed(ck.px, SCALE)
+            if ck.px
+            else (np.zeros(0, np.int64), np.zeros(0, np.uint8), 0)
+        )
+        qv, qst, _ = (
+            _decimal.parse_fixed(ck.qty, SCALE)
+            if ck.qty
+            else (np.zeros(0, np.int64), np.zeros(0, np.uint8), 0)
+        )
+        lv_bad = (pst != _decimal.OK) | (qst != _decimal.OK) | (pxv <= 0) | (qv < 0)
+        side = np.asarray(ck.side, np.int64)
+        lv_bad |= side > 1
+        # per-level message index, to find bad messages and group tick inference
+        starts = np.fromiter((m[7] for m in ck.msgs), np.int64, len(ck.msgs))
+        ends = np.fromiter((m[8] for m in ck.msgs), np.int64, len(ck.msgs))
+        counts = ends - starts
+        bad_msgs = set()
+        if lv_bad.any():
+            msg_of = np.repeat(np.arange(len(ck.msgs)), counts)
+            for j in np.flatnonzero(lv_bad):
+                mi = int(msg_of[j])
+                if mi in bad_msgs:
+                    continue
+                bad_msgs.add(mi)
+                self.bad(
+                    *self._level_problem(ck, j, pst[j], qst[j], pxv[j], qv[j], side[j]),
+                    ck.msgs[mi][1],
+                )
+        # tick size per instrument: registry, or inferred from this chunk's prices
+        for key in {m[2] for m in ck.msgs} - set(self.inst):
+            sel = np.zeros(len(ck.px), bool)
+            for mi, m in enumerate(ck.msgs):
+                if m[2] == key and mi not in bad_msgs:
+                    sel[m[7] : m[8]] = True
+            self.instrument(key, _max_decimals(pxv[sel & ~lv_bad]))
+        # ticks (per level, with its instrument's tick)
+        units = np.ones(len(ck.px), np.int64)
+        for m in ck.msgs:
+            units[m[7] : m[8]] = self.units[m[2]]
+        ticks = pxv // units
+        off_grid = (ticks * units != pxv) & ~lv_bad
+        if off_grid.any():
+            msg_of = np.repeat(np.arange(len(ck.msgs)), counts)
+            for j in np.flatnonzero(off_grid):
+                mi = int(msg_of[j])
+                if mi in bad_msgs:
+                    continue
+                bad_msgs.add(mi)
+                key = ck.msgs[mi][2]
+                self.bad(
+                    "off_tick_price",
+                    f"price {ck.px[j]} is not a multiple of the tick "
+                    f"size {self.inst[key].tick_size} of {key}; set tick_size for it in the "
+                    "instrument registry",
+                    ck.msgs[mi][1],
+                )
+        # kept on the chunk: diffs buffered before a later snapshot are emitted from it
+        ck.ticks, ck.size, ck.sides = ticks, _decimal.fixed_to_float(qv, SCALE), side
+        return self.emit(self.sync(ck, bad_msgs))
+
+    @staticmethod
+    def _level_problem(ck, j, pst, qst, px, q, side):
+        if side > 1:
+            return "bad_side", f"unknown side code {side}; expected bid or ask"
+        if pst != _decimal.OK:
+            return "bad_price", (
+                f"price {ck.px[j]!r} is {_decimal.STATUS_NAMES[pst]}; expected "
+                f"a decimal string with at most {SCALE} decimals"
+            )
+        if qst != _decimal.OK:
+            return "bad_quantity", (
+                f"quantity {ck.qty[j]!r} is {_decimal.STATUS_NAMES[qst]}; "
+                f"expected a decimal string with at most {SCALE} decimals"
+            )
+        if px <= 0:
+            return "non_positive_price", f"price {ck.px[j]} is not positive"
+        return "negative_quantity", f"quantity {ck.qty[j]} is negative; expected >= 0"
+
+    def sync(self, ck: _Chunk, bad_msgs: set) -> list[tuple]:
+        """Apply the update-id rules; returns pieces (action, msg, seq0, ts, flags, key, chunk)."""
+        plan: list[tuple] = []
+        for mi, m in enumerate(ck.msgs):
+            if mi in bad_msgs:
+                continue
+            kind, key = m[0], m[2]
+            ch = self.chains[key]
+            if kind == _TRADE:
+                plan.append((ACTION_TRADE, mi, 0, self.stamp(ch, m[3]), 0, key, ck))
+            elif kind == _SNAP:
+                self.snapshot(ch, ck, mi, m, plan)
+            elif not ch.synced:
+                ch.pending.append((ck, mi))
+                self.stats.unsynced += 1
+            else:
+                self.diff(ch, ck, mi, m, plan)
+        return plan
+
+    def stamp(self, ch: _Chain, ts: int) -> int:
+        if ts < ch.last_ts:
+            self.stats.clamped += 1
+            return ch.last_ts
+        ch.last_ts = ts
+        return ts
+
+    def snapshot(self, ch: _Chain, ck: _Chunk, mi: int, m: tuple, plan: list) -> None:
+        ts = self.stamp(ch, m[3] if m[3] else ch.last_ts)
+        n = m[8] - m[7]
+        ch.seq += 1
+        plan.append(
+            (ACTION_CLEAR, -1, ch.seq, ts, FLAG_SNAPSHOT | (0 if n else FLAG_LAST), m[2], ck)
+        )
+        if n:
+            plan.append((ACTION_UPDATE, mi, ch.seq + 1, ts, FLAG_SNAPSHOT, m[2], ck))
+            ch.seq += n
+        ch.synced, ch.fresh, ch.last_u = True, True, m[5]
+        self.stats.snapshots += 1
+        # diffs recorded before the snapshot line may straddle lastUpdateId: replay them
+        pending, ch.pending = list(ch.pending), deque(maxlen=_MAX_PENDING)
+        self.stats.unsynced -= len(pending)
+        for pck, pmi in pending:
+            self.diff(ch, pck, pmi, pck.msgs[pmi], plan)
+
+    def diff(self, ch: _Chain, ck: _Chunk, mi: int, m: tuple, plan: list) -> None:
+        U, u, pu = m[4], m[5], m[6]
+        L = ch.last_u
+        if ch.fresh:
+            if (u < L) if ch.futures else (u <= L):
+                self.stats.dropped_old += 1
+                return
+            ok = (U <= L <= u) if ch.futures else (U <= L + 1 <= u)
+        else:
+            if u <= L:
+                self.stats.dropped_old += 1
+                return
+            ok = (pu == L) if ch.futures else (U == L + 1)
+        if not ok:
+            self.stats.gaps += 1
+            ch.seq += 1  # skip one number: the book kernel sees the gap and marks it stale
+            logger.debug(
+                "%s row %s: %s update-id chain broken (previous u %s, U %s u %s pu %s)",
+                self.path,
+                m[1],
+                m[2],
+                L,
+                U,
+                u,
+                pu,
+            )
+        ch.fresh = False
+        ch.last_u = u
+        n = m[8] - m[7]
+        ts = self.stamp(ch, m[3])
+        if n:
+            plan.append((ACTION_UPDATE, mi, ch.seq + 1, ts, 0, m[2], ck))
+            ch.seq += n
+
+    def emit(self, plan: list) -> np.ndarray:
+        n = sum(1 if p[1] < 0 else p[6].msgs[p[1]][8] - p[6].msgs[p[1]][7] for p in plan)
+        out = np.zeros(n, EVENT_DTYPE)
+        k = 0
+        for action, mi, seq0, ts, flags, key, src in plan:
+            inst = self.inst[key].id
+            if mi < 0:
+                out[k] = (ts, 0, seq0, 0, 0.0, inst, 0, action, flags)
+                k += 1
+                continue
+            s, e = src.msgs[mi][7], src.msgs[mi][8]
+            cnt = e - s
+            seg = out[k : k + cnt]
+            seg["ts_event"] = ts
+            seg["price"] = src.ticks[s:e]
+            seg["size"] = src.size[s:e]
+            seg["side"] = src.sides[s:e]
+            seg["instrument"] = inst
+            seg["action"] = action
+            if action != ACTION_TRADE:
+                seg["seq"] = np.arange(seq0, seq0 + cnt, dtype=np.uint64)
+                seg["flags"] = flags
+                seg["flags"][-1] |= FLAG_LAST
+            k += cnt
+        return out
+
+    def finish(self) -> None:
+        st = self.stats
+        logger.info(
+            "%s: %d snapshots, %d diffs dropped as older than the snapshot, %d chain breaks, "
+            "%d diffs waiting for a snapshot (not emitted), %d times clamped, %d other lines "
+            "ignored (bookTicker etc.)",
+            self.path,
+            st.snapshots,
+            st.dropped_old,
+            st.gaps,
+            st.unsynced,
+            st.clamped,
+            st.ignored,
+        )
+        if st.gaps:
+            logger.warning(
+                "%s: %d update-id chain breaks; the book is stale after each until a snapshot",
+                self.path,
+                st.gaps,
+            )
+
+
+def _max_decimals(v: np.ndarray) -> int:
+    """Largest number of significant decimals among fixed-point values at ``SCALE``."""
+    if v.size == 0:
+        return SCALE
+    for d in range(SCALE + 1):
+        if np.all(v % (10 ** (SCALE - d)) == 0):
+            return d
+    return SCALE
