@@ -235,7 +235,7 @@ def train_model(
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
             seen += len(idx)
         metrics = evaluate(model, val_sub, batch_size=config.eval_batch_size, device=device)
         improved = metrics["f1_macro"] > best_f1
