@@ -1,0 +1,270 @@
+"""``lobstream backtest``: classification report and trading P&L of a model over LOB files."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import click
+import numpy as np
+
+from lobstream.replay.trading import DEFAULT_SWEEP
+
+logger = logging.getLogger(__name__)
+
+
+def _thresholds(value: str) -> tuple[float, ...]:
+    try:
+        out = tuple(float(x) for x in value.split(",") if x.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected comma-separated probabilities") from None
+    if not out or not all(0 <= t <= 1 for t in out):
+        raise click.BadParameter(f"{value!r}: expected probabilities in [0, 1]")
+    return out
+
+
+@click.command("backtest")
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--model",
+    "model_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Model artifact (*.pt) with its manifest.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+@click.option(
+    "--plots",
+    "plots_dir",
+    type=click.Path(file_okay=False),
+    help="Write PNG figures (equity, confusion, calibration, signals) to this folder.",
+)
+@click.option(
+    "--threshold",
+    default=0.6,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="Class probability that triggers a long (up) or short (down) entry.",
+)
+@click.option(
+    "--latency-ms",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Decision latency: fills at the touch this long after the signal's row.",
+)
+@click.option(
+    "--cost-per-share",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Cost per share (contract) per fill, quote currency.",
+)
+@click.option(
+    "--cost-bps",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Cost per fill in basis points of notional.",
+)
+@click.option(
+    "--quantity",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(0, min_open=True),
+    help="Shares per trade.",
+)
+@click.option(
+    "--sweep",
+    default=",".join(map(str, DEFAULT_SWEEP)),
+    show_default=True,
+    help="Thresholds of the threshold sweep (comma-separated).",
+)
+@click.option(
+    "--registry",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Instrument registry TOML (tick sizes); readers add unknown symbols.",
+)
+@click.option("--format", "fmt", default="auto", show_default=True, help="Input format.")
+@click.option("--skip-bad", is_flag=True, help="Count bad records instead of stopping.")
+@click.option(
+    "--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda", "auto"])
+)
+@click.option("--threads", type=int, default=None, help="Torch CPU threads (default: torch's).")
+@click.option(
+    "--batch",
+    default=256,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Windows per model call.",
+)
+@click.option(
+    "--max-rows",
+    type=click.IntRange(1),
+    default=None,
+    help="Stop after this many feature rows (quick looks).",
+)
+def backtest(
+    files,
+    model_path,
+    as_json,
+    plots_dir,
+    threshold,
+    latency_ms,
+    cost_per_share,
+    cost_bps,
+    quantity,
+    sweep,
+    registry,
+    fmt,
+    skip_bad,
+    device,
+    threads,
+    batch,
+    max_rows,
+) -> None:
+    """Replay FILES in-process through MODEL: classification report, trading P&L, plots."""
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from lobstream.replay.backtest import backtest_files, evaluate, trading_config_for
+    from lobstream.replay.errors import DataError
+
+    reg = None
+    if registry:
+        from lobstream.replay.instruments import load_registry
+
+        reg = load_registry(registry)
+    err = Console(stderr=True)
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=as_json,
+    ) as progress:
+        task = progress.add_task("backtest", total=None)
+
+        def on_progress(events: int, rows: int, windows: int) -> None:
+            progress.update(
+                task,
+                description=(f"backtest: {events:,} events, {rows:,} rows, {windows:,} windows"),
+            )
+
+        try:
+            result, manifest, reg = backtest_files(
+                files,
+                model_path,
+                registry=reg,
+                fmt=fmt,
+                device=device,
+                threads=threads,
+                batch=batch,
+                skip_bad=skip_bad,
+                max_rows=max_rows,
+                on_progress=on_progress,
+            )
+        except (DataError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from None
+    cfg = trading_config_for(
+        manifest,
+        threshold=threshold,
+        latency_ns=int(round(latency_ms * 1e6)),
+        cost_per_share=cost_per_share,
+        cost_bps=cost_bps,
+        quantity=quantity,
+    )
+    ticks = {inst.id: float(inst.tick_size) for inst in reg}
+    summary, trades = evaluate(
+        result, manifest, cfg, tick_sizes=ticks, thresholds=_thresholds(sweep)
+    )
+    summary["files"] = [str(f) for f in files]
+    summary["instruments"] = {inst.symbol: inst.id for inst in reg}
+    if plots_dir:
+        summary["plots"] = [
+            str(p) for p in _plots(Path(plots_dir), result, summary, trades, threshold)
+        ]
+    if as_json:
+        click.echo(json.dumps(summary))
+    else:
+        _tables(Console(), summary)
+
+
+def _plots(out: Path, result, summary: dict, trades, threshold: float) -> list[Path]:
+    from lobstream.replay import plots
+    from lobstream.replay.trading import equity_curve, signals_from_probs
+
+    ts, cum = equity_curve(trades)
+    scored = result.scored
+    has_window = ~np.isnan(result.probs[:, 0])
+    signal = signals_from_probs(result.probs, threshold)
+    return [
+        plots.plot_equity(out / "equity.png", ts, cum),
+        plots.plot_confusion(out / "confusion.png", summary["metrics"]["confusion"]),
+        plots.plot_calibration(
+            out / "calibration.png", result.probs[scored], result.labels[scored]
+        ),
+        plots.plot_signal_counts(
+            out / "signals.png", result.meta["ts_event"][has_window], signal[has_window]
+        ),
+    ]
+
+
+def _tables(console, s: dict) -> None:
+    from rich.table import Table
+
+    m, t = s["metrics"], s["trading"]
+    console.print(
+        f"{s['n_events']:,} events -> {s['n_rows']:,} rows -> {s['n_windows']:,} windows "
+        f"({s['n_scored']:,} labelled) in {s['seconds']:.1f} s ({s['windows_per_s']:,.0f} "
+        f"windows/s); model {s['model']['arch']} T={s['model']['T']} label {s['model']['label']}"
+    )
+    cls = Table(title="classification (argmax vs the artifact's labels)")
+    for col in ("accuracy", "f1_macro", "f1_weighted", "mcc", "kappa"):
+        cls.add_column(col, justify="right")
+    cls.add_row(*(f"{m[k]:.4f}" for k in ("accuracy", "f1_macro", "f1_weighted", "mcc", "kappa")))
+    console.print(cls)
+    conf = Table(title="confusion (rows true, columns predicted)")
+    conf.add_column("")
+    names = ("down", "flat", "up")
+    for n in names:
+        conf.add_column(n, justify="right")
+    for n, row in zip(names, m["confusion"], strict=True):
+        conf.add_row(n, *(f"{v:,}" for v in row))
+    console.print(conf)
+    cfg = t["config"]
+    tr = Table(
+        title=(
+            f"trading: latency {cfg['latency_ns'] / 1e6:g} ms, horizon {cfg['horizon']:g} "
+            f"{cfg['horizon_unit']}, costs {cfg['cost_per_share']:g}/share + {cfg['cost_bps']:g} bps"
+        )
+    )
+    cols = (
+        "threshold",
+        "n_trades",
+        "hit_rate",
+        "gross_pnl",
+        "costs",
+        "net_pnl",
+        "mean_pnl_per_trade",
+        "turnover",
+        "sharpe",
+        "max_drawdown",
+    )
+    for col in cols:
+        tr.add_column(col.replace("_pnl_per_trade", "/trade"), justify="right")
+    for row in t["sweep"]:
+        mark = " *" if abs(row["threshold"] - cfg["threshold"]) < 1e-12 else ""
+        tr.add_row(f"{row['threshold']:g}{mark}", *(_cell(row[c]) for c in cols[1:]))
+    if not any(abs(r["threshold"] - cfg["threshold"]) < 1e-12 for r in t["sweep"]):
+        tr.add_row(f"{cfg['threshold']:g} *", *(_cell(t[c]) for c in cols[1:]))
+    console.print(tr)
+    if s.get("plots"):
+        console.print("plots: " + ", ".join(s["plots"]))
+
+
+def _cell(v) -> str:
+    if isinstance(v, int):
+        return f"{v:,}"
+    return f"{v:,.4f}" if abs(v) < 100 else f"{v:,.2f}"
