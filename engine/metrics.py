@@ -62,7 +62,7 @@ class Metrics:
             namespace=ns,
             registry=r,
         )
-        self.batches = Counter("model_calls", "Model calls (batches)", namespace=ns, registry=r)
+        self.model_calls = Counter("model_calls", "Model calls (batches)", namespace=ns, registry=r)
         self.reloads = Counter(
             "model_reloads", "Artifact reloads, by outcome", ["outcome"], namespace=ns, registry=r
         )

@@ -30,10 +30,6 @@ def serve(config_path: str, check: bool) -> None:
     from lobstream.engine.daemon import Daemon, load_checked_model
     from lobstream.models.artifact import ArtifactError
 
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
     try:
         cfg = load_config(config_path)
         registry = load_instruments(cfg)
