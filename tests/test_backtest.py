@@ -195,3 +195,69 @@ def test_evaluate_report_and_trading():
     assert t["costs"] == pytest.approx(2 * 0.01 * t["n_trades"])
     assert [s["threshold"] for s in t["sweep"]] == [0.4, 0.6]
     assert t["config"]["horizon"] == 3
+
+
+class _Recording:
+    """Wraps a runner: keeps a copy of every window handed to the model, in call order."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.input = inner.input
+        self.windows: list[np.ndarray] = []
+
+    def infer(self, n: int) -> np.ndarray:
+        self.windows.extend(self.input[:n, 0].copy())
+        return self.inner.infer(n)
+
+
+def test_daemon_windows_and_probabilities_equal_the_backtest(tmp_path):
+    """The same events through the live daemon (real ipc:// sockets, its own runner) and
+    through run_backtest: every window the daemon's model saw is the backtest's window of the
+    same (instrument, seq), and every signal's probabilities equal the backtest's."""
+    import dataclasses
+    import shutil
+    import tempfile
+    import time
+
+    from lobstream.engine.daemon import load_checked_model
+    from lobstream.models.artifact import load_model
+    from lobstream.replay.backtest import rows_from_events
+    from lobstream.replay.synthetic import synthetic_events
+    from tests.test_daemon import T as DT
+    from tests.test_daemon import Running, TorchRunner, export_test_model, make_cfg
+
+    path = tmp_path / "cnn.pt"
+    export_test_model(path)
+    symbols = ["AAA", "BBB"]
+    events = synthetic_events(3000, n_instruments=2, seed=11, levels=4, snapshot_every=200)
+    events["ts_recv"] = time.monotonic_ns()
+    ipc = tempfile.mkdtemp(prefix="lobb", dir="/tmp")
+    try:
+        cfg = make_cfg(ipc, path, symbols, ingest={"max_drain": 1})
+        loaded = load_checked_model(cfg)
+        rec = _Recording(loaded.runner)
+        run = Running(cfg, symbols, dataclasses.replace(loaded, runner=rec))
+        try:
+            run.wait_messages(run.send(events))
+            signals, _ = run.collect()
+        finally:
+            run.stop()
+    finally:
+        shutil.rmtree(ipc, ignore_errors=True)
+
+    module, manifest = load_model(path)
+    res = run_backtest([events[s : s + 700] for s in range(0, len(events), 700)],
+                       TorchRunner(module), manifest, n_instruments=2)
+    rows = np.concatenate([r.copy() for r, _, _ in rows_from_events(
+        [events], spec_from_manifest(manifest), 2)])
+    assert len(rows) == len(res.meta)
+    index = {(int(i), int(s)): k for k, (i, s) in
+             enumerate(zip(res.meta["instrument"], res.meta["seq"], strict=True))}
+
+    assert len(signals) == len(rec.windows) > 50
+    for sig, window in zip(signals, rec.windows, strict=True):
+        k = index[(int(sig["instrument"]), int(sig["seq"]))]
+        own = np.flatnonzero(res.meta["instrument"][: k + 1] == sig["instrument"])
+        assert len(own) >= DT
+        np.testing.assert_array_equal(window, rows[own[-DT:]])
+        np.testing.assert_allclose(sig["prob"], res.probs[k], atol=1e-5)
