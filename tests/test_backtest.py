@@ -223,8 +223,8 @@ def test_daemon_windows_and_probabilities_equal_the_backtest(tmp_path):
     from lobstream.models.artifact import load_model
     from lobstream.replay.backtest import rows_from_events
     from lobstream.replay.synthetic import synthetic_events
-    from tests.test_daemon import T as DT
     from tests.test_daemon import Running, TorchRunner, export_test_model, make_cfg
+    from tests.test_daemon import T as DT
 
     path = tmp_path / "cnn.pt"
     export_test_model(path)
@@ -246,13 +246,20 @@ def test_daemon_windows_and_probabilities_equal_the_backtest(tmp_path):
         shutil.rmtree(ipc, ignore_errors=True)
 
     module, manifest = load_model(path)
-    res = run_backtest([events[s : s + 700] for s in range(0, len(events), 700)],
-                       TorchRunner(module), manifest, n_instruments=2)
-    rows = np.concatenate([r.copy() for r, _, _ in rows_from_events(
-        [events], spec_from_manifest(manifest), 2)])
+    res = run_backtest(
+        [events[s : s + 700] for s in range(0, len(events), 700)],
+        TorchRunner(module),
+        manifest,
+        n_instruments=2,
+    )
+    rows = np.concatenate(
+        [r.copy() for r, _, _ in rows_from_events([events], spec_from_manifest(manifest), 2)]
+    )
     assert len(rows) == len(res.meta)
-    index = {(int(i), int(s)): k for k, (i, s) in
-             enumerate(zip(res.meta["instrument"], res.meta["seq"], strict=True))}
+    index = {
+        (int(i), int(s)): k
+        for k, (i, s) in enumerate(zip(res.meta["instrument"], res.meta["seq"], strict=True))
+    }
 
     assert len(signals) == len(rec.windows) > 50
     for sig, window in zip(signals, rec.windows, strict=True):
