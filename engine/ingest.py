@@ -116,7 +116,7 @@ class Ingest:
 
     def _parse(self, parts: list) -> np.ndarray | None:
         if len(parts) != 2:
-            self._reject("bad_topic", "message with %s parts, expected [topic, events]", len(parts))
+            self._reject("parts", "message with %s parts, expected [topic, events]", len(parts))
             return None
         topic = parts[0].bytes
         inst = self.ids.get(topic)

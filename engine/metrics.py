@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 
 STAGES = ("receive", "book", "gather", "model", "publish", "end_to_end")
 # Frame-level rejections (the message is dropped before the book sees it).
-FRAME_REASONS = ("empty", "misaligned", "bad_topic", "unknown_instrument", "wrong_instrument")
+FRAME_REASONS = ("parts", "empty", "misaligned", "unknown_instrument", "wrong_instrument")
 # 1 us .. 1 s: the stages of the hot path sit between a few and a few thousand microseconds.
 LATENCY_BUCKETS = tuple(m * 10.0**e for e in range(-6, 0) for m in (1.0, 2.0, 5.0)) + (
     1.0,

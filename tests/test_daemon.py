@@ -145,6 +145,12 @@ class Running:
                 n += 1
         return n
 
+    def send_each(self, events: np.ndarray) -> int:
+        """Send one message per event (so the daemon can infer after each)."""
+        for k in range(len(events)):
+            self.send(events[k : k + 1])
+        return len(events)
+
     def send_raw(self, parts: list[bytes]) -> None:
         self.feed.send_multipart(parts)
 
