@@ -1,0 +1,328 @@
+"""``lobstream train``: files -> dataset -> training -> test vs baselines -> artifact."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from lobstream.models.zoo import ARCHITECTURES
+
+logger = logging.getLogger(__name__)
+
+
+def _alpha(value: str) -> float | None:
+    if value == "auto":
+        return None
+    try:
+        a = float(value)
+    except ValueError:
+        raise click.BadParameter(f"expected a number >= 0 or 'auto', got {value!r}") from None
+    if not a >= 0:
+        raise click.BadParameter(f"alpha must be >= 0, got {a}")
+    return a
+
+
+def _split(value: str) -> tuple[float, float]:
+    try:
+        a, b = (float(x) for x in value.split(","))
+    except ValueError:
+        raise click.BadParameter(
+            f"expected two shares 'TRAIN,VAL' such as 0.7,0.15, got {value!r}"
+        ) from None
+    return a, b
+
+
+def _summary_rows(result: dict[str, Any]) -> list[tuple[str, str, float, float, float, float]]:
+    rows = []
+    for name, part in (("model", result["metrics"]), *result["baselines"].items()):
+        for split in ("validation", "test"):
+            m = part[split]
+            rows.append((name, split, m["f1_macro"], m["f1_weighted"], m["accuracy"], m["mcc"]))
+    return rows
+
+
+def run_training(
+    files: list[str],
+    *,
+    arch: str,
+    horizon: float,
+    horizon_unit: str = "events",
+    alpha: float | None = None,
+    window: int = 100,
+    levels: int = 10,
+    features: str = "zscore",
+    split: tuple[float, float] = (0.7, 0.15),
+    max_events: int | None = None,
+    train_config: Any = None,
+    model_config: dict[str, Any] | None = None,
+    out: str | Path | None = None,
+    progress=None,
+    status=None,
+    command: str | None = None,
+) -> dict[str, Any]:
+    """Build the dataset, fit baselines, train, test, and export (when ``out`` is given).
+
+    Returns a JSON-ready summary (what goes into the manifest, plus the artifact's SHA-256).
+    ``progress`` receives each epoch's history entry; ``status`` short phase messages.
+    """
+    from lobstream.models.artifact import export_model
+    from lobstream.models.baselines import baseline_reports
+    from lobstream.models.train import (
+        TrainConfig,
+        evaluate,
+        pick_device,
+        seed_everything,
+        train_model,
+    )
+    from lobstream.models.zoo import build_model
+    from lobstream.replay.dataset import LabelDef, build_dataset
+
+    say = status or (lambda msg: None)
+    tc = train_config or TrainConfig()
+    t0 = time.perf_counter()
+    say(f"reading {len(files)} file(s) and building rows, labels, windows")
+    ds = build_dataset(
+        files,
+        LabelDef(horizon, horizon_unit, alpha),
+        window=window,
+        levels=levels,
+        fractions=split,
+        features=features,
+        max_events=max_events,
+    )
+    say(
+        f"{ds.rows.shape[0]} rows; windows {[len(w) for w in ds.parts.values()]} "
+        f"(train/val/test); alpha {ds.alpha:.3g}; balance {ds.class_balance()}"
+    )
+    tr, va, te = ds.parts["train"], ds.parts["val"], ds.parts["test"]
+    say("fitting baselines (majority class, logistic regression on OFI + imbalances)")
+    base = baseline_reports(
+        ds.raw,
+        levels,
+        window,
+        (tr.ends, tr.labels),
+        {"validation": (va.ends, va.labels), "test": (te.ends, te.labels)},
+    )
+    seed_everything(tc.seed)
+    model = build_model(arch, T=window, levels=levels, **(model_config or {}))
+    n_params = sum(p.numel() for p in model.parameters())
+    say(f"training {arch} ({n_params:,} parameters) on {tc.device}")
+    res = train_model(model, tr, va, tc, progress=progress)
+    say("scoring the test split")
+    test = evaluate(res.model, te, batch_size=tc.eval_batch_size, device=pick_device(tc.device))
+    summary: dict[str, Any] = {
+        "feature": ds.spec.to_dict(),
+        "label": ds.label_dict(),
+        "trained_on": ds.trained_on(),
+        "metrics": {"validation": res.val_metrics, "test": test},
+        "baselines": base,
+        "training": {
+            **tc.to_dict(),
+            "best_epoch": res.best_epoch,
+            "history": res.history,
+            "seconds": round(time.perf_counter() - t0, 1),
+            "parameters": n_params,
+            "subsampling": "per-epoch random subset of max_train_windows (seed, epoch)",
+        },
+        "reproduce": command,
+    }
+    if out is not None:
+        summary["sha256"] = export_model(
+            res.model.cpu(), out, {k: v for k, v in summary.items() if k != "sha256"}
+        )
+        say(f"wrote {out}")
+    return summary
+
+
+@click.command("train")
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--arch", type=click.Choice(sorted(ARCHITECTURES)), default="deeplob", show_default=True
+)
+@click.option("--horizon", type=float, required=True, help="Label horizon k.")
+@click.option(
+    "--horizon-unit",
+    type=click.Choice(["events", "seconds"]),
+    default="events",
+    show_default=True,
+    help="k counts feature rows (events) or seconds.",
+)
+@click.option(
+    "--alpha",
+    default="auto",
+    show_default=True,
+    help="Threshold on the relative smoothed change, or 'auto': balanced on train.",
+)
+@click.option("--window", "-T", type=int, default=100, show_default=True, help="Rows per window.")
+@click.option("--levels", "-L", type=int, default=10, show_default=True)
+@click.option(
+    "--features",
+    type=click.Choice(["zscore", "ticks_from_mid"]),
+    default="zscore",
+    show_default=True,
+    help="Row normalisation (z-score stats from train only).",
+)
+@click.option(
+    "--split",
+    default="0.7,0.15",
+    show_default=True,
+    help="Shares of time for train and validation; test gets the rest.",
+)
+@click.option("--epochs", type=int, default=10, show_default=True)
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--weight-decay", type=float, default=1e-2, show_default=True)
+@click.option(
+    "--patience",
+    type=int,
+    default=3,
+    show_default=True,
+    help="Early stopping: epochs without a better validation macro-F1.",
+)
+@click.option(
+    "--max-train-windows",
+    type=int,
+    default=None,
+    help="Per epoch, train on a seeded random subset of this many windows.",
+)
+@click.option(
+    "--max-eval-windows",
+    type=int,
+    default=None,
+    help="Validate each epoch on an evenly strided subset of this many windows.",
+)
+@click.option(
+    "--max-events",
+    type=int,
+    default=None,
+    help="Read only the first N events of each file (quick runs).",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help="cpu, cuda, or auto (CUDA with mixed precision when present).",
+)
+@click.option(
+    "--threads",
+    type=int,
+    default=1,
+    show_default=True,
+    help="torch CPU threads (the machine is shared).",
+)
+@click.option(
+    "--out", required=True, type=click.Path(dir_okay=False), help="Artifact to write (MODEL.pt)."
+)
+@click.option(
+    "--report-json",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also write the summary (metrics, baselines, history) as JSON here.",
+)
+def train(
+    files,
+    arch,
+    horizon,
+    horizon_unit,
+    alpha,
+    window,
+    levels,
+    features,
+    split,
+    epochs,
+    batch_size,
+    lr,
+    weight_decay,
+    patience,
+    max_train_windows,
+    max_eval_windows,
+    max_events,
+    seed,
+    device,
+    threads,
+    out,
+    report_json,
+) -> None:
+    """Build windows and labels from FILES, train ARCH, test against baselines, export."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from lobstream.models.train import TrainConfig
+    from lobstream.replay.errors import DataError
+
+    console = Console(stderr=True)
+    tc = TrainConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        patience=patience,
+        seed=seed,
+        max_train_windows=max_train_windows,
+        max_eval_windows=max_eval_windows,
+        device=device,
+        threads=threads,
+    )
+
+    def progress(e: dict[str, Any]) -> None:
+        console.print(
+            f"epoch {e['epoch']:>3}/{epochs}  loss {e['train_loss']:.4f}  "
+            f"val macro-F1 {e['val_f1_macro']:.4f}  acc {e['val_accuracy']:.4f}  "
+            f"{e['seconds']:.0f}s{'  [green]best[/green]' if e['best'] else ''}"
+        )
+
+    command = _command(click.get_current_context())
+    try:
+        summary = run_training(
+            list(files),
+            arch=arch,
+            horizon=horizon,
+            horizon_unit=horizon_unit,
+            alpha=_alpha(alpha),
+            window=window,
+            levels=levels,
+            features=features,
+            split=_split(split),
+            max_events=max_events,
+            train_config=tc,
+            out=out,
+            progress=progress,
+            status=lambda m: console.print(f"[dim]{m}[/dim]"),
+            command=command,
+        )
+    except (DataError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    table = Table(title=f"{arch}: macro-F1 etc. on the chronological split")
+    for h in ("model", "split", "macro-F1", "weighted-F1", "accuracy", "MCC"):
+        table.add_column(h, justify="right" if h not in ("model", "split") else "left")
+    for r in _summary_rows(summary):
+        table.add_row(r[0], r[1], *(f"{x:.4f}" for x in r[2:]))
+    Console().print(table)
+    if report_json:
+        Path(report_json).write_text(json.dumps(summary, indent=1, default=_np_default))
+    click.echo(f"{out}  sha256 {summary['sha256']}")
+
+
+def _command(ctx: click.Context) -> str:
+    """The command line that reproduces this run, every option spelt out (files by name)."""
+    p = dict(ctx.params)
+    words = ["lobstream", "train", *(str(f) for f in p.pop("files"))]
+    for k, v in p.items():
+        if v is not None and k not in ("out", "report_json"):
+            words += [f"--{k.replace('_', '-')}", str(v)]
+    words += ["--out", str(p["out"])]
+    return shlex.join(words)
+
+
+def _np_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    raise TypeError(type(o))
