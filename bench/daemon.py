@@ -1,0 +1,374 @@
+"""The daemon against its bars: low-load end-to-end latency and high-load throughput.
+
+Runs ``lobstream serve`` as its own process (ipc:// in a temp folder), feeds it from this
+process, and receives signals in a third process (the subscriber helper), in one run:
+
+1. model alone: the runner's batch-1 latency p50/p99 and its throughput at several batch sizes
+   (best = the model's best batched throughput), measured here with the same artifact;
+2. low load: one instrument, one event per message at ``--low-rate`` messages/s; end-to-end
+   latency = receipt time in the subscriber process - ``ts_recv`` of the newest event in the
+   window (both ``time.monotonic_ns()`` on this host). Bar: p50 <= model b1 p50 + 200 us;
+3. high load: ``--high-rate`` events/s (default 200,000) over ``--instruments`` (100), sent
+   every 5 ms as one message per instrument; the daemon must keep up (all events taken, no
+   sequence gaps, no backlog at the end) and signals/s must reach 80% of the model's best.
+
+``python -m bench.daemon [--json] [--model PATH] [--seconds S]``.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+from bench._common import emit_json, machine, parser, print_table
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def default_model() -> Path | None:
+    assets = REPO / "models" / "assets"
+    found = sorted(assets.glob("*.pt")) if assets.is_dir() else []
+    return found[0] if found else None
+
+
+def model_alone(model_path: Path, threads: int, batches=(1, 16, 64, 100, 256)) -> dict:
+    """Batch-1 latency and throughput per batch size of the runner, in this process."""
+    import torch
+
+    from lobstream.models.artifact import load_model
+    from lobstream.models.runner import ModelRunner
+
+    torch.set_num_threads(threads)
+    module, manifest = load_model(model_path, device="cpu")
+    runner = ModelRunner(module, manifest, device="cpu", max_batch=max(batches), threads=threads)
+    runner.input[:] = np.random.default_rng(0).standard_normal(runner.input.shape)
+    for _ in range(20):
+        runner.infer(1)
+    lat = []
+    for _ in range(300):
+        t0 = time.perf_counter_ns()
+        runner.infer(1)
+        lat.append(time.perf_counter_ns() - t0)
+    thr = {}
+    for b in batches:
+        runner.infer(b)
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < 1.0:
+            runner.infer(b)
+            n += b
+        thr[b] = n / (time.perf_counter() - t0)
+    return {
+        "b1_p50_us": float(np.percentile(lat, 50)) / 1e3,
+        "b1_p99_us": float(np.percentile(lat, 99)) / 1e3,
+        "throughput": thr,
+        "best_throughput": max(thr.values()),
+        "T": int(manifest["T"]),
+        "L": int(manifest["L"]),
+        "feature_kind": manifest["feature"]["kind"],
+        "arch": manifest.get("arch"),
+    }
+
+
+def _config(tmp: Path, model: Path, info: dict, symbols, threads: int, max_batch: int) -> Path:
+    inst = "\n".join(
+        f'[[instruments.instrument]]\nsymbol = "{s}"\ntick_size = 0.01\n' for s in symbols
+    )
+    text = f"""
+[model]
+path = "{model}"
+window = {info["T"]}
+levels = {info["L"]}
+feature_kind = "{info["feature_kind"]}"
+device = "cpu"
+threads = {threads}
+max_batch = {max_batch}
+reload_poll_s = 0.0
+
+[instruments]
+{inst}
+[ingest]
+endpoints = ["ipc://{tmp}/md"]
+mode = "bind"
+max_drain = 20000
+rcvhwm = 1000000
+
+[publish]
+endpoint = "ipc://{tmp}/sig"
+status_interval_s = 0.25
+
+[metrics]
+address = ""
+"""
+    path = tmp / "serve.toml"
+    path.write_text(text)
+    return path
+
+
+def _subscriber(endpoint: str, out_path: str, ready, stop) -> None:
+    """Separate process: receive signals, record receipt latency and the last status."""
+    from lobstream.engine.subscriber import Subscriber
+
+    lat: list[np.ndarray] = []
+    when: list[np.ndarray] = []
+    n = 0
+    last_status = None
+    with Subscriber(endpoint) as sub:
+        while not stop.is_set():
+            msg = sub.recv(0.05)
+            if msg is None:
+                continue
+            if msg.kind == "status":
+                last_status = msg.status
+                ready.set()
+                continue
+            n += len(msg.records)
+            known = msg.records["ts_recv"] > 0
+            lat.append(msg.latency_ns[known])
+            when.append(np.full(int(known.sum()), msg.t_recv_ns, np.int64))
+        # drain what is left
+        for msg in sub.iter(0.3):
+            if msg.kind == "signal":
+                n += len(msg.records)
+                known = msg.records["ts_recv"] > 0
+                lat.append(msg.latency_ns[known])
+                when.append(np.full(int(known.sum()), msg.t_recv_ns, np.int64))
+            else:
+                last_status = msg.status
+    arr = np.concatenate(lat) if lat else np.zeros(0, np.int64)
+    np.save(out_path + ".npy", np.stack([arr, np.concatenate(when) if when else arr]))
+    Path(out_path + ".json").write_text(json.dumps({"signals": n, "status": last_status}))
+
+
+class Harness:
+    """Daemon process + subscriber process + feeder socket."""
+
+    def __init__(self, cfg_path: Path, tmp: Path) -> None:
+        self.tmp = tmp
+        exe = shutil.which("lobstream")
+        cmd = [exe] if exe else [sys.executable, "-m", "lobstream.engine.cli"]
+        self.log = open(tmp / "daemon.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [*cmd, "-v", "serve", "--config", str(cfg_path)], stdout=self.log, stderr=self.log
+        )
+        ctx = mp.get_context("spawn")
+        self.ready, self.stop_evt = ctx.Event(), ctx.Event()
+        self.sub = ctx.Process(
+            target=_subscriber,
+            args=(f"ipc://{tmp}/sig", str(tmp / "sub"), self.ready, self.stop_evt),
+            daemon=True,
+        )
+        self.sub.start()
+        if not self.ready.wait(180):
+            self.stop()
+            raise RuntimeError(f"daemon did not start; log: {(tmp / 'daemon.log').read_text()}")
+        self.ctx = zmq.Context()
+        self.pub = self.ctx.socket(zmq.PUB)
+        self.pub.setsockopt(zmq.SNDHWM, 0)
+        self.pub.setsockopt(zmq.LINGER, 1000)
+        self.pub.connect(f"ipc://{tmp}/md")
+        time.sleep(0.5)  # subscription propagation (slow joiner)
+
+    def stop(self) -> tuple[np.ndarray, dict]:
+        if getattr(self, "pub", None) is not None:
+            self.pub.close()
+            self.ctx.term()
+            self.pub = None
+        time.sleep(0.5)
+        self.stop_evt.set()
+        self.sub.join(30)
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.log.close()
+        f = self.tmp / "sub.npy"
+        lat = np.load(f) if f.exists() else np.zeros((2, 0), np.int64)
+        f = self.tmp / "sub.json"
+        info = json.loads(f.read_text()) if f.exists() else {}
+        return lat, info
+
+
+def _warm_events(symbols_n: int, per_inst: int, seed: int) -> np.ndarray:
+    from lobstream.replay.synthetic import synthetic_events
+
+    return synthetic_events(
+        per_inst * symbols_n, symbols_n, seed=seed, levels=12, last_every_event=True,
+        snapshot_every=0,
+    )  # fmt: skip
+
+
+def _send_runs(pub, events: np.ndarray, topics: list[bytes]) -> int:
+    inst = events["instrument"]
+    order = np.argsort(inst, kind="stable")
+    ev = events[order]
+    cuts = np.flatnonzero(np.diff(ev["instrument"])) + 1
+    n = 0
+    for chunk in np.split(ev, cuts):
+        if len(chunk):
+            chunk["ts_recv"] = time.monotonic_ns()
+            pub.send_multipart([topics[int(chunk["instrument"][0])], chunk.tobytes()])
+            n += 1
+    return n
+
+
+def low_load(model: Path, info: dict, threads: int, rate: float, seconds: float) -> dict:
+    tmp = Path(tempfile.mkdtemp(prefix="lobbench", dir="/tmp"))
+    symbols = ["LOW"]
+    h = Harness(_config(tmp, model, info, symbols, threads, 64), tmp)
+    try:
+        n = int(rate * seconds)
+        ev = _warm_events(1, info["T"] + n + 50, seed=1)
+        # warm-up: fill the window (and the daemon's first model calls) before timing
+        _send_runs(h.pub, ev[: info["T"] + 50], [b"md.LOW"])
+        time.sleep(1.0)
+        start = time.monotonic_ns()
+        rest = ev[info["T"] + 50 :][:n]
+        gap_ns = int(1e9 / rate)
+        for k in range(len(rest)):
+            target = start + k * gap_ns
+            while time.monotonic_ns() < target:
+                time.sleep(min(max(target - time.monotonic_ns(), 0) / 1e9, 0.001))
+            one = rest[k : k + 1].copy()
+            one["ts_recv"] = time.monotonic_ns()
+            h.pub.send_multipart([b"md.LOW", one.tobytes()])
+        time.sleep(0.5)
+    finally:
+        lat, sub_info = h.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    lat = lat[0][lat[1] >= start] / 1e3  # signals of the timed part only
+    return {
+        "messages": n,
+        "signals": int(len(lat)),
+        "e2e_p50_us": float(np.percentile(lat, 50)) if len(lat) else float("nan"),
+        "e2e_p99_us": float(np.percentile(lat, 99)) if len(lat) else float("nan"),
+        "counts": (sub_info.get("status") or {}).get("counts", {}),
+    }
+
+
+def high_load(
+    model: Path, info: dict, threads: int, rate: float, n_inst: int, seconds: float
+) -> dict:
+    tmp = Path(tempfile.mkdtemp(prefix="lobbench", dir="/tmp"))
+    symbols = [f"I{i:03d}" for i in range(n_inst)]
+    topics = [f"md.{s}".encode() for s in symbols]
+    h = Harness(_config(tmp, model, info, symbols, threads, max(n_inst, 1)), tmp)
+    slice_s = 0.005
+    per_slice = int(rate * slice_s)
+    n_slices = int(seconds / slice_s)
+    try:
+        warm_n = (info["T"] + 20) * n_inst
+        ev = _warm_events(n_inst, (warm_n + per_slice * n_slices) // n_inst + 1, seed=2)
+        _send_runs(h.pub, ev[:warm_n], topics)
+        time.sleep(2.0)
+        body = ev[warm_n : warm_n + per_slice * n_slices]
+        t0 = time.monotonic()
+        t0_ns = time.monotonic_ns()
+        sent_msgs = 0
+        for s in range(n_slices):
+            target = t0 + s * slice_s
+            delay = target - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            sent_msgs += _send_runs(h.pub, body[s * per_slice : (s + 1) * per_slice], topics)
+        feed_s = time.monotonic() - t0
+        t1_ns = time.monotonic_ns()
+        time.sleep(1.0)
+    finally:
+        lat, sub_info = h.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    counts = (sub_info.get("status") or {}).get("counts", {})
+    sent_events = warm_n + len(body)
+    during = (lat[1] >= t0_ns) & (lat[1] <= t1_ns)
+    e2e = lat[0][lat[1] >= t0_ns] / 1e3
+    return {
+        "target_events_per_s": rate,
+        "achieved_feed_events_per_s": len(body) / feed_s,
+        "instruments": n_inst,
+        "events_sent": sent_events,
+        "events_taken": counts.get("events", 0),
+        "seq_gaps": counts.get("book.seq_gap", 0),
+        "signals": int(during.sum()),
+        "signals_per_s": int(during.sum()) / feed_s,
+        "messages_sent": sent_msgs,
+        "conflated": counts.get("conflated", 0),
+        "model_calls": counts.get("model_calls", 0),
+        "e2e_p50_us": float(np.percentile(e2e, 50)) if len(e2e) else float("nan"),
+        "e2e_p99_us": float(np.percentile(e2e, 99)) if len(e2e) else float("nan"),
+    }
+
+
+def main(argv=None) -> int:
+    ap = parser(__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, default=None, help="artifact (default: bundled)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--low-rate", type=float, default=200.0, help="messages/s at low load")
+    ap.add_argument("--high-rate", type=float, default=200_000.0, help="events/s at high load")
+    ap.add_argument("--instruments", type=int, default=100)
+    ap.add_argument("--seconds", type=float, default=5.0, help="length of each load phase")
+    args = ap.parse_args(argv)
+    model = args.model or default_model()
+    if model is None:
+        ap.error("no bundled model in models/assets/; give --model PATH")
+    info = model_alone(model, args.threads, batches=(1, 16, 64, args.instruments, 256))
+    low = low_load(model, info, args.threads, args.low_rate, args.seconds)
+    high = high_load(model, info, args.threads, args.high_rate, args.instruments, args.seconds)
+    bars = {
+        "low_load_p50_bar_us": info["b1_p50_us"] + 200.0,
+        "low_load_ok": low["e2e_p50_us"] <= info["b1_p50_us"] + 200.0,
+        "keeps_up": high["events_taken"] == high["events_sent"] and high["seq_gaps"] == 0,
+        "signals_ratio": high["signals_per_s"] / info["best_throughput"],
+    }
+    bars["throughput_ok"] = bars["signals_ratio"] >= 0.8
+    result = {
+        "machine": machine(),
+        "model": str(model),
+        "model_alone": info,
+        "low_load": low,
+        "high_load": high,
+        "bars": bars,
+    }
+    if args.json:
+        emit_json(result)
+        return 0
+    print_table(
+        f"model alone ({info['arch']}, {args.threads} thread(s))",
+        ["batch", "windows/s"],
+        [[b, t] for b, t in info["throughput"].items()],
+    )
+    print(f"batch-1 p50 {info['b1_p50_us']:.1f} us, p99 {info['b1_p99_us']:.1f} us")
+    print_table(
+        "daemon",
+        ["phase", "e2e p50 us", "e2e p99 us", "signals", "signals/s", "bar", "ok"],
+        [
+            ["low load", low["e2e_p50_us"], low["e2e_p99_us"], low["signals"], "",
+             f"p50 <= {bars['low_load_p50_bar_us']:.0f}", str(bars["low_load_ok"])],
+            ["high load", high["e2e_p50_us"], high["e2e_p99_us"], high["signals"],
+             high["signals_per_s"], f">= {0.8 * info['best_throughput']:.0f}/s",
+             str(bars["throughput_ok"])],
+        ],
+    )  # fmt: skip
+    print(
+        f"high load: fed {high['achieved_feed_events_per_s']:.0f} events/s, taken "
+        f"{high['events_taken']}/{high['events_sent']}, seq gaps {high['seq_gaps']}, "
+        f"conflated {high['conflated']}, keeps up: {bars['keeps_up']}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
