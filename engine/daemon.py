@@ -145,8 +145,8 @@ class Daemon:
     # -- life cycle ------------------------------------------------------------------------
     def open(self) -> None:
         """Warm the kernels, open the sockets and the metrics endpoint."""
+        # kernels compile or load from cache here; the runner warmed itself when built
         warmup_kernels()
-        self._warm_path()
         if self.ctx is None:
             self.ctx = zmq.Context()
         if self.cfg.metrics.address:
@@ -154,13 +154,6 @@ class Daemon:
         self.publisher = Publisher(self.ctx, self.cfg.publish, self.symbols)
         self.ingest = Ingest(self.ctx, self.cfg.ingest, self.symbols, self.metrics, self.rlog)
         self.started.set()
-
-    def _warm_path(self) -> None:
-        # one gather + model call + record fill on zero windows: the first real signal then
-        # pays neither a compile nor an allocation
-        ring = new_ring(1, self.T, self.spec.levels)
-        gather_windows(ring, np.zeros(1, np.int64), self.model.runner.input)
-        self.model.runner.infer(1)
 
     def run(self) -> int:
         """Open, loop until a stop is requested, shut down. Returns the exit status (0)."""
@@ -330,7 +323,6 @@ class Daemon:
                     f"vs {self.spec.to_dict()}, T={self.T}); the rings hold rows of the old "
                     "spec: restart the daemon to change them"
                 )
-            new.runner.infer(1)  # warm on the helper thread, not the loop
         except Exception as exc:  # a bad file must never stop a running daemon
             logger.error("reload refused, keeping %s: %s", self.model.sha256[:12], exc)
             self.metrics.reloads.labels("refused").inc()
