@@ -144,7 +144,9 @@ class LobDataset:
 def _file_events(path: str | Path, registry: Registry, max_events: int | None) -> np.ndarray:
     batches = []
     n = 0
-    for b in read_events([path], registry):
+    # a bounded read stops early: batches no bigger than what is wanted
+    kw = {} if max_events is None else {"batch_rows": max(int(max_events), 1024)}
+    for b in read_events([path], registry, **kw):
         batches.append(b)
         n += len(b)
         if max_events is not None and n >= max_events:

@@ -73,3 +73,66 @@ def test_early_stopping_and_empty_input():
     empty = Windows(noise.rows, np.zeros(0, np.int64), np.zeros(0, np.int8), T)
     with pytest.raises(ValueError, match="need training and validation windows"):
         train_model(model, empty, noise, TrainConfig(epochs=1))
+
+
+def test_train_cli_end_to_end_on_goog_slice(data_dir, tmp_path):
+    """``lobstream train`` on the first events of the GOOG sample writes an artifact that
+    ``load_model`` accepts, with the manifest of contract 3 and both baselines' scores."""
+    import json
+
+    from click.testing import CliRunner
+
+    from lobstream.models.artifact import load_model
+    from lobstream.replay.train_cli import train
+
+    goog = data_dir / "lobster" / "GOOG_2012-06-21_34200000_57600000_message_10.csv.gz"
+    if not goog.is_file():
+        pytest.skip(f"{goog} not found")
+    out, rep = tmp_path / "m.pt", tmp_path / "m.json"
+    args = [
+        str(goog),
+        "--arch",
+        "binctabl",
+        "--horizon",
+        "10",
+        "--max-events",
+        "6000",
+        "--window",
+        "20",
+        "--epochs",
+        "1",
+        "--max-train-windows",
+        "500",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        "--report-json",
+        str(rep),
+    ]
+    result = CliRunner().invoke(train, args)
+    assert result.exit_code == 0, result.output
+    model, manifest = load_model(out, expect={"T": 20, "L": 10, "arch": "binctabl"})
+    assert manifest["label"]["horizon"] == 10 and manifest["label"]["unit"] == "events"
+    assert manifest["label"]["alpha"] > 0
+    assert manifest["feature"]["kind"] == "zscore"
+    assert set(manifest["baselines"]) == {"majority", "logistic"}
+    assert set(manifest["metrics"]) == {"validation", "test"}
+    sizes = manifest["trained_on"]["split_windows"]
+    assert all(sizes[p] > 0 for p in ("train", "val", "test"))
+    assert manifest["training"]["history"][0]["windows"] == 500
+    assert "--max-events 6000" in manifest["reproduce"]
+    assert json.loads(rep.read_text())["sha256"] in result.output
+    x = torch.zeros(2, 1, 20, 40)
+    assert model(x).shape == (2, 3)
+
+
+def test_train_cli_refuses_bad_alpha(tmp_path):
+    from click.testing import CliRunner
+
+    from lobstream.replay.train_cli import train
+
+    f = tmp_path / "x.csv"
+    f.write_text("")
+    r = CliRunner().invoke(train, [str(f), "--horizon", "10", "--alpha", "big", "--out", "m.pt"])
+    assert r.exit_code != 0 and "'auto'" in r.output
