@@ -1,0 +1,326 @@
+"""``lobstream demo``: the main job on embedded defaults.
+
+Starts the daemon as its own process (``lobstream serve`` with the embedded demo config, both
+endpoints on ipc:// in a private temporary folder), replays the bundled LOBSTER GOOG sample into
+it with ``lobstream replay`` at an accelerated speed, subscribes to the signals and shows them
+live: signals/s, end-to-end latency p50/p99 (``ts_recv`` of the newest event in the window to
+receipt here), rolling accuracy against the realised labels (computed from the sample's
+mid-prices with the artifact's own label definition), and stale instruments; then a summary.
+Every process it starts is stopped at the end, on Ctrl-C too.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from importlib.resources import files
+from pathlib import Path
+
+import click
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+DEMO_CONFIG = "demo.toml"
+ROLLING = 500  # signals in the rolling accuracy and latency figures
+
+
+def demo_config_path() -> Path:
+    """The embedded demo config (a valid ``lobstream serve`` config)."""
+    return Path(str(files("lobstream.engine") / "assets" / DEMO_CONFIG))
+
+
+def sample_files() -> list[Path]:
+    """The bundled LOBSTER GOOG 10-level sample: message file first, then its orderbook."""
+    folder = Path(str(files("lobstream.replay") / "samples"))
+    msg = sorted(folder.glob("GOOG_*_message_10.csv*"))
+    book = sorted(folder.glob("GOOG_*_orderbook_10.csv*"))
+    if not msg or not book:
+        raise click.ClickException(
+            f"bundled LOBSTER sample not found in {folder}; reinstall lobstream "
+            "(pip install -e .) or pass --files MESSAGE ORDERBOOK"
+        )
+    return [msg[0], book[0]]
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + " }"
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+def config_to_toml(cfg) -> str:
+    """TOML text of a :class:`~lobstream.engine.config.ServeConfig` (loads back equal)."""
+    lines: list[str] = []
+
+    def table(name: str, d: dict) -> None:
+        plain = {k: v for k, v in d.items() if not isinstance(v, dict) and k != "instrument"}
+        lines.append(f"[{name}]")
+        lines.extend(f"{k} = {_toml_value(v)}" for k, v in plain.items())
+        for k, v in d.items():
+            if isinstance(v, dict) and k != "price_scale":
+                table(f"{name}.{k}", v)
+        for inst in d.get("instrument", ()):
+            lines.append(f"[[{name}.instrument]]")
+            lines.extend(f"{k} = {_toml_value(x)}" for k, x in inst.items())
+
+    for name, d in dataclasses.asdict(cfg).items():
+        if name != "source":
+            table(name, d)
+    return "\n".join(lines) + "\n"
+
+
+def write_demo_config(tmp: Path, model: str | None, device: str) -> tuple[Path, object]:
+    """The embedded config with its endpoints moved into ``tmp`` (and model/device overrides)."""
+    from lobstream.engine.config import load_config
+
+    cfg = load_config(demo_config_path())
+    cfg = dataclasses.replace(
+        cfg,
+        model=dataclasses.replace(
+            cfg.model, path=str(Path(model).resolve()) if model else cfg.model.path, device=device
+        ),
+        ingest=dataclasses.replace(cfg.ingest, endpoints=(f"ipc://{tmp}/md",)),
+        publish=dataclasses.replace(cfg.publish, endpoint=f"ipc://{tmp}/sig"),
+    )
+    path = tmp / "demo.toml"
+    path.write_text(config_to_toml(cfg))
+    return path, cfg
+
+
+def realised_labels(paths: list[Path], manifest: dict) -> dict[int, int]:
+    """seq -> realised label of each feature row of the sample (the artifact's definition)."""
+    from lobstream.kernels.book import new_report
+    from lobstream.kernels.registry import Registry
+    from lobstream.replay.backtest import (
+        label_def_from_manifest,
+        labels_for_rows,
+        rows_from_events,
+        spec_from_manifest,
+    )
+    from lobstream.replay.readers import read_events
+
+    registry = Registry()
+    metas = []
+    batches = read_events(paths[:1], registry)
+    for _, meta, _ in rows_from_events(batches, spec_from_manifest(manifest), 1, new_report()):
+        metas.append(meta.copy())
+    meta = np.concatenate(metas)
+    labels = labels_for_rows(meta, label_def_from_manifest(manifest))
+    ok = labels >= 0
+    return dict(zip(meta["seq"][ok].tolist(), labels[ok].tolist(), strict=True))
+
+
+def _lobstream_cmd() -> list[str]:
+    exe = shutil.which("lobstream")
+    return [exe] if exe else [sys.executable, "-m", "lobstream.engine.cli"]
+
+
+def _stop_process(proc: subprocess.Popen | None, name: str, timeout_s: float = 5.0) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        logger.warning("%s did not stop within %s s of SIGTERM: killing it", name, timeout_s)
+        proc.kill()
+        proc.wait(timeout_s)
+
+
+class Stats:
+    """Rolling and total figures of the signals received."""
+
+    def __init__(self, labels: dict[int, int]) -> None:
+        self.labels = labels
+        self.n = 0
+        self.lat_us: collections.deque = collections.deque(maxlen=20_000)
+        self.recent_hits: collections.deque = collections.deque(maxlen=ROLLING)
+        self.y_true: list[int] = []
+        self.y_pred: list[int] = []
+        self.times: collections.deque = collections.deque()
+        self.status: dict = {}
+
+    def add(self, records: np.ndarray, t_recv_ns: int) -> None:
+        self.n += len(records)
+        now = time.monotonic()
+        for r in records:
+            self.times.append(now)
+            if r["ts_recv"] > 0:
+                self.lat_us.append((t_recv_ns - int(r["ts_recv"])) / 1e3)
+            label = self.labels.get(int(r["seq"]))
+            if label is not None:
+                self.y_true.append(label)
+                self.y_pred.append(int(r["pred"]))
+                self.recent_hits.append(label == int(r["pred"]))
+
+    def rate(self) -> float:
+        now = time.monotonic()
+        while self.times and now - self.times[0] > 1.0:
+            self.times.popleft()
+        return float(len(self.times))
+
+    def pct(self, q: float) -> float:
+        return float(np.percentile(np.fromiter(self.lat_us, float), q)) if self.lat_us else 0.0
+
+
+def _view(stats: Stats, elapsed: float, duration: float, speed: float):
+    from rich.table import Table
+
+    t = Table(title=f"lobstream demo: LOBSTER GOOG 2012-06-21 at {speed:g}x", expand=False)
+    t.add_column("figure")
+    t.add_column("value", justify="right")
+    counts = stats.status.get("counts", {})
+    acc = np.mean(stats.recent_hits) if stats.recent_hits else float("nan")
+    t.add_row("elapsed", f"{elapsed:5.1f} / {duration:.0f} s")
+    t.add_row("events in daemon", f"{counts.get('events', 0):,}")
+    t.add_row("signals", f"{stats.n:,}")
+    t.add_row("signals/s", f"{stats.rate():,.0f}")
+    t.add_row("latency p50 / p99", f"{stats.pct(50):,.0f} / {stats.pct(99):,.0f} us")
+    t.add_row(f"accuracy (last {ROLLING})", f"{acc:.3f}")
+    t.add_row("conflated", f"{counts.get('conflated', 0):,}")
+    t.add_row("stale instruments", str(stats.status.get("stale", 0)))
+    rejected = sum(v for k, v in counts.items() if k.startswith("rejected."))
+    t.add_row("rejected messages", str(rejected))
+    return t
+
+
+@click.command()
+@click.option("--duration", default=110.0, show_default=True, help="Seconds of replay to show.")
+@click.option("--speed", default=200.0, show_default=True, help="Replay speed (1 = real time).")
+@click.option("--model", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Artifact to serve (default: the bundled model).")  # fmt: skip
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              show_default=True)  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+def demo(duration: float, speed: float, model: str | None, device: str, as_json: bool) -> None:
+    """Replay the bundled LOBSTER sample through a live daemon and show its signals."""
+    from rich.console import Console
+    from rich.live import Live
+
+    from lobstream.engine.subscriber import Subscriber
+    from lobstream.models.artifact import ArtifactError, load_model
+
+    console = Console(stderr=as_json)
+    paths = sample_files()
+    tmp = Path(tempfile.mkdtemp(prefix="lobdemo", dir="/tmp" if os.path.isdir("/tmp") else None))
+    daemon = replayer = None
+    sub = None
+    t_start = time.monotonic()
+    stats = Stats({})
+    try:
+        cfg_path, cfg = write_demo_config(tmp, model, device)
+        try:
+            _, manifest = load_model(cfg.model.path, device="cpu")
+        except ArtifactError as exc:
+            raise click.ClickException(str(exc)) from None
+        with console.status("computing realised labels of the sample"):
+            stats = Stats(realised_labels(paths, manifest))
+        daemon_log = open(tmp / "daemon.log", "wb")  # noqa: SIM115 - closed with tmp
+        daemon = subprocess.Popen(
+            [*_lobstream_cmd(), "-v", "serve", "--config", str(cfg_path)],
+            stdout=daemon_log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches us only; we stop it in order
+        )
+        sub = Subscriber(cfg.publish.endpoint)
+        with console.status("starting the daemon (model warm-up)"):
+            while True:
+                msg = sub.recv(0.2)
+                if msg is not None and msg.kind == "status":
+                    stats.status = msg.status
+                    break
+                if daemon.poll() is not None:
+                    raise click.ClickException(
+                        f"the daemon exited with {daemon.returncode}: "
+                        f"{(tmp / 'daemon.log').read_text()[-2000:]}"
+                    )
+        replay_log = open(tmp / "replay.log", "wb")  # noqa: SIM115 - closed with tmp
+        replayer = subprocess.Popen(
+            [*_lobstream_cmd(), "replay", *map(str, paths), "--to", cfg.ingest.endpoints[0],
+             "--speed", str(speed)],
+            stdout=replay_log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        t_start = time.monotonic()
+        with Live(_view(stats, 0, duration, speed), console=console, refresh_per_second=4) as live:
+            next_draw = 0.0
+            while (elapsed := time.monotonic() - t_start) < duration:
+                msg = sub.recv(0.05)
+                if msg is not None:
+                    if msg.kind == "status":
+                        stats.status = msg.status
+                    else:
+                        stats.add(msg.records, msg.t_recv_ns)
+                if elapsed >= next_draw:
+                    live.update(_view(stats, elapsed, duration, speed))
+                    next_draw = elapsed + 0.25
+                if replayer.poll() is not None and msg is None and elapsed > 1.0:
+                    break  # the whole sample was sent and the daemon has gone quiet
+    except KeyboardInterrupt:
+        console.print("interrupted: stopping the replayer and the daemon")
+    finally:
+        _stop_process(replayer, "replayer")
+        if sub is not None:
+            for msg in sub.iter(0.3):  # signals of the batch in flight
+                if msg.kind == "signal":
+                    stats.add(msg.records, msg.t_recv_ns)
+                else:
+                    stats.status = msg.status
+        _stop_process(daemon, "daemon")
+        if sub is not None:
+            sub.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    _summary(console, stats, time.monotonic() - t_start, as_json)
+
+
+def _summary(console, stats: Stats, seconds: float, as_json: bool) -> None:
+    from rich.table import Table
+
+    from lobstream.models.metrics import classification_report
+
+    report = (
+        classification_report(np.array(stats.y_true), np.array(stats.y_pred))
+        if stats.y_true
+        else {}
+    )
+    counts = stats.status.get("counts", {})
+    summary = {
+        "seconds": round(seconds, 2),
+        "events": counts.get("events", 0),
+        "signals": stats.n,
+        "signals_per_s": stats.n / seconds if seconds > 0 else 0.0,
+        "latency_p50_us": stats.pct(50),
+        "latency_p99_us": stats.pct(99),
+        "labelled_signals": len(stats.y_true),
+        "accuracy": report.get("accuracy"),
+        "f1_macro": report.get("f1_macro"),
+        "conflated": counts.get("conflated", 0),
+        "stale_instruments": stats.status.get("stale", 0),
+    }
+    if as_json:
+        import json
+
+        click.echo(json.dumps(summary))
+        return
+    t = Table(title="summary")
+    t.add_column("figure")
+    t.add_column("value", justify="right")
+    for k, v in summary.items():
+        t.add_row(k, f"{v:,.3f}" if isinstance(v, float) else f"{v:,}" if v is not None else "-")
+    console.print(t)
