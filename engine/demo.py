@@ -39,16 +39,17 @@ def demo_config_path() -> Path:
 
 
 def sample_files() -> list[Path]:
-    """The bundled LOBSTER GOOG 10-level sample: message file first, then its orderbook."""
+    """The bundled LOBSTER GOOG 10-level sample, as its message file (the reader finds the
+    orderbook partner by name)."""
     folder = Path(str(files("lobstream.replay") / "samples"))
     msg = sorted(folder.glob("GOOG_*_message_10.csv*"))
     book = sorted(folder.glob("GOOG_*_orderbook_10.csv*"))
     if not msg or not book:
         raise click.ClickException(
             f"bundled LOBSTER sample not found in {folder}; reinstall lobstream "
-            "(pip install -e .) or pass --files MESSAGE ORDERBOOK"
+            "(pip install -e .)"
         )
-    return [msg[0], book[0]]
+    return [msg[0]]
 
 
 def _toml_value(v) -> str:
@@ -118,7 +119,7 @@ def realised_labels(paths: list[Path], manifest: dict) -> dict[int, int]:
 
     registry = Registry()
     metas = []
-    batches = read_events(paths[:1], registry)
+    batches = read_events(paths, registry)
     for _, meta, _ in rows_from_events(batches, spec_from_manifest(manifest), 1, new_report()):
         metas.append(meta.copy())
     meta = np.concatenate(metas)
