@@ -368,6 +368,24 @@ class _Reader:
             self.mbo_state, ts, action, side, price, size, order_id, flags, inst, self.units, counts
         )
         self.check(counts, rows)
+        return self.clamp(ev)
+
+    def clamp(self, ev: np.ndarray) -> np.ndarray:
+        """Make ts_event non-decreasing per instrument, in place; clamps are counted.
+
+        Databento orders records by ``ts_recv``; some venues (ICE) stamp ``ts_event`` out of
+        that order, and the book kernel would drop an update whose time goes backwards.
+        """
+        for i in np.unique(ev["instrument"]).tolist():
+            sel = np.flatnonzero(ev["instrument"] == i)
+            ts = ev["ts_event"][sel]
+            prev = self.last_ts.get(i, np.iinfo(np.int64).min)
+            fixed = np.maximum.accumulate(np.concatenate(([prev], ts)))[1:]
+            n = int((fixed != ts).sum())
+            if n:
+                self.clamped += n
+                ev["ts_event"][sel] = fixed
+            self.last_ts[i] = int(fixed[-1])
         return ev
 
     def check(self, counts: np.ndarray, rows: np.ndarray) -> None:
