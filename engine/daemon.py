@@ -131,7 +131,7 @@ class Daemon:
         self._reload = threading.Event()
         self._pending: LoadedModel | None = None
         self._loader: threading.Thread | None = None
-        self._http = None
+        self.metrics_port: int | None = None
         self.started = threading.Event()  # set once sockets are open (tests wait on it)
         self.t_start = time.monotonic()
 
@@ -150,7 +150,7 @@ class Daemon:
         if self.ctx is None:
             self.ctx = zmq.Context()
         if self.cfg.metrics.address:
-            self.metrics.serve_http(self.cfg.metrics.address)
+            self.metrics_port = self.metrics.serve_http(self.cfg.metrics.address)
         self.publisher = Publisher(self.ctx, self.cfg.publish, self.symbols)
         self.ingest = Ingest(self.ctx, self.cfg.ingest, self.symbols, self.metrics, self.rlog)
         self.started.set()
@@ -363,6 +363,7 @@ class Daemon:
             self.publisher = None
         if self._loader is not None:
             self._loader.join(timeout=0.5)
+        self.metrics.close_http()
         logger.info("shutdown: closing the context")
         if self.ctx is not None and self._own_ctx:
             self.ctx.term()

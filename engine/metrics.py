@@ -122,11 +122,26 @@ class Metrics:
         getattr(self, name).inc(n)
         self.totals[name] += n
 
-    def serve_http(self, address: str) -> None:
-        """Expose the registry at ``http://address/metrics`` (a daemon thread of prometheus)."""
+    def serve_http(self, address: str) -> int:
+        """Expose the registry at ``http://address/metrics`` (a thread of prometheus_client).
+
+        Returns the port bound (``address`` may give port 0 for any free one).
+        """
         host, _, port = address.rpartition(":")
-        start_http_server(int(port), addr=host.strip("[]"), registry=self.registry)
-        logger.info("metrics on http://%s/metrics", address)
+        self._http = start_http_server(int(port), addr=host.strip("[]"), registry=self.registry)
+        bound = self._http[0].server_port
+        logger.info("metrics on http://%s:%s/metrics", host, bound)
+        return bound
+
+    def close_http(self) -> None:
+        """Stop the metrics endpoint, joining its thread with a timeout."""
+        http = getattr(self, "_http", None)
+        if http is not None:
+            server, thread = http
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=1.0)
+            self._http = None
 
 
 class RateLimitedLog:

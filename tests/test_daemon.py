@@ -423,3 +423,36 @@ address = ""
     assert "shutdown complete" in log, log
     i_stop, i_close = log.index("stop intake"), log.index("closing the context")
     assert i_stop < i_close
+
+
+def test_prometheus_metrics(artifact, ipc_dir):
+    import urllib.request
+
+    symbols = ["AAA", "BBB"]
+    cfg = make_cfg(ipc_dir, artifact, symbols, metrics={"address": "127.0.0.1:0"})
+    run = Running(cfg, symbols)
+    try:
+        run.send_raw([b"md.AAA", b"\x01" * 5])
+        n = run.send(synthetic_events(1000, 2, seed=4, levels=4))
+        run.wait_messages(n + 1)
+        run.collect(idle_s=0.2)
+        url = f"http://127.0.0.1:{run.daemon.metrics_port}/metrics"
+        text = urllib.request.urlopen(url, timeout=10).read().decode()
+    finally:
+        run.stop()
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, v = line.rpartition(" ")
+            values[name] = float(v)
+    assert values["lobstream_events_total"] == 1000
+    assert values["lobstream_messages_total"] == n + 1
+    assert values['lobstream_rejected_total{reason="misaligned"}'] == 1
+    assert values['lobstream_rejected_total{reason="unknown_instrument"}'] == 0  # made at start
+    assert values["lobstream_signals_total"] > 0
+    assert 'lobstream_book_conditions_total{condition="seq_gap"}' in values
+    for stage in ("receive", "book", "gather", "model", "publish", "end_to_end"):
+        assert f'lobstream_stage_seconds_count{{stage="{stage}"}}' in values
+    assert values['lobstream_stage_seconds_count{stage="model"}'] > 0
+    assert 'lobstream_stage_seconds_bucket{le="1e-06",stage="model"}' in values
+    assert values["lobstream_stale_instruments"] == 0
