@@ -1,0 +1,113 @@
+"""Market data on the wire (DESIGN.md contract 4): ``[b"md.<symbol>", payload]``.
+
+The payload is the raw little-endian bytes of a C-contiguous ``EVENT_DTYPE`` array, one
+instrument per message (the topic names it, so a subscriber can shard by topic prefix). No
+header and no per-event encoding: the sender hands zmq the numpy buffer (``copy=False``) and the
+receiver views the frame with ``np.frombuffer``.
+
+Decoding is total: a bad frame yields ``(None, reason)`` with a short reason string that the
+daemon counts as a metric label, never an exception through the receive loop. Reasons:
+
+- ``"parts"``: not exactly two frames;
+- ``"topic"``: the topic is not ``md.<symbol>`` with a non-empty UTF-8 symbol;
+- ``"empty"``: a zero-length payload;
+- ``"misaligned"``: the payload length is not a multiple of the event size (48 bytes).
+
+Content (sides, prices, sizes, time order) is checked by the book kernel, which counts it.
+Padding bytes of an event carry no data and may hold anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+from lobstream.kernels.dtypes import EVENT_DTYPE
+
+TOPIC_PREFIX = b"md."
+ITEMSIZE = EVENT_DTYPE.itemsize
+
+REASON_OK = "ok"
+REASON_PARTS = "parts"
+REASON_TOPIC = "topic"
+REASON_EMPTY = "empty"
+REASON_MISALIGNED = "misaligned"
+REASONS = (REASON_PARTS, REASON_TOPIC, REASON_EMPTY, REASON_MISALIGNED)
+
+
+class Decoded(NamedTuple):
+    """One decoded message: ``events`` is None unless ``reason == "ok"``."""
+
+    symbol: str | None
+    events: np.ndarray | None
+    reason: str
+
+
+def topic(symbol: str) -> bytes:
+    """The topic frame of ``symbol``'s market data."""
+    if not symbol:
+        raise ValueError("symbol must be non-empty")
+    return TOPIC_PREFIX + symbol.encode()
+
+
+def symbol_of(topic_frame: bytes) -> str | None:
+    """The symbol in a topic frame, or None if it is not ``md.<symbol>``."""
+    if not topic_frame.startswith(TOPIC_PREFIX) or len(topic_frame) == len(TOPIC_PREFIX):
+        return None
+    try:
+        return topic_frame[len(TOPIC_PREFIX) :].decode()
+    except UnicodeDecodeError:
+        return None
+
+
+def encode(symbol_topic: bytes, events: np.ndarray) -> list:
+    """Frames for ``sock.send_multipart(frames, copy=False)``.
+
+    Parameters
+    ----------
+    symbol_topic : bytes
+        From :func:`topic` (computed once per instrument by the caller).
+    events : ndarray (n,) EVENT_DTYPE
+        One instrument's events. Sent without a copy when C-contiguous, so the caller must not
+        modify it until zmq has sent it (give each message its own array or slice).
+    """
+    if events.dtype != EVENT_DTYPE:
+        raise TypeError(f"events must have EVENT_DTYPE, got {events.dtype}")
+    return [symbol_topic, np.ascontiguousarray(events)]
+
+
+def send(sock, symbol_topic: bytes, events: np.ndarray, flags: int = 0) -> int:
+    """Send one message zero-copy; returns the payload size in bytes."""
+    frames = encode(symbol_topic, events)
+    sock.send_multipart(frames, flags=flags, copy=False)
+    return frames[1].nbytes
+
+
+def decode_events(payload) -> tuple[np.ndarray | None, str]:
+    """View a payload (bytes, memoryview, any buffer) as events: ``(events, "ok")`` or
+    ``(None, reason)``. The array is read-only when the buffer is; it is copied only if the
+    buffer is not 8-byte aligned (Numba kernels need aligned records)."""
+    n = memoryview(payload).nbytes
+    if n == 0:
+        return None, REASON_EMPTY
+    if n % ITEMSIZE:
+        return None, REASON_MISALIGNED
+    events = np.frombuffer(payload, dtype=EVENT_DTYPE)
+    if not events.flags.aligned:
+        events = events.copy()
+    return events, REASON_OK
+
+
+def decode(frames: Sequence) -> Decoded:
+    """Decode a received multipart message (a list of ``bytes`` or ``zmq.Frame``)."""
+    if len(frames) != 2:
+        return Decoded(None, None, REASON_PARTS)
+    head, body = frames
+    head = head.bytes if hasattr(head, "bytes") else bytes(head)
+    symbol = symbol_of(head)
+    if symbol is None:
+        return Decoded(None, None, REASON_TOPIC)
+    events, reason = decode_events(body.buffer if hasattr(body, "buffer") else body)
+    return Decoded(symbol, events, reason)
