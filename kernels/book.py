@@ -36,23 +36,12 @@ from typing import NamedTuple
 
 import numpy as np
 
-from lobstream.kernels._jit import njit
+from lobstream.kernels._loop import MODE_BOOK, _run
 from lobstream.kernels.dtypes import (
-    ACTION_CLEAR,
-    ACTION_TRADE,
-    ACTION_UPDATE,
-    CODE_BAD_EVENT,
-    CODE_BAD_INSTRUMENT,
-    CODE_CROSSED,
-    CODE_DROPPED_LEVELS,
-    CODE_OUT_OF_RANGE,
-    CODE_RECENTRED,
-    CODE_SEQ_GAP,
-    CODE_STALE_SKIPPED,
-    CODE_TIME_BACKWARDS,
+    DEFAULT_LEVELS,
     EVENT_DTYPE,
-    FLAG_LAST,
     N_CODES,
+    ROW_META_DTYPE,
     SIDE_ASK,
     SIDE_BID,
 )
@@ -86,6 +75,18 @@ class BookState(NamedTuple):
         1 while the book is not trusted (gap, crossed); no rows are written.
     healing : ndarray (N,) uint8
         1 between the ``ACTION_CLEAR`` of a snapshot and its LAST event on a stale instrument.
+    top_key : ndarray (N, 2, K) int64
+        Cache of the best ``K`` levels per side (index 0 bid, 1 ask), best first, as sort keys:
+        ask price, or minus the bid price (so both sides sort ascending and share one code
+        path). Kept exact by every update, so a feature row reads ``K`` contiguous entries
+        instead of scanning the ladder.
+    top_size : ndarray (N, 2, K) float64
+        Sizes of the cached levels.
+    top_n : ndarray (N, 2) int64
+        Number of valid cached levels per side: ``min(K, n_levels)``.
+    n_levels : ndarray (N, 2) int64
+        Number of non-empty levels per side in the window (so refilling the cache after a
+        delete never scans a ladder with nothing left to find).
     """
 
     bid: np.ndarray
@@ -97,6 +98,10 @@ class BookState(NamedTuple):
     last_ts: np.ndarray
     stale: np.ndarray
     healing: np.ndarray
+    top_key: np.ndarray
+    top_size: np.ndarray
+    top_n: np.ndarray
+    n_levels: np.ndarray
 
     @property
     def n_instruments(self) -> int:
@@ -106,12 +111,22 @@ class BookState(NamedTuple):
     def width(self) -> int:
         return self.bid.shape[1]
 
+    @property
+    def cached_levels(self) -> int:
+        return self.top_key.shape[2]
 
-def new_book(n_instruments: int, width: int = DEFAULT_WIDTH) -> BookState:
-    """An empty book for ``n_instruments`` instruments, ``width`` ticks per side each.
 
-    Memory is ``16 * n_instruments * width`` bytes (e.g. 164 MB for 10,000 x 1,024).
+def new_book(
+    n_instruments: int, width: int = DEFAULT_WIDTH, levels: int = DEFAULT_LEVELS
+) -> BookState:
+    """An empty book for ``n_instruments`` instruments, ``width`` ticks per side each, caching
+    the best ``levels`` levels per side (feature rows can use at most that many).
+
+    Memory is about ``16 * n_instruments * (width + 2 * levels)`` bytes (e.g. 167 MB for
+    10,000 x 1,024 x 10).
     """
+    if levels < 1:
+        raise ValueError(f"levels must be >= 1, got {levels}")
     if n_instruments < 1:
         raise ValueError(f"n_instruments must be >= 1, got {n_instruments}")
     if width < 4:
@@ -127,6 +142,10 @@ def new_book(n_instruments: int, width: int = DEFAULT_WIDTH) -> BookState:
         last_ts=np.full(n, _TS_MIN, np.int64),
         stale=np.zeros(n, np.uint8),
         healing=np.zeros(n, np.uint8),
+        top_key=np.zeros((n, 2, int(levels)), np.int64),
+        top_size=np.zeros((n, 2, int(levels)), np.float64),
+        top_n=np.zeros((n, 2), np.int64),
+        n_levels=np.zeros((n, 2), np.int64),
     )
 
 
@@ -183,7 +202,23 @@ def apply_events(book: BookState, events: np.ndarray, report: np.ndarray) -> Non
     """
     events = check_events(events)
     check_report(report)
-    _apply_events(*book, events, report)
+    _run(*book, events, report, MODE_BOOK, *_no_rows())
+
+
+def _no_rows():
+    """Placeholder row outputs for book-only mode: same types as real ones, so the one loop
+    kernel is compiled once for all modes."""
+    return (
+        np.zeros((1, 2, 4), np.float32),
+        np.zeros(1, np.int64),
+        np.zeros(1, ROW_META_DTYPE),
+        0,
+        1,
+        0.0,
+        1.0,
+        0.0,
+        1.0,
+    )
 
 
 def best_prices(book: BookState, i: int) -> tuple[int | None, int | None]:
@@ -203,181 +238,3 @@ def levels(book: BookState, i: int, side: int, n: int) -> list[tuple[int, float]
         slots = slots[::-1]
     base = int(book.base[i])
     return [(base + int(s), float(ladder[s])) for s in slots[:n]]
-
-
-# ----------------------------------------------------------------------------- kernels ---
-
-
-@njit
-def _count(report, code, k):
-    report[0, code] += 1
-    if report[1, code] < 0:
-        report[1, code] = k
-
-
-@njit
-def _recentre(bid, ask, base, best_bid, best_ask, i, new_base, k, report):
-    """Move instrument i's window so slot 0 is ``new_base``; levels off the edge are lost."""
-    w = bid.shape[1]
-    delta = new_base - base[i]
-    dropped = 0
-    if delta > 0:
-        d = min(delta, w)
-        for s in range(d):
-            dropped += (bid[i, s] > 0.0) + (ask[i, s] > 0.0)
-        for s in range(w - d):
-            bid[i, s] = bid[i, s + d]
-            ask[i, s] = ask[i, s + d]
-        for s in range(w - d, w):
-            bid[i, s] = 0.0
-            ask[i, s] = 0.0
-    elif delta < 0:
-        d = min(-delta, w)
-        for s in range(w - d, w):
-            dropped += (bid[i, s] > 0.0) + (ask[i, s] > 0.0)
-        for s in range(w - 1, d - 1, -1):
-            bid[i, s] = bid[i, s - d]
-            ask[i, s] = ask[i, s - d]
-        for s in range(d):
-            bid[i, s] = 0.0
-            ask[i, s] = 0.0
-    base[i] = new_base
-    # Re-centring is rare: a full rescan is simpler than tracking which touch survived.
-    bb = -1
-    for s in range(w - 1, -1, -1):
-        if bid[i, s] > 0.0:
-            bb = s
-            break
-    ba = -1
-    for s in range(w):
-        if ask[i, s] > 0.0:
-            ba = s
-            break
-    best_bid[i] = bb
-    best_ask[i] = ba
-    _count(report, CODE_RECENTRED, k)
-    if dropped > 0:
-        report[0, CODE_DROPPED_LEVELS] += dropped
-        if report[1, CODE_DROPPED_LEVELS] < 0:
-            report[1, CODE_DROPPED_LEVELS] = k
-
-
-@njit
-def _update(bid, ask, base, best_bid, best_ask, i, side, price, size, k, report):
-    """Set the resting size at ``price`` on ``side`` of instrument i (rule 6)."""
-    w = bid.shape[1]
-    s = price - base[i]
-    if s < 0 or s >= w:
-        if size == 0.0:
-            _count(report, CODE_OUT_OF_RANGE, k)
-            return
-        if best_bid[i] < 0 and best_ask[i] < 0:
-            base[i] = price - w // 2
-        else:
-            if side == SIDE_BID:
-                improves = best_bid[i] < 0 or s > best_bid[i]
-            else:
-                improves = best_ask[i] < 0 or s < best_ask[i]
-            if not improves:
-                _count(report, CODE_OUT_OF_RANGE, k)
-                return
-            _recentre(bid, ask, base, best_bid, best_ask, i, price - w // 2, k, report)
-        s = price - base[i]
-    if side == SIDE_BID:
-        bid[i, s] = size
-        if size > 0.0:
-            if s > best_bid[i]:
-                best_bid[i] = s
-        elif s == best_bid[i]:
-            # the touch left: the next bid is the first non-empty slot below it
-            nb = -1
-            for t in range(s - 1, -1, -1):
-                if bid[i, t] > 0.0:
-                    nb = t
-                    break
-            best_bid[i] = nb
-    else:
-        ask[i, s] = size
-        if size > 0.0:
-            if best_ask[i] < 0 or s < best_ask[i]:
-                best_ask[i] = s
-        elif s == best_ask[i]:
-            na = -1
-            for t in range(s + 1, w):
-                if ask[i, t] > 0.0:
-                    na = t
-                    break
-            best_ask[i] = na
-
-
-@njit
-def _step(bid, ask, base, best_bid, best_ask, last_seq, last_ts, stale, healing, events, k, report):
-    """Apply ``events[k]``; return its instrument if the book is consistent and healthy after
-    it (LAST, not stale, not crossed), else -1. Shared by every event-consuming kernel so the
-    book arithmetic exists once."""
-    n = bid.shape[0]
-    ev = events[k]
-    i = np.int64(ev.instrument)
-    if i >= n:
-        _count(report, CODE_BAD_INSTRUMENT, k)
-        return -1
-    action = ev.action
-    if action > ACTION_TRADE:
-        _count(report, CODE_BAD_EVENT, k)
-        return -1
-    if action != ACTION_CLEAR:
-        size = ev.size
-        # "not (size >= 0)" also catches NaN
-        if ev.side > SIDE_ASK or ev.price <= 0 or not (size >= 0.0) or size == np.inf:
-            _count(report, CODE_BAD_EVENT, k)
-            return -1
-    ts = ev.ts_event
-    if ts < last_ts[i]:
-        _count(report, CODE_TIME_BACKWARDS, k)
-        return -1
-    last_ts[i] = ts
-    seq = ev.seq
-    if seq != 0:
-        prev = last_seq[i]
-        if prev != 0 and seq != prev + np.uint64(1):
-            _count(report, CODE_SEQ_GAP, k)
-            stale[i] = 1
-            healing[i] = 0
-        last_seq[i] = seq
-    if action == ACTION_CLEAR:
-        w = bid.shape[1]
-        for s in range(w):
-            bid[i, s] = 0.0
-            ask[i, s] = 0.0
-        best_bid[i] = -1
-        best_ask[i] = -1
-        healing[i] = stale[i]
-    elif stale[i] != 0 and healing[i] == 0:
-        _count(report, CODE_STALE_SKIPPED, k)
-        return -1
-    elif action == ACTION_UPDATE:
-        _update(bid, ask, base, best_bid, best_ask, i, ev.side, ev.price, ev.size, k, report)
-    if ev.flags & FLAG_LAST:
-        if healing[i] != 0:
-            stale[i] = 0
-            healing[i] = 0
-        if stale[i] != 0:
-            return -1
-        bb = best_bid[i]
-        ba = best_ask[i]
-        if bb >= 0 and ba >= 0 and bb >= ba:
-            _count(report, CODE_CROSSED, k)
-            stale[i] = 1
-            return -1
-        return i
-    return -1
-
-
-@njit
-def _apply_events(
-    bid, ask, base, best_bid, best_ask, last_seq, last_ts, stale, healing, events, report
-):
-    for k in range(events.shape[0]):
-        _step(
-            bid, ask, base, best_bid, best_ask, last_seq, last_ts, stale, healing, events, k, report
-        )

@@ -15,9 +15,10 @@ of level ``k - 1`` moved one tick away from the touch (ask +1, bid -1) and size 
 normalised like any level. So a row never holds NaN and prices stay monotone. A row is written
 only when both sides have at least one level (else ``CODE_EMPTY_BOOK``).
 
-Arithmetic is float64, rounded once to float32 on store. ``_write_row`` is the only place a row
-is computed: the ring kernel (:func:`lobstream.kernels.ring.apply_events_rows`) and the flat
-offline kernel (:func:`events_to_rows`) both call it, so live and offline rows are identical.
+Arithmetic is float64, rounded once to float32 on store. A row is computed in one place, the
+loop of :mod:`lobstream.kernels._loop`, which both the ring kernel
+(:func:`lobstream.kernels.ring.apply_events_rows`) and the flat offline kernel
+(:func:`events_to_rows`) run, so live and offline rows are identical.
 """
 
 from __future__ import annotations
@@ -27,10 +28,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from lobstream.kernels._jit import njit
-from lobstream.kernels.book import BookState, _count, _step, check_events, check_report
+from lobstream.kernels._loop import MODE_FLAT, _run
+from lobstream.kernels.book import BookState, check_events, check_report
 from lobstream.kernels.dtypes import (
-    CODE_EMPTY_BOOK,
     DEFAULT_LEVELS,
     FEATURE_KIND_NAMES,
     FEATURE_RAW,
@@ -116,10 +116,15 @@ def raw_spec(levels: int = DEFAULT_LEVELS) -> FeatureSpec:
     return FeatureSpec(FEATURE_RAW, levels, np.array([0.0, 1.0, 0.0, 1.0])).validate()
 
 
-def _spec_args(spec: FeatureSpec) -> tuple[int, int, float, float, float, float]:
+def _spec_args(spec: FeatureSpec, book: BookState) -> tuple[int, int, float, float, float, float]:
     """Kernel scalars: kind, levels, and the 4 params as offset/scale pairs (1/std
     precomputed: a multiply per value instead of a divide)."""
     spec = spec.validate()
+    if spec.levels > book.cached_levels:
+        raise ValueError(
+            f"the feature spec needs {spec.levels} levels but the book caches only "
+            f"{book.cached_levels}; make the book with new_book(..., levels={spec.levels})"
+        )
     p = spec.params
     if spec.kind == FEATURE_ZSCORE:
         return (
@@ -168,7 +173,7 @@ def events_to_rows(
     """
     events = check_events(events)
     check_report(report)
-    kind, nlev, a0, a1, a2, a3 = _spec_args(spec)
+    kind, nlev, a0, a1, a2, a3 = _spec_args(spec, book)
     f = 4 * nlev
     if rows_out.dtype != np.float32 or rows_out.ndim != 2 or rows_out.shape[1] != f:
         raise ValueError(
@@ -182,124 +187,24 @@ def events_to_rows(
             f"meta_out must be ROW_META_DTYPE of shape ({rows_out.shape[0]},), got "
             f"{meta_out.dtype} {meta_out.shape}"
         )
+    dummy_count = np.zeros(1, np.int64)
     return int(
-        _events_to_rows(*book, events, kind, nlev, a0, a1, a2, a3, rows_out, meta_out, report)
-    )
-
-
-# ----------------------------------------------------------------------------- kernels ---
-
-
-@njit
-def _write_row(bid, ask, base, bb, ba, i, kind, nlev, a0, a1, a2, a3, out, r1, r2):
-    """Write instrument i's normalised top-``nlev`` row into ``out[r1]`` and, if ``r2 >= 0``,
-    ``out[r2]`` too (the mirrored ring). ``bb``/``ba`` are the touch slots, both >= 0."""
-    w = ask.shape[1]
-    b0 = base[i]
-    mid = 0.5 * (np.float64(b0 + bb) + np.float64(b0 + ba))
-    # zscore/raw: v = (px - a0) * a1 ; ticks_from_mid: v = (px - mid) * a1
-    poff = mid if kind == FEATURE_TICKS_FROM_MID else a0
-    logsz = kind == FEATURE_TICKS_FROM_MID
-    # asks, walking up from the touch
-    lvl = 0
-    s = ba
-    px = b0 + ba
-    while lvl < nlev and s < w:
-        sz = ask[i, s]
-        if sz > 0.0:
-            px = b0 + s
-            vp = np.float32((np.float64(px) - poff) * a1)
-            vs = np.float32(np.log1p(sz) if logsz else (sz - a2) * a3)
-            c = 4 * lvl
-            out[r1, c] = vp
-            out[r1, c + 1] = vs
-            if r2 >= 0:
-                out[r2, c] = vp
-                out[r2, c + 1] = vs
-            lvl += 1
-        s += 1
-    vs0 = np.float32(0.0 if logsz else (0.0 - a2) * a3)
-    while lvl < nlev:
-        px += 1
-        vp = np.float32((np.float64(px) - poff) * a1)
-        c = 4 * lvl
-        out[r1, c] = vp
-        out[r1, c + 1] = vs0
-        if r2 >= 0:
-            out[r2, c] = vp
-            out[r2, c + 1] = vs0
-        lvl += 1
-    # bids, walking down from the touch
-    lvl = 0
-    s = bb
-    px = b0 + bb
-    while lvl < nlev and s >= 0:
-        sz = bid[i, s]
-        if sz > 0.0:
-            px = b0 + s
-            vp = np.float32((np.float64(px) - poff) * a1)
-            vs = np.float32(np.log1p(sz) if logsz else (sz - a2) * a3)
-            c = 4 * lvl + 2
-            out[r1, c] = vp
-            out[r1, c + 1] = vs
-            if r2 >= 0:
-                out[r2, c] = vp
-                out[r2, c + 1] = vs
-            lvl += 1
-        s -= 1
-    while lvl < nlev:
-        px -= 1
-        vp = np.float32((np.float64(px) - poff) * a1)
-        c = 4 * lvl + 2
-        out[r1, c] = vp
-        out[r1, c + 1] = vs0
-        if r2 >= 0:
-            out[r2, c] = vp
-            out[r2, c + 1] = vs0
-        lvl += 1
-    return mid
-
-
-@njit
-def _write_meta(meta, m, events, k, base, bb, ba, i, mid):
-    ev = events[k]
-    rec = meta[m]
-    rec.ts_event = ev.ts_event
-    rec.ts_recv = ev.ts_recv
-    rec.seq = ev.seq
-    rec.event_index = k
-    rec.best_bid = base[i] + bb
-    rec.best_ask = base[i] + ba
-    rec.mid = mid
-    rec.instrument = ev.instrument
-
-
-@njit
-def _events_to_rows(
-    bid, ask, base, best_bid, best_ask, last_seq, last_ts, stale, healing,
-    events, kind, nlev, a0, a1, a2, a3, rows_out, meta_out, report,
-):  # fmt: skip
-    m = 0
-    mmax = rows_out.shape[0]
-    if mmax == 0:
-        return 0
-    for k in range(events.shape[0]):
-        i = _step(
-            bid, ask, base, best_bid, best_ask, last_seq, last_ts, stale, healing, events, k, report
+        _run(
+            *book,
+            events,
+            report,
+            MODE_FLAT,
+            rows_out[None],
+            dummy_count,
+            meta_out,
+            kind,
+            nlev,
+            a0,
+            a1,
+            a2,
+            a3,
         )
-        if i < 0:
-            continue
-        bb = best_bid[i]
-        ba = best_ask[i]
-        if bb < 0 or ba < 0:
-            _count(report, CODE_EMPTY_BOOK, k)
-            continue
-        mid = _write_row(bid, ask, base, bb, ba, i, kind, nlev, a0, a1, a2, a3, rows_out, m, -1)
-        _write_meta(meta_out, m, events, k, base, bb, ba, i, mid)
-        m += 1
-        if m == mmax:
-            break
-    return m
+    )
 
 
 def __getattr__(name: str):

@@ -15,10 +15,9 @@ from typing import NamedTuple
 import numpy as np
 
 from lobstream.kernels._jit import njit
+from lobstream.kernels._loop import MODE_RING, _run
 from lobstream.kernels.book import (
     BookState,
-    _count,
-    _step,
     apply_events,
     check_events,
     check_report,
@@ -27,7 +26,6 @@ from lobstream.kernels.book import (
 )
 from lobstream.kernels.dtypes import (
     ACTION_CLEAR,
-    CODE_EMPTY_BOOK,
     DEFAULT_LEVELS,
     DEFAULT_WINDOW,
     EVENT_DTYPE,
@@ -39,8 +37,6 @@ from lobstream.kernels.dtypes import (
 from lobstream.kernels.features import (
     FeatureSpec,
     _spec_args,
-    _write_meta,
-    _write_row,
     events_to_rows,
     zscore_spec,
 )
@@ -146,8 +142,8 @@ def apply_events_rows(
     events = check_events(events)
     check_report(report)
     _check_ring(book, ring, spec)
-    kind, nlev, a0, a1, a2, a3 = _spec_args(spec)
-    _apply_events_rows(*book, *ring, events, kind, nlev, a0, a1, a2, a3, report)
+    kind, nlev, a0, a1, a2, a3 = _spec_args(spec, book)
+    _run(*book, events, report, MODE_RING, *ring, kind, nlev, a0, a1, a2, a3)
 
 
 def gather_windows(ring: RingState, instruments: np.ndarray, out: np.ndarray) -> None:
@@ -211,31 +207,6 @@ def warmup() -> None:
 
 
 # ----------------------------------------------------------------------------- kernels ---
-
-
-@njit
-def _apply_events_rows(
-    bid, ask, base, best_bid, best_ask, last_seq, last_ts, stale, healing,
-    rows, count, meta, events, kind, nlev, a0, a1, a2, a3, report,
-):  # fmt: skip
-    t = rows.shape[1] // 2
-    for k in range(events.shape[0]):
-        i = _step(
-            bid, ask, base, best_bid, best_ask, last_seq, last_ts, stale, healing, events, k, report
-        )
-        if i < 0:
-            continue
-        bb = best_bid[i]
-        ba = best_ask[i]
-        if bb < 0 or ba < 0:
-            _count(report, CODE_EMPTY_BOOK, k)
-            continue
-        slot = count[i] % t
-        mid = _write_row(
-            bid, ask, base, bb, ba, i, kind, nlev, a0, a1, a2, a3, rows[i], slot, slot + t
-        )
-        _write_meta(meta, i, events, k, base, bb, ba, i, mid)
-        count[i] += 1
 
 
 @njit

@@ -168,15 +168,19 @@ def _lot():
 
 
 @njit
-def _touch(gb, ga, i, side, w):
-    if side == 0:
-        for s in range(w - 1, -1, -1):
-            if gb[i, s] > 0.0:
+def _next_level(lad, i, side, s):
+    """First non-empty slot at or beyond ``s`` going away from the touch, or -1."""
+    w = lad.shape[1]
+    if side == SIDE_BID:
+        while s >= 0:
+            if lad[i, s] > 0.0:
                 return s
+            s -= 1
     else:
-        for s in range(w):
-            if ga[i, s] > 0.0:
+        while s < w:
+            if lad[i, s] > 0.0:
                 return s
+            s += 1
     return -1
 
 
@@ -235,12 +239,27 @@ def _shift(gb, ga, gbase, i, new_base):
 
 
 @njit
+def _set(lad, best, i, side, s, size):
+    """Set a level of the generator's own book and keep its touch slot current."""
+    lad[i, s] = size
+    if size > 0.0:
+        if side == SIDE_BID and s > best[i]:
+            best[i] = s
+        elif side == SIDE_ASK and s < best[i]:
+            best[i] = s
+    elif s == best[i]:
+        best[i] = _next_level(lad, i, side, s - 1 if side == SIDE_BID else s + 1)
+
+
+@njit
 def _generate(out, n_inst, seed, nlev, start_price, near_touch, delete_prob, improve_prob,
               trade_prob, snap_p, gap_prob, end_p, last_every, dt_ns):  # fmt: skip
     np.random.seed(seed)
     w = _GEN_WIDTH
     gb = np.zeros((n_inst, w), np.float64)
     ga = np.zeros((n_inst, w), np.float64)
+    gbb = np.zeros(n_inst, np.int64)
+    gba = np.zeros(n_inst, np.int64)
     gbase = np.zeros(n_inst, np.int64)
     seqs = np.zeros(n_inst, np.uint64)
     pending = np.ones(n_inst, np.uint8)  # needs a snapshot before its next packet
@@ -251,78 +270,70 @@ def _generate(out, n_inst, seed, nlev, start_price, near_touch, delete_prob, imp
         for d in range(nlev):
             gb[i, c - 1 - d] = _lot()
             ga[i, c + 1 + d] = _lot()
+        gbb[i] = c - 1
+        gba[i] = c + 1
     n = out.shape[0]
     m = 0
-    ts = np.int64(1_750_000_000_000_000_000)
+    ts = np.int64(START_TS)
     geo_p = 1.0 - near_touch  # P(depth >= d + 1 | depth >= d)
     while m < n:
         i = np.random.randint(0, n_inst)
         ts += 1 + np.int64(np.random.exponential(dt_ns))
         if pending[i] != 0 or (snap_p > 0.0 and np.random.random() < snap_p):
             m = _snapshot(out, m, ts, seqs, gb, ga, gbase, i, nlev)
+            gbb[i] = _next_level(gb, i, SIDE_BID, w - 1)
+            gba[i] = _next_level(ga, i, SIDE_ASK, 0)
             pending[i] = 0
             continue
         while m < n:
-            bb = _touch(gb, ga, i, 0, w)
-            ba = _touch(gb, ga, i, 1, w)
-            if bb < _EDGE or ba > w - _EDGE:
-                _shift(gb, ga, gbase, i, gbase[i] + (bb + ba) // 2 - w // 2)
-                bb = _touch(gb, ga, i, 0, w)
-                ba = _touch(gb, ga, i, 1, w)
+            if gbb[i] < _EDGE or gba[i] > w - _EDGE:
+                _shift(gb, ga, gbase, i, gbase[i] + (gbb[i] + gba[i]) // 2 - w // 2)
+                gbb[i] = _next_level(gb, i, SIDE_BID, w - 1)
+                gba[i] = _next_level(ga, i, SIDE_ASK, 0)
             end = last_every or np.random.random() < end_p
             flags = FLAG_LAST if end else 0
             side = np.random.randint(0, 2)
+            lad = gb if side == SIDE_BID else ga
+            best = gbb if side == SIDE_BID else gba
+            touch = best[i]
+            away = -1 if side == SIDE_BID else 1
             if np.random.random() < gap_prob:
                 seqs[i] += 1  # a lost message: the consumer sees a gap
                 pending[i] = 1
             if np.random.random() < trade_prob:
-                s = bb if side == 0 else ba
-                lad = gb if side == 0 else ga
-                rest = lad[i, s]
+                rest = lad[i, touch]
                 q = min(rest, _lot())
                 seqs[i] += 1
-                m = _emit(out, m, ts, seqs[i], gbase[i] + s, q, i, side, ACTION_TRADE, 0)
+                m = _emit(out, m, ts, seqs[i], gbase[i] + touch, q, i, side, ACTION_TRADE, 0)
                 remain = rest - q
-                # never trade a side empty: keep the last level
-                if remain <= 0.0 and _touch_count(lad, i, side, w) <= 1:
+                # a side is never traded empty: the last level is refilled
+                if remain <= 0.0 and _next_level(lad, i, side, touch + away) < 0:
                     remain = _lot()
-                lad[i, s] = remain
+                _set(lad, best, i, side, touch, remain)
                 seqs[i] += 1
-                m = _emit(out, m, ts, seqs[i], gbase[i] + s, remain, i, side, ACTION_UPDATE, flags)
+                m = _emit(out, m, ts, seqs[i], gbase[i] + touch, remain, i, side, ACTION_UPDATE,
+                          flags)  # fmt: skip
             else:
-                lad = gb if side == 0 else ga
-                touch = bb if side == 0 else ba
-                spread = ba - bb
-                if spread >= 2 and np.random.random() < improve_prob:
-                    s = touch + 1 if side == 0 else touch - 1
+                spread = gba[i] - gbb[i]
+                # improving gets likelier as the spread widens, so it stays a few ticks wide
+                if spread >= 2 and np.random.random() < improve_prob * (spread - 1):
+                    s = touch - away
                     size = _lot()
                 else:
                     d = 0
                     while d < _MAX_DEPTH - 1 and np.random.random() < geo_p:
                         d += 1
-                    s = touch - d if side == 0 else touch + d
+                    s = touch + away * d
                     if (
                         lad[i, s] > 0.0
                         and np.random.random() < delete_prob
-                        and (s != touch or _touch_count(lad, i, side, w) > 1)
+                        and (s != touch or _next_level(lad, i, side, touch + away) >= 0)
                     ):
                         size = 0.0
                     else:
                         size = _lot()
-                lad[i, s] = size
+                _set(lad, best, i, side, s, size)
                 seqs[i] += 1
                 m = _emit(out, m, ts, seqs[i], gbase[i] + s, size, i, side, ACTION_UPDATE, flags)
             if end:
                 break
-
-
-@njit
-def _touch_count(lad, i, side, w):
-    """Number of non-empty levels on this ladder, up to 2 (enough to know if one is left)."""
-    c = 0
-    for s in range(w):
-        if lad[i, s] > 0.0:
-            c += 1
-            if c >= 2:
-                return c
-    return c

@@ -1,0 +1,353 @@
+"""The one event loop behind every event-consuming kernel: book update, then maybe a row.
+
+Why one monolithic function: passing arrays to a called (or Numba-inlined) function on the hot
+path makes Numba emit atomic reference-count updates for every array argument, per event,
+which measured 20-50x slower than the same code written in one body. So the per-event book
+step and the row writer live here, once, and :func:`lobstream.kernels.book.apply_events`
+(``MODE_BOOK``), :func:`lobstream.kernels.ring.apply_events_rows` (``MODE_RING``) and
+:func:`lobstream.kernels.features.events_to_rows` (``MODE_FLAT``) all run this same loop: the
+book arithmetic and the row arithmetic exist once, and live and offline rows are identical.
+Only rare paths (re-centring, counting a condition) are separate calls.
+
+The rules are documented in :mod:`lobstream.kernels.book` and :mod:`lobstream.kernels.features`.
+
+Row destination: ``dst`` is 3-d. In ring mode it is the ring ``(N, 2T, F)`` and a row of
+instrument ``i`` goes to ``dst[i, c % T]`` and ``dst[i, c % T + T]``; in flat mode it is
+``rows_out[None]`` ``(1, M, F)`` and row ``m`` goes to ``dst[0, m]``. ``meta`` is indexed by
+``i`` (ring: the newest row's meta) or ``m`` (flat).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lobstream.kernels._jit import njit
+from lobstream.kernels.dtypes import (
+    ACTION_CLEAR,
+    ACTION_TRADE,
+    ACTION_UPDATE,
+    CODE_BAD_EVENT,
+    CODE_BAD_INSTRUMENT,
+    CODE_CROSSED,
+    CODE_DROPPED_LEVELS,
+    CODE_EMPTY_BOOK,
+    CODE_OUT_OF_RANGE,
+    CODE_RECENTRED,
+    CODE_SEQ_GAP,
+    CODE_STALE_SKIPPED,
+    CODE_TIME_BACKWARDS,
+    FEATURE_TICKS_FROM_MID,
+    FLAG_LAST,
+    SIDE_ASK,
+    SIDE_BID,
+)
+
+MODE_BOOK = 0
+MODE_RING = 1
+MODE_FLAT = 2
+
+
+@njit
+def _count(report, code, k):
+    report[0, code] += 1
+    if report[1, code] < 0:
+        report[1, code] = k
+
+
+@njit
+def _rebuild_top(bid, ask, base, best_bid, best_ask, top_key, top_size, top_n, n_levels, i):
+    """Recompute instrument i's touch slots, level counts and top-K cache from its ladder
+    (rare paths only: a full scan)."""
+    w = bid.shape[1]
+    nb = 0
+    na = 0
+    for s in range(w):
+        nb += bid[i, s] > 0.0
+        na += ask[i, s] > 0.0
+    n_levels[i, 0] = nb
+    n_levels[i, 1] = na
+    kmax = top_key.shape[2]
+    b0 = base[i]
+    n = 0
+    best_bid[i] = -1
+    for s in range(w - 1, -1, -1):
+        if bid[i, s] > 0.0:
+            if n == 0:
+                best_bid[i] = s
+            top_key[i, 0, n] = -(b0 + s)
+            top_size[i, 0, n] = bid[i, s]
+            n += 1
+            if n == kmax:
+                break
+    top_n[i, 0] = n
+    n = 0
+    best_ask[i] = -1
+    for s in range(w):
+        if ask[i, s] > 0.0:
+            if n == 0:
+                best_ask[i] = s
+            top_key[i, 1, n] = b0 + s
+            top_size[i, 1, n] = ask[i, s]
+            n += 1
+            if n == kmax:
+                break
+    top_n[i, 1] = n
+
+
+@njit
+def _recentre(bid, ask, base, best_bid, best_ask, top_key, top_size, top_n, n_levels, i,
+              new_base, k, report):  # fmt: skip
+    """Move instrument i's window so slot 0 is ``new_base``; levels off the edge are lost."""
+    w = bid.shape[1]
+    delta = new_base - base[i]
+    dropped = 0
+    if delta > 0:
+        d = min(delta, w)
+        for s in range(d):
+            dropped += (bid[i, s] > 0.0) + (ask[i, s] > 0.0)
+        for s in range(w - d):
+            bid[i, s] = bid[i, s + d]
+            ask[i, s] = ask[i, s + d]
+        for s in range(w - d, w):
+            bid[i, s] = 0.0
+            ask[i, s] = 0.0
+    elif delta < 0:
+        d = min(-delta, w)
+        for s in range(w - d, w):
+            dropped += (bid[i, s] > 0.0) + (ask[i, s] > 0.0)
+        for s in range(w - 1, d - 1, -1):
+            bid[i, s] = bid[i, s - d]
+            ask[i, s] = ask[i, s - d]
+        for s in range(d):
+            bid[i, s] = 0.0
+            ask[i, s] = 0.0
+    base[i] = new_base
+    # Re-centring is rare: a full rescan is simpler than tracking which levels survived.
+    _rebuild_top(bid, ask, base, best_bid, best_ask, top_key, top_size, top_n, n_levels, i)
+    _count(report, CODE_RECENTRED, k)
+    if dropped > 0:
+        report[0, CODE_DROPPED_LEVELS] += dropped
+        if report[1, CODE_DROPPED_LEVELS] < 0:
+            report[1, CODE_DROPPED_LEVELS] = k
+
+
+@njit
+def _clear(bid, ask, best_bid, best_ask, top_n, n_levels, i):
+    w = bid.shape[1]
+    for s in range(w):
+        bid[i, s] = 0.0
+        ask[i, s] = 0.0
+    best_bid[i] = -1
+    best_ask[i] = -1
+    top_n[i, 0] = 0
+    top_n[i, 1] = 0
+    n_levels[i, 0] = 0
+    n_levels[i, 1] = 0
+
+
+@njit
+def _run(
+    bid, ask, base, best_bid, best_ask, last_seq, last_ts, stale, healing,
+    top_key, top_size, top_n, n_levels,
+    events, report, mode, dst, count, meta, kind, nlev, a0, a1, a2, a3,
+):  # fmt: skip
+    """Consume ``events``; return the number of rows written (flat mode: stops when full)."""
+    n = bid.shape[0]
+    w = bid.shape[1]
+    t_ring = dst.shape[1] // 2
+    m_max = dst.shape[1]
+    logsz = kind == FEATURE_TICKS_FROM_MID
+    vs0 = np.float32(0.0 if logsz else (0.0 - a2) * a3)  # a missing level's size
+    kmax = top_key.shape[2]
+    m = 0
+    if mode == MODE_FLAT and m_max == 0:
+        return 0
+    for k in range(events.shape[0]):
+        ev = events[k]
+        # ---- 1-3: reject what cannot be applied; a rejected event changes nothing ----------
+        i = np.int64(ev.instrument)
+        if i >= n:
+            _count(report, CODE_BAD_INSTRUMENT, k)
+            continue
+        action = ev.action
+        if action > ACTION_TRADE:
+            _count(report, CODE_BAD_EVENT, k)
+            continue
+        side = ev.side
+        price = ev.price
+        size = ev.size
+        # "not (size >= 0)" also catches NaN
+        if action != ACTION_CLEAR and (
+            side > SIDE_ASK or price <= 0 or not (size >= 0.0) or size == np.inf
+        ):
+            _count(report, CODE_BAD_EVENT, k)
+            continue
+        ts = ev.ts_event
+        if ts < last_ts[i]:
+            _count(report, CODE_TIME_BACKWARDS, k)
+            continue
+        last_ts[i] = ts
+        # ---- 4: sequence ---------------------------------------------------------------
+        seq = ev.seq
+        if seq != 0:
+            prev = last_seq[i]
+            if prev != 0 and seq != prev + np.uint64(1):
+                _count(report, CODE_SEQ_GAP, k)
+                stale[i] = 1
+                healing[i] = 0
+            last_seq[i] = seq
+        # ---- 5-6: apply ----------------------------------------------------------------
+        if action == ACTION_CLEAR:
+            _clear(bid, ask, best_bid, best_ask, top_n, n_levels, i)
+            healing[i] = stale[i]
+        elif stale[i] != 0 and healing[i] == 0:
+            _count(report, CODE_STALE_SKIPPED, k)
+            continue
+        elif action == ACTION_UPDATE:
+            s = price - base[i]
+            if s < 0 or s >= w:
+                if size == 0.0:
+                    _count(report, CODE_OUT_OF_RANGE, k)
+                    s = -1
+                elif best_bid[i] < 0 and best_ask[i] < 0:
+                    base[i] = price - w // 2
+                    s = w // 2
+                else:
+                    if side == SIDE_BID:
+                        improves = best_bid[i] < 0 or s > best_bid[i]
+                    else:
+                        improves = best_ask[i] < 0 or s < best_ask[i]
+                    if improves:
+                        _recentre(bid, ask, base, best_bid, best_ask, top_key, top_size, top_n,
+                                  n_levels, i, price - w // 2, k, report)  # fmt: skip
+                        s = w // 2
+                    else:
+                        _count(report, CODE_OUT_OF_RANGE, k)
+                        s = -1
+            if s >= 0:
+                if side == SIDE_BID:
+                    old = bid[i, s]
+                    bid[i, s] = size
+                    key = -price
+                else:
+                    old = ask[i, s]
+                    ask[i, s] = size
+                    key = price
+                n_levels[i, side] += (size > 0.0) - (old > 0.0)
+                # keep the top-K cache exact: find the level among the cached ones
+                nc = top_n[i, side]
+                pos = 0
+                while pos < nc and top_key[i, side, pos] < key:
+                    pos += 1
+                if pos < nc and top_key[i, side, pos] == key:
+                    if size > 0.0:
+                        top_size[i, side, pos] = size
+                    else:
+                        deepest = top_key[i, side, nc - 1]
+                        for j in range(pos, nc - 1):
+                            top_key[i, side, j] = top_key[i, side, j + 1]
+                            top_size[i, side, j] = top_size[i, side, j + 1]
+                        nc -= 1
+                        if nc + 1 == kmax and n_levels[i, side] > nc:
+                            # the cache was full: the next level beyond it moves in
+                            if side == SIDE_BID:
+                                t = -deepest - base[i] - 1
+                                while t >= 0 and bid[i, t] == 0.0:
+                                    t -= 1
+                                if t >= 0:
+                                    top_key[i, side, nc] = -(base[i] + t)
+                                    top_size[i, side, nc] = bid[i, t]
+                                    nc += 1
+                            else:
+                                t = deepest - base[i] + 1
+                                while t < w and ask[i, t] == 0.0:
+                                    t += 1
+                                if t < w:
+                                    top_key[i, side, nc] = base[i] + t
+                                    top_size[i, side, nc] = ask[i, t]
+                                    nc += 1
+                        top_n[i, side] = nc
+                elif size > 0.0 and pos < kmax:
+                    j = nc if nc < kmax else kmax - 1
+                    while j > pos:
+                        top_key[i, side, j] = top_key[i, side, j - 1]
+                        top_size[i, side, j] = top_size[i, side, j - 1]
+                        j -= 1
+                    top_key[i, side, pos] = key
+                    top_size[i, side, pos] = size
+                    if nc < kmax:
+                        top_n[i, side] = nc + 1
+                # the touch is the first cached level
+                if side == SIDE_BID:
+                    best_bid[i] = -top_key[i, 0, 0] - base[i] if top_n[i, 0] > 0 else -1
+                else:
+                    best_ask[i] = top_key[i, 1, 0] - base[i] if top_n[i, 1] > 0 else -1
+        # ---- 7: end of packet ------------------------------------------------------------
+        if not (ev.flags & FLAG_LAST):
+            continue
+        if healing[i] != 0:
+            stale[i] = 0
+            healing[i] = 0
+        bb = best_bid[i]
+        ba = best_ask[i]
+        if bb >= 0 and ba >= 0 and bb >= ba:
+            _count(report, CODE_CROSSED, k)
+            stale[i] = 1
+            continue
+        if mode == MODE_BOOK:
+            continue
+        if bb < 0 or ba < 0:
+            _count(report, CODE_EMPTY_BOOK, k)
+            continue
+        # ---- the feature row (rules in lobstream.kernels.features) ----------------------
+        if mode == MODE_RING:
+            di = i
+            r1 = count[i] % t_ring
+            r2 = r1 + t_ring
+            mi = i
+        else:
+            di = 0
+            r1 = m
+            r2 = m  # written twice: cheaper than a branch per value
+            mi = m
+        b0 = base[i]
+        mid = 0.5 * (np.float64(b0 + bb) + np.float64(b0 + ba))
+        # zscore/raw: v = (px - a0) * a1 ; ticks_from_mid: v = (px - mid) * a1
+        poff = mid if logsz else a0
+        for sd in range(2):
+            # ask columns 4l, 4l+1; bid columns 4l+2, 4l+3; bid keys are -price
+            sign = 1 if sd == SIDE_ASK else -1
+            col = 0 if sd == SIDE_ASK else 2
+            nc = top_n[i, sd]
+            last = top_key[i, sd, nc - 1]
+            for lvl in range(nlev):
+                if lvl < nc:
+                    px = sign * top_key[i, sd, lvl]
+                    sz = top_size[i, sd, lvl]
+                    vs = np.float32(np.log1p(sz) if logsz else (sz - a2) * a3)
+                else:
+                    # missing level: one tick beyond the previous one, size 0
+                    px = sign * (last + (lvl - nc + 1))
+                    vs = vs0
+                vp = np.float32((np.float64(px) - poff) * a1)
+                c = 4 * lvl + col
+                dst[di, r1, c] = vp
+                dst[di, r1, c + 1] = vs
+                dst[di, r2, c] = vp
+                dst[di, r2, c + 1] = vs
+        rec = meta[mi]
+        rec.ts_event = ts
+        rec.ts_recv = ev.ts_recv
+        rec.seq = seq
+        rec.event_index = k
+        rec.best_bid = b0 + bb
+        rec.best_ask = b0 + ba
+        rec.mid = mid
+        rec.instrument = ev.instrument
+        if mode == MODE_RING:
+            count[i] += 1
+        else:
+            m += 1
+            if m == m_max:
+                break
+    return m
