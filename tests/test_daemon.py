@@ -456,3 +456,38 @@ def test_prometheus_metrics(artifact, ipc_dir):
     assert values['lobstream_stage_seconds_count{stage="model"}'] > 0
     assert 'lobstream_stage_seconds_bucket{le="1e-06",stage="model"}' in values
     assert values["lobstream_stale_instruments"] == 0
+
+
+def test_reload_on_file_change_and_json_encoding(artifact, ipc_dir, tmp_path):
+    model_path = tmp_path / "live.pt"
+    shutil.copy(artifact, model_path)
+    symbols = ["AAA"]
+    cfg = make_cfg(
+        ipc_dir,
+        model_path,
+        symbols,
+        model={"reload_poll_s": 0.05},
+        publish={"encoding": "json"},
+    )
+    run = Running(cfg, symbols)
+    try:
+        new_sha = export_test_model(model_path, seed=3)
+        end = time.monotonic() + 20
+        while run.daemon.model.sha256 != new_sha:
+            assert time.monotonic() < end, "file change not picked up"
+            time.sleep(0.02)
+        n = run.send(synthetic_events(300, 1, seed=8, levels=4))
+        run.wait_messages(n)
+        # JSON payloads arrive: collect() decodes either encoding
+        topic_payloads = []
+        end = time.monotonic() + 10
+        while not topic_payloads and time.monotonic() < end:
+            if run.sub.poll(50):
+                topic, payload = run.sub.recv_multipart()
+                if topic.startswith(b"sig."):
+                    topic_payloads.append(payload)
+    finally:
+        run.stop()
+    assert topic_payloads and topic_payloads[0].startswith(b'{"symbol":"AAA"')
+    rec = decode(topic_payloads[0])
+    assert rec["model_id"][0] == int(new_sha[:8], 16)
