@@ -107,7 +107,6 @@ class _Chain:
 @dataclass
 class _Stats:
     ignored: int = 0
-    unsynced: int = 0
     dropped_old: int = 0
     gaps: int = 0
     clamped: int = 0
@@ -587,7 +586,6 @@ class _Reader:
                 self.snapshot(ch, ck, mi, m, plan)
             elif not ch.synced:
                 ch.pending.append((ck, mi))
-                self.stats.unsynced += 1
             else:
                 self.diff(ch, ck, mi, m, plan)
         return plan
@@ -613,7 +611,6 @@ class _Reader:
         self.stats.snapshots += 1
         # diffs recorded before the snapshot line may straddle lastUpdateId: replay them
         pending, ch.pending = list(ch.pending), deque(maxlen=_MAX_PENDING)
-        self.stats.unsynced -= len(pending)
         for pck, pmi in pending:
             self.diff(ch, pck, pmi, pck.msgs[pmi], plan)
 
@@ -679,18 +676,24 @@ class _Reader:
 
     def finish(self) -> None:
         st = self.stats
+        waiting = sum(len(c.pending) for c in self.chains.values())
         logger.info(
             "%s: %d snapshots, %d diffs dropped as older than the snapshot, %d chain breaks, "
-            "%d diffs waiting for a snapshot (not emitted), %d times clamped, %d other lines "
-            "ignored (bookTicker etc.)",
+            "%d times clamped, %d other lines ignored (bookTicker etc.)",
             self.path,
             st.snapshots,
             st.dropped_old,
             st.gaps,
-            st.unsynced,
             st.clamped,
             st.ignored,
         )
+        if waiting:
+            logger.warning(
+                "%s: %d diffs wait for a snapshot and were not emitted; read the "
+                "file that holds the snapshot first, in the same call",
+                self.path,
+                waiting,
+            )
         if st.gaps:
             logger.warning(
                 "%s: %d update-id chain breaks; the book is stale after each until a snapshot",
