@@ -14,12 +14,14 @@ from collections import Counter as PyCounter
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from lobstream.kernels.dtypes import CODE_NAMES
+from lobstream.replay import wire
 
 logger = logging.getLogger(__name__)
 
 STAGES = ("receive", "book", "gather", "model", "publish", "end_to_end")
-# Frame-level rejections (the message is dropped before the book sees it).
-FRAME_REASONS = ("parts", "empty", "misaligned", "unknown_instrument", "wrong_instrument")
+# Frame-level rejections (the message is dropped before the book sees it): the wire decoder's
+# reasons, a topic not in the registry, and events naming another instrument than the topic.
+FRAME_REASONS = (*wire.REASONS, "unknown_instrument", "wrong_instrument")
 # 1 us .. 1 s: the stages of the hot path sit between a few and a few thousand microseconds.
 LATENCY_BUCKETS = tuple(m * 10.0**e for e in range(-6, 0) for m in (1.0, 2.0, 5.0)) + (
     1.0,
