@@ -268,3 +268,63 @@ def test_daemon_windows_and_probabilities_equal_the_backtest(tmp_path):
         assert len(own) >= DT
         np.testing.assert_array_equal(window, rows[own[-DT:]])
         np.testing.assert_allclose(sig["prob"], res.probs[k], atol=1e-5)
+
+
+def test_backtest_cli_json_and_plots(tmp_path):
+    """`lobstream backtest` on a slice of the bundled GOOG sample with a tiny untrained model."""
+    import json
+
+    import torch
+    from click.testing import CliRunner
+
+    from lobstream.models.artifact import export_model
+    from lobstream.models.zoo import build_model
+    from lobstream.replay.backtest_cli import backtest
+    from lobstream.replay.samples import GOOG_MESSAGE_10
+
+    torch.manual_seed(0)
+    path = tmp_path / "tiny.pt"
+    export_model(
+        build_model("cnn", T=10, levels=10, channels=(4,), hidden=8).eval(),
+        path,
+        {
+            "feature": {"kind": "zscore", "params": [58_000.0, 200.0, 100.0, 100.0]},
+            "label": {"horizon": 5, "unit": "events", "alpha": 1e-5, "smoothing": "mean"},
+            "trained_on": {"note": "untrained test model"},
+            "metrics": {},
+        },
+    )
+    res = CliRunner().invoke(
+        backtest,
+        [
+            str(GOOG_MESSAGE_10),
+            "--model",
+            str(path),
+            "--max-rows",
+            "600",
+            "--threshold",
+            "0.34",
+            "--latency-ms",
+            "1",
+            "--cost-per-share",
+            "0.001",
+            "--cost-bps",
+            "0.5",
+            "--json",
+            "--plots",
+            str(tmp_path / "plots"),
+            "--batch",
+            "32",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output.strip().splitlines()[-1])
+    assert out["n_rows"] == 600 and out["n_windows"] == 600 - 10 + 1
+    for k in ("accuracy", "f1_macro", "f1_weighted", "mcc", "kappa", "confusion"):
+        assert k in out["metrics"]
+    t = out["trading"]
+    assert t["config"]["latency_ns"] == 1_000_000 and t["config"]["horizon"] == 5
+    assert t["n_trades"] > 0 and len(t["sweep"]) == 6
+    assert out["instruments"] == {"GOOG": 0}
+    for name in ("equity", "confusion", "calibration", "signals"):
+        assert (tmp_path / "plots" / f"{name}.png").stat().st_size > 1000
