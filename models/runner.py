@@ -1,0 +1,344 @@
+"""The model runner shared by the daemon and the backtest: one warm, batched model call.
+
+A ``ModelRunner`` owns a preallocated input buffer of shape (Bmax, 1, T, F) float32, exposed
+as a numpy array that ``kernels.ring.gather_windows`` writes into directly, and turns
+``infer(n)`` into class probabilities for the first ``n`` windows of that buffer.
+
+CPU: the module is frozen TorchScript (weights folded into the graph) by default, and a batch
+is run as micro-batches whose activations stay cache-sized. Why: eager DeepLOB at B=256 makes
+(256, 32, 100, 20) float32 activations of 65.5 MB; glibc serves any allocation above its
+32 MiB mmap ceiling with a fresh ``mmap``, so every such tensor is page-faulted in (kernel
+zeroing, ~1,400 minor faults per window) and unmapped again, and each elementwise pass
+streams from DRAM instead of the 8 MB L3. Measured here (1 thread, user+sys CPU per window):
+6.5 ms at B=256 against 4.6 ms in micro-batches of 32, sys time 2.3 ms -> 0.02 ms. Chunks are
+powers of two no larger than ``micro_batch`` (37 = 32 + 4 + 1), so every shape the graph sees
+was warmed at construction and the first real window never pays a profiling or compile run.
+
+CUDA: the input buffer is pinned host memory, copies are non-blocking on a dedicated stream,
+and with ``cuda_graphs`` each power-of-two batch size up to Bmax is captured once; ``infer(n)``
+replays the graph of the smallest captured size >= n (rows past n hold stale windows, harmless
+because rows are independent in eval mode, and their outputs are ignored).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from lobstream.models.artifact import load_model, quiet_jit, resolve_device, script_module
+
+logger = logging.getLogger(__name__)
+
+MODES = ("eager", "scripted", "frozen", "optimized")
+# Largest activation a micro-batch may make on CPU: well under glibc's 32 MiB mmap ceiling and
+# half the 8 MB L3 measured here, so temporaries are reused from the heap and stay in cache.
+ACTIVATION_BUDGET_BYTES = 4 << 20
+# TorchScript's profiling executor specialises a graph after a couple of runs per shape.
+WARMUP_CALLS = 3
+
+
+def _pow2_floor(n: int) -> int:
+    return 1 << (max(1, n).bit_length() - 1)
+
+
+def _pow2_ceil(n: int) -> int:
+    return 1 << (max(1, n) - 1).bit_length()
+
+
+def activation_bytes_per_window(manifest: dict[str, Any]) -> int:
+    """Bytes of the largest activation one window makes in the manifest's architecture.
+
+    An estimate from the config, used only to size CPU micro-batches.
+    """
+    cfg, arch = manifest.get("config", {}), manifest.get("arch")
+    t, lv = int(manifest["T"]), int(manifest["L"])
+    f = 4 * lv
+    if arch == "deeplob":
+        elems = max(cfg.get("conv_channels", 32) * t * 2 * lv,
+                    3 * cfg.get("inception_channels", 64) * t)  # fmt: skip
+    elif arch == "cnn":
+        elems = (cfg.get("channels") or [16])[0] * t * f
+    elif arch == "hrnn":
+        elems = 4 * cfg.get("level_hidden", 32) * t * lv  # LSTM gates over every level
+    elif arch == "binctabl":
+        elems = 3 * t * f
+    else:
+        elems = 32 * t * f
+    return 4 * int(elems)
+
+
+def default_micro_batch(manifest: dict[str, Any], max_batch: int) -> int:
+    """The largest power of two whose activations fit ``ACTIVATION_BUDGET_BYTES``."""
+    per = activation_bytes_per_window(manifest)
+    return max(1, min(_pow2_floor(max(1, ACTIVATION_BUDGET_BYTES // per)), _pow2_ceil(max_batch)))
+
+
+def _prepare(module: nn.Module, mode: str, device: torch.device) -> nn.Module:
+    """The callable for ``mode``: eager needs an ``nn.Module``, the others script it."""
+    if mode not in MODES:
+        raise ValueError(f"unknown runner mode {mode!r}; expected one of {MODES}")
+    module = module.to(device).eval()
+    if mode == "eager":
+        if isinstance(module, torch.jit.ScriptModule):
+            raise ValueError(
+                "mode 'eager' needs a Python nn.Module, got a TorchScript module (an artifact); "
+                "use mode 'scripted', 'frozen' or 'optimized'"
+            )
+        return module
+    scripted = module if isinstance(module, torch.jit.ScriptModule) else script_module(module)
+    if mode == "scripted":
+        return scripted
+    with quiet_jit():
+        if mode == "frozen":
+            return torch.jit.freeze(scripted)
+        return torch.jit.optimize_for_inference(scripted)
+
+
+class ModelRunner:
+    """A warm model with a preallocated input buffer; ``infer(n)`` gives probabilities.
+
+    Parameters
+    ----------
+    module : nn.Module or torch.jit.ScriptModule
+        forward: float32 (B, 1, T, F) -> logits (B, 3). Moved to ``device``; not modified
+        otherwise (freezing makes a new module).
+    manifest : dict
+        The artifact manifest (needs ``T``, ``F``, ``L``; ``arch`` and ``config`` size the
+        CPU micro-batches).
+    device : {"auto", "cpu", "cuda", "cuda:N"}
+        ``"auto"`` takes CUDA when present.
+    max_batch : int
+        Bmax, the rows of the input buffer and the most windows one ``infer`` call takes.
+    threads : int, optional
+        ``torch.set_num_threads`` (process-wide) for CPU inference; None leaves it as is.
+    mode : {"frozen", "scripted", "optimized", "eager"}
+        How to run the module; ``"frozen"`` (default) measured fastest here on CPU at every
+        batch size (see bench/inference.py).
+    micro_batch : int, optional
+        CPU chunk size (rounded down to a power of two); default from the activation budget.
+        Ignored on CUDA, where large batches are what the device wants.
+    cuda_graphs : bool, optional
+        Capture CUDA graphs per power-of-two batch size (default: True on CUDA).
+    warm : bool
+        Run every shape ``infer`` can use ``WARMUP_CALLS`` times now (default True).
+
+    Attributes
+    ----------
+    input : ndarray (max_batch, 1, T, F) float32
+        Write windows here (for instance ``gather_windows(ring, ids, runner.input)``), then
+        call ``infer(n)``. Pinned host memory on CUDA. Never reallocated.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        manifest: dict[str, Any],
+        *,
+        device: str | torch.device = "auto",
+        max_batch: int = 256,
+        threads: int | None = None,
+        mode: str = "frozen",
+        micro_batch: int | None = None,
+        cuda_graphs: bool | None = None,
+        warm: bool = True,
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        if threads is not None:
+            if threads < 1:
+                raise ValueError(f"threads must be >= 1 or None, got {threads}")
+            torch.set_num_threads(threads)
+        self.manifest = manifest
+        self.arch = manifest.get("arch", "?")
+        self.T, self.F = int(manifest["T"]), int(manifest["F"])
+        self.max_batch = int(max_batch)
+        self.device = resolve_device(device)
+        self.mode = mode
+        self.is_cuda = self.device.type == "cuda"
+        self._fn = _prepare(module, mode, self.device)
+        shape = (self.max_batch, 1, self.T, self.F)
+        self._in_host = torch.zeros(shape, dtype=torch.float32, pin_memory=self.is_cuda)
+        self.input: np.ndarray = self._in_host.numpy()
+        self._out_host = torch.zeros(
+            (self.max_batch, 3), dtype=torch.float32, pin_memory=self.is_cuda
+        )
+        self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        if self.is_cuda:
+            self.micro_batch = self.max_batch
+            self.use_graphs = True if cuda_graphs is None else bool(cuda_graphs)
+            self._stream = torch.cuda.Stream(self.device)
+            self._in_dev = torch.zeros(shape, dtype=torch.float32, device=self.device)
+            self._out_dev = torch.zeros((self.max_batch, 3), dtype=torch.float32,
+                                        device=self.device)  # fmt: skip
+            self.sizes = self._bucket_sizes() if self.use_graphs else []
+        else:
+            if micro_batch is not None and micro_batch < 1:
+                raise ValueError(f"micro_batch must be >= 1 or None, got {micro_batch}")
+            mb = micro_batch or default_micro_batch(manifest, self.max_batch)
+            self.micro_batch = min(_pow2_floor(mb), _pow2_floor(self.max_batch))
+            self.use_graphs = False
+            self.sizes = [1 << k for k in range(self.micro_batch.bit_length())]
+        if warm:
+            self._warm()
+        logger.info(
+            "model runner: %s %s on %s, Bmax %d, micro-batch %d, threads %d, cuda graphs %s",
+            self.arch, mode, self.device, self.max_batch, self.micro_batch,
+            torch.get_num_threads(), self.use_graphs,
+        )  # fmt: skip
+
+    @classmethod
+    def from_artifact(
+        cls,
+        path: str | os.PathLike,
+        *,
+        expect: dict[str, Any] | None = None,
+        sha256: str | None = None,
+        device: str | torch.device = "auto",
+        **kwargs: Any,
+    ) -> ModelRunner:
+        """Load and check an artifact (see ``load_model``) and build its runner."""
+        module, manifest = load_model(path, expect=expect, sha256=sha256, device=device)
+        return cls(module, manifest, device=device, **kwargs)
+
+    # ---- CPU --------------------------------------------------------------------------------
+
+    def _chunks(self, n: int) -> list[tuple[int, int]]:
+        # Full micro-batches, then the binary digits of the rest: only warmed shapes occur.
+        out, s, mb = [], 0, self.micro_batch
+        while n - s >= mb:
+            out.append((s, mb))
+            s += mb
+        rest = n - s
+        while rest:
+            c = _pow2_floor(rest)
+            out.append((s, c))
+            s, rest = s + c, rest - c
+        return out
+
+    def _infer_cpu(self, n: int) -> np.ndarray:
+        x, out = self._in_host, self._out_host
+        with torch.inference_mode():
+            for s, c in self._chunks(n):
+                out[s : s + c] = torch.softmax(self._fn(x[s : s + c]), dim=1)
+        return out[:n].numpy().copy()
+
+    # ---- CUDA -------------------------------------------------------------------------------
+
+    def _bucket_sizes(self) -> list[int]:
+        sizes = [1 << k for k in range(self.max_batch.bit_length())]
+        return [s for s in sizes if s < self.max_batch] + [self.max_batch]
+
+    def _bucket(self, n: int) -> int:
+        for s in self.sizes:
+            if s >= n:
+                return s
+        return self.max_batch
+
+    def _forward_dev(self, b: int) -> None:
+        self._out_dev[:b] = torch.softmax(self._fn(self._in_dev[:b]), dim=1)
+
+    def _capture(self) -> None:
+        # Capture on a side stream after warm-up runs there, as CUDA graph capture requires;
+        # the graphs share one memory pool since they never run concurrently.
+        pool = None
+        for b in self.sizes:
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g, pool=pool, stream=self._stream):
+                self._forward_dev(b)
+            pool = g.pool()
+            self._graphs[b] = g
+
+    def _infer_cuda(self, n: int) -> np.ndarray:
+        stream = self._stream
+        with torch.inference_mode(), torch.cuda.stream(stream):
+            # Pinned source + non_blocking: the copy is a DMA queued on our stream.
+            self._in_dev[:n].copy_(self._in_host[:n], non_blocking=True)
+            if self.use_graphs:
+                self._graphs[self._bucket(n)].replay()
+            else:
+                self._forward_dev(n)
+            self._out_host[:n].copy_(self._out_dev[:n], non_blocking=True)
+        stream.synchronize()
+        return self._out_host[:n].numpy().copy()
+
+    # ---- both -------------------------------------------------------------------------------
+
+    def _warm(self) -> None:
+        with torch.inference_mode():
+            if self.is_cuda:
+                with torch.cuda.stream(self._stream):
+                    for b in self.sizes or [self.max_batch]:
+                        for _ in range(WARMUP_CALLS):
+                            self._forward_dev(b)
+                self._stream.synchronize()
+            else:
+                for b in self.sizes:
+                    for _ in range(WARMUP_CALLS):
+                        self._fn(self._in_host[:b])
+            if self.use_graphs:
+                self._capture()
+                torch.cuda.synchronize(self.device)
+
+    def infer(self, n: int) -> np.ndarray:
+        """Class probabilities of the first ``n`` windows of ``input``.
+
+        Parameters
+        ----------
+        n : int
+            1 <= n <= max_batch; rows ``input[:n]`` must hold windows (not modified).
+
+        Returns
+        -------
+        ndarray (n, 3) float32
+            Softmax probabilities, columns down, flat, up; a new array the caller may keep.
+        """
+        if not 1 <= n <= self.max_batch:
+            raise ValueError(
+                f"infer(n) needs 1 <= n <= max_batch={self.max_batch}, got n={n}; "
+                "build the runner with a larger max_batch or call in pieces"
+            )
+        return self._infer_cuda(n) if self.is_cuda else self._infer_cpu(n)
+
+    def predict(self, windows: np.ndarray) -> np.ndarray:
+        """Probabilities for any number of windows, copied through ``input`` in batches.
+
+        Parameters
+        ----------
+        windows : ndarray (N, 1, T, F) or (N, T, F), float32 (other floats are cast)
+            Not modified.
+
+        Returns
+        -------
+        ndarray (N, 3) float32
+        """
+        w = np.asarray(windows)
+        if w.ndim == 3:
+            w = w[:, None]
+        if w.ndim != 4 or w.shape[1:] != (1, self.T, self.F):
+            raise ValueError(
+                f"windows have shape {np.shape(windows)}; expected (N, 1, {self.T}, {self.F}) "
+                f"or (N, {self.T}, {self.F}) for this {self.arch} model"
+            )
+        out = np.empty((len(w), 3), dtype=np.float32)
+        for s in range(0, len(w), self.max_batch):
+            n = min(self.max_batch, len(w) - s)
+            self.input[:n] = w[s : s + n]
+            out[s : s + n] = self.infer(n)
+        return out
+
+    def __repr__(self) -> str:
+        return (
+            f"ModelRunner({self.arch}, mode={self.mode}, device={self.device}, "
+            f"max_batch={self.max_batch}, micro_batch={self.micro_batch})"
+        )
+
+
+def n_chunks(n: int, micro_batch: int) -> int:
+    """How many model calls ``infer(n)`` makes on CPU with this micro-batch (for reports)."""
+    full, rest = divmod(n, micro_batch)
+    return full + bin(rest).count("1")
