@@ -1,0 +1,261 @@
+"""``lobstream replay`` (files -> live ZeroMQ feed) and ``lobstream convert`` (files -> Parquet)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from lobstream.kernels.registry import Registry
+from lobstream.replay.errors import DataError, Defects
+
+_FILES = click.argument(
+    "files", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path)
+)
+_REGISTRY = click.option(
+    "--registry",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Instrument registry TOML (ids and tick sizes); readers add unknown symbols.",
+)
+_FORMAT = click.option(
+    "--format", "fmt", default="auto", show_default=True, help="Input format (auto: detect)."
+)
+_SKIP_BAD = click.option(
+    "--skip-bad", is_flag=True, help="Skip and count bad records instead of stopping."
+)
+
+
+def _registry(path: Path | None) -> Registry:
+    if path is None:
+        return Registry()
+    from lobstream.replay.instruments import load_registry
+
+    try:
+        return load_registry(path)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _defects_table(defects: Defects) -> Table:
+    table = Table(title="skipped defects")
+    for col in ("kind", "count", "first seen"):
+        table.add_column(col)
+    for kind, n in sorted(defects.items()):
+        table.add_row(kind, f"{n:,}", defects.first.get(kind, ""))
+    return table
+
+
+@click.command()
+@_FILES
+@click.option("--to", "endpoint", required=True, help="ZeroMQ endpoint, e.g. ipc:///tmp/md.")
+@click.option(
+    "--speed",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="Replay speed: 1 real time, 10 ten times faster, 0 as fast as possible.",
+)
+@click.option(
+    "--bind/--connect", default=True, show_default=True, help="Bind the endpoint or connect."
+)
+@_SKIP_BAD
+@click.option(
+    "--batch",
+    type=click.IntRange(min=1),
+    default=1024,
+    show_default=True,
+    help="Events per message at most (whole LAST groups; a longer group is sent whole).",
+)
+@click.option(
+    "--coalesce-us",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="When paced, one message may span this much wall time (0: same timestamp only).",
+)
+@click.option(
+    "--wait",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="Seconds to wait for subscribers to connect before sending (slow joiner).",
+)
+@click.option(
+    "--subscribers",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Start as soon as this many subscribers joined (still at most --wait seconds).",
+)
+@click.option(
+    "--hwm", type=click.IntRange(min=0), default=100_000, show_default=True,
+    help="Queue length per subscriber in messages (0: unbounded).",
+)  # fmt: skip
+@click.option(
+    "--lossless", is_flag=True, help="Block instead of dropping when a subscriber falls behind."
+)
+@click.option(
+    "--no-require-snapshot",
+    is_flag=True,
+    help="Also send events of instruments that have not had a snapshot yet.",
+)
+@_REGISTRY
+@_FORMAT
+@click.option("--json", "as_json", is_flag=True, help="Print the end counts as one JSON object.")
+def replay(files, endpoint, speed, bind, skip_bad, batch, coalesce_us, wait, subscribers, hwm,
+           lossless, no_require_snapshot, registry, fmt, as_json) -> None:  # fmt: skip
+    """Publish historical FILES as a live market-data feed (ZeroMQ PUB, md.<symbol> topics)."""
+    from lobstream.replay.readers import read_events
+    from lobstream.replay.replayer import Replayer, ReplayStats
+
+    reg = _registry(registry)
+    defects = Defects()
+    console = Console(stderr=True)
+    stats = ReplayStats()
+    interrupted = False
+    try:
+        rep = Replayer(
+            endpoint, bind=bind, speed=speed, batch=batch, coalesce_us=coalesce_us, wait=wait,
+            subscribers=subscribers, hwm=hwm, lossless=lossless,
+            require_snapshot=not no_require_snapshot,
+        )  # fmt: skip
+    except Exception as exc:  # zmq errors: bad endpoint, address in use
+        raise click.ClickException(f"cannot open {endpoint}: {exc}") from None
+    with (
+        rep,
+        Progress(
+            TextColumn("[bold]replay[/] {task.description}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+            disable=as_json,
+        ) as bar,
+    ):
+        task = bar.add_task("waiting for subscribers", total=None)
+
+        def show(s: ReplayStats) -> None:
+            bar.update(task, description=f"{s.events:,} events, {s.events_per_s:,.0f} ev/s")
+
+        batches = read_events(files, reg, fmt=fmt, skip_bad=skip_bad, defects=defects)
+        try:
+            stats = rep.run(batches, reg, progress=show)
+        except DataError as exc:
+            raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            interrupted = True
+    out = stats.as_dict() | {"defects": dict(defects), "interrupted": interrupted}
+    if as_json:
+        click.echo(json.dumps(out))
+        return
+    table = Table(title=f"replay to {rep.endpoint}" + (" (interrupted)" if interrupted else ""))
+    table.add_column("")
+    table.add_column("value", justify="right")
+    rows = [
+        ("events", f"{stats.events:,}"),
+        ("messages", f"{stats.messages:,}"),
+        ("bytes", f"{stats.bytes:,}"),
+        ("seconds", f"{stats.seconds:.3f}"),
+        ("achieved rate (events/s)", f"{stats.events_per_s:,.0f}"),
+        ("pacing error p50 (us)", _maybe(stats.pacing_p50_us)),
+        ("pacing error p99 (us)", _maybe(stats.pacing_p99_us)),
+        ("not sent: before a snapshot", f"{stats.dropped_before_snapshot:,}"),
+    ]
+    for sym, n in sorted(stats.per_symbol.items()):
+        rows.append((f"events of {sym}", f"{n:,}"))
+    for r in rows:
+        table.add_row(*r)
+    report = Console()
+    report.print(table)
+    if defects:
+        report.print(_defects_table(defects))
+
+
+def _maybe(v: float | None) -> str:
+    return "n/a (speed 0)" if v is None else f"{v:,.0f}"
+
+
+@click.command()
+@_FILES
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Dataset root: instrument=SYMBOL/date=YYYY-MM-DD/part-*.parquet below it.",
+)
+@_FORMAT
+@_SKIP_BAD
+@_REGISTRY
+@click.option(
+    "--rows-per-file", type=click.IntRange(min=1), default=1_000_000, show_default=True,
+    help="Events per Parquet part file at most.",
+)  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+def convert(files, out, fmt, skip_bad, registry, rows_per_file, as_json) -> None:
+    """Convert FILES of any supported format to canonical Parquet under --out."""
+    from lobstream.replay.convert import convert as run_convert
+
+    reg = _registry(registry)
+    console = Console(stderr=True)
+    t0 = time.perf_counter()
+    with Progress(
+        TextColumn("[bold]convert[/] {task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} files"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=as_json,
+    ) as bar:
+        task = bar.add_task("", total=len(files))
+        done: list[Path] = []
+
+        def show(path: Path, n: int) -> None:
+            if done and done[-1] != path:
+                bar.advance(task)
+            if not done or done[-1] != path:
+                done.append(path)
+            bar.update(task, description=f"{path.name}: {n:,} events")
+
+        try:
+            summary = run_convert(
+                files, out, reg, fmt=fmt, skip_bad=skip_bad, rows_per_file=rows_per_file,
+                progress=show,
+            )  # fmt: skip
+        except (DataError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from None
+        bar.update(task, completed=len(files))
+    if as_json:
+        click.echo(json.dumps({
+            "events": summary.events,
+            "inputs": {str(p): {"format": f, "events": n} for p, (f, n) in summary.inputs.items()},
+            "written": {str(p): n for p, n in summary.written.items()},
+            "defects": dict(summary.defects),
+            "seconds": time.perf_counter() - t0,
+        }))  # fmt: skip
+        return
+    report = Console()
+    table = Table(title=f"converted {len(files)} file(s) into {out}")
+    for col in ("input", "format", "events"):
+        table.add_column(col, justify="right" if col == "events" else "left")
+    for p, (f, n) in summary.inputs.items():
+        table.add_row(str(p), f, f"{n:,}")
+    report.print(table)
+    parts: dict[Path, list[int]] = {}
+    for p, n in summary.written.items():
+        parts.setdefault(p.parent, []).append(n)
+    table = Table(title="partitions written")
+    for col in ("partition", "files", "events"):
+        table.add_column(col, justify="left" if col == "partition" else "right")
+    for folder, ns in sorted(parts.items()):
+        table.add_row(str(folder.relative_to(out)), str(len(ns)), f"{sum(ns):,}")
+    report.print(table)
+    report.print(
+        f"{summary.events:,} events in {time.perf_counter() - t0:.2f} s; "
+        f"{sum(summary.defects.values()):,} bad records skipped"
+    )
+    if summary.defects:
+        report.print(_defects_table(summary.defects))
