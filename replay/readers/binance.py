@@ -69,7 +69,7 @@ logger = logging.getLogger(__name__)
 FORMAT = "binance"
 
 SCALE = 8  # Binance sends at most 8 decimals
-_CHUNK_BYTES = 8 << 20
+_CHUNK_BYTES = 1 << 20  # compressed bytes per block
 _CSV_BATCH = 200_000
 _MAX_PENDING = 20_000  # pre-snapshot diffs kept for replay after the snapshot
 _CSV_HEADER = "symbol,timestamp,first_update_id,last_update_id,side,update_type,price,qty,pu"
@@ -263,27 +263,19 @@ class _Reader:
 
     # -- JSON lines -----------------------------------------------------------------------
     def json_chunks(self) -> Iterator[np.ndarray]:
-        with open(self.path, "rb") as raw:
-            gz = raw.read(2) == b"\x1f\x8b"
-        fh = gzip.open(self.path, "rb") if gz else open(self.path, "rb")
         row = 0
-        with fh:
-            while True:
-                try:
-                    lines = fh.readlines(_CHUNK_BYTES)
-                except (EOFError, OSError, zlib.error) as exc:
-                    self.bad(
-                        "truncated_file",
-                        f"compressed stream ends or is corrupt after row "
-                        f"{row} ({exc}); expected a complete gzip file: re-download it",
-                        row + 1,
-                    )
-                    return
-                if not lines:
-                    break
+        for lines, problem in _line_blocks(self.path):
+            if lines:
                 chunk = _Chunk()
                 row = self.parse_lines(lines, row, chunk)
                 yield self.process(chunk)
+            if problem:
+                self.bad(
+                    "truncated_file",
+                    f"{problem} after row {row}; expected a complete gzip file: re-download it",
+                    row + 1,
+                )
+                return
 
     def parse_lines(self, lines: list[bytes], row: int, ck: _Chunk) -> int:
         """Parse a chunk of lines into ``ck``; returns the row number of the last line."""
@@ -700,6 +692,48 @@ class _Reader:
                 self.path,
                 st.gaps,
             )
+
+
+def _line_blocks(path: Path) -> Iterator[tuple[list[bytes], str]]:
+    """Whole lines in blocks of about ``_CHUNK_BYTES`` compressed bytes, and a problem text
+    ("" if none) once the stream turns out truncated or corrupt.
+
+    Decompression is done here (not by ``gzip.open``) so that every complete line before a
+    truncation is still delivered and the error can name the row after it.
+    """
+    with open(path, "rb") as fh:
+        gz = fh.read(2) == b"\x1f\x8b"
+        fh.seek(0)
+        dec = zlib.decompressobj(16 + zlib.MAX_WBITS) if gz else None
+        tail = b""
+        offset = 0
+        while True:
+            block = fh.read(_CHUNK_BYTES)
+            if not block:
+                break
+            offset += len(block)
+            if dec is None:
+                data = block
+            else:
+                try:
+                    data = dec.decompress(block)
+                    # concatenated gzip members: start a new decompressor on what is left
+                    while dec.eof and dec.unused_data:
+                        rest = dec.unused_data
+                        dec = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                        data += dec.decompress(rest)
+                except zlib.error as exc:
+                    yield [], f"corrupt gzip data before byte {offset} ({exc})"
+                    return
+            data = tail + data
+            cut = data.rfind(b"\n") + 1
+            tail = data[cut:]
+            yield data[:cut].splitlines(keepends=True), ""
+        if dec is not None and not dec.eof:
+            yield [], f"the gzip stream ends early at byte {offset} (truncated file)"
+            return
+        if tail:
+            yield [tail], ""
 
 
 def _max_decimals(v: np.ndarray) -> int:
