@@ -136,3 +136,24 @@ def test_train_cli_refuses_bad_alpha(tmp_path):
     f.write_text("")
     r = CliRunner().invoke(train, [str(f), "--horizon", "10", "--alpha", "big", "--out", "m.pt"])
     assert r.exit_code != 0 and "'auto'" in r.output
+
+
+def test_bundled_model_loads_and_beats_both_baselines():
+    """The committed artifact matches its metrics file, and its test macro-F1 beats both
+    baselines (on the same split)."""
+    import json
+    from pathlib import Path
+
+    from lobstream.models.artifact import load_model, sha256_file
+
+    assets = Path(__file__).resolve().parents[1] / "models" / "assets"
+    card = json.loads((assets / "binctabl_goog.metrics.json").read_text())
+    pt = assets / card["artifact"]
+    assert sha256_file(pt) == card["sha256"]
+    model, manifest = load_model(pt, sha256=card["sha256"], expect={"T": 100, "L": 10})
+    assert manifest["metrics"]["test"] == card["metrics"]["test"]
+    f1 = manifest["metrics"]["test"]["f1_macro"]
+    for name in ("majority", "logistic"):
+        assert f1 > manifest["baselines"][name]["test"]["f1_macro"]
+    assert manifest["label"]["unit"] == "events" and manifest["feature"]["kind"] == "zscore"
+    assert model(torch.zeros(1, 1, 100, 40)).shape == (1, 3)
