@@ -304,7 +304,8 @@ def _generate(out, n_inst, seed, nlev, start_price, near_touch, delete_prob, imp
                 rest = lad[i, touch]
                 q = min(rest, _lot())
                 seqs[i] += 1
-                m = _emit(out, m, ts, seqs[i], gbase[i] + touch, q, i, side, ACTION_TRADE, 0)
+                tflags = FLAG_LAST if last_every else 0
+                m = _emit(out, m, ts, seqs[i], gbase[i] + touch, q, i, side, ACTION_TRADE, tflags)
                 remain = rest - q
                 # a side is never traded empty: the last level is refilled
                 if remain <= 0.0 and _next_level(lad, i, side, touch + away) < 0:
