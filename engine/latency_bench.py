@@ -81,6 +81,16 @@ def subscriber_main(endpoint: str, out_path: str) -> None:
     sys.stdout.flush()
 
 
+def _wait_ready(sub: subprocess.Popen, daemon: subprocess.Popen, timeout_s: float) -> str:
+    """The subscriber's first line, giving up early if the daemon exits."""
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end and daemon.poll() is None:
+        line = _readline(sub, 0.5)
+        if line:
+            return line
+    return ""
+
+
 def _readline(proc: subprocess.Popen, timeout_s: float) -> str:
     """A line of a child's stdout, or "" if none comes within ``timeout_s``."""
     import select
@@ -206,6 +216,7 @@ def model_b1_p50_us(model_path: Path, device: str, threads: int, calls: int = 30
 
 def _config_text(
     model: Path,
+    manifest: dict,
     symbols: Sequence[str],
     md: str,
     sig: str,
@@ -219,6 +230,8 @@ def _config_text(
     )
     return (
         f'[model]\npath = "{model}"\ndevice = "{device}"\nthreads = {threads}\n'
+        f"window = {int(manifest['T'])}\nlevels = {int(manifest['L'])}\n"
+        f'feature_kind = "{manifest["feature"]["kind"]}"\n'
         f"reload_poll_s = 0.0\n{inst}\n"
         f'[ingest]\nendpoints = ["{md}"]\nmode = "connect"\n\n'
         f'[publish]\nendpoint = "{sig}"\nmode = "bind"\nstatus_interval_s = {_STATUS_INTERVAL_S}\n\n'
@@ -229,8 +242,8 @@ def _config_text(
 def _phase_streams(
     rates: Sequence[float], seconds: float, n_instruments: int, start_price: int
 ) -> list[np.ndarray]:
-    """One synthetic stream cut into consecutive pieces, one per rate, each piece's event gaps
-    rescaled to a mean of ``1 / rate`` (1 us for rate 0). One stream keeps sequence numbers
+    """One synthetic stream cut into consecutive pieces, one per rate, each piece's timestamps
+    rescaled to span ``n / rate`` seconds (rate 0: left as generated, 1 us mean gap). One stream keeps sequence numbers
     contiguous and time increasing across pieces, so the daemon's books stay healthy."""
     from lobstream.replay.synthetic import synthetic_events
 
@@ -241,8 +254,11 @@ def _phase_streams(
         piece = ev[a : a + n].copy()
         a += n
         if len(piece):
-            scale = (1e9 / r) / 1_000 if r else 1.0
-            rel = (piece["ts_event"] - piece["ts_event"][0]).astype(np.float64) * scale
+            rel = (piece["ts_event"] - piece["ts_event"][0]).astype(np.float64)
+            if r and rel[-1] > 0:
+                # the piece spans exactly n / rate seconds: the mean rate is the target even
+                # though events come in packets and snapshots that share a timestamp
+                rel *= (n / r * 1e9) / rel[-1]
             piece["ts_event"] = base + rel.astype(np.int64)
             base = int(piece["ts_event"][-1]) + 1
         out.append(piece)
@@ -319,7 +335,9 @@ def run_latency(
     md, sig = f"ipc://{tmp}/md", f"ipc://{tmp}/sig"
     metrics_addr = f"127.0.0.1:{_free_port()}"
     cfg = tmp / "serve.toml"
-    cfg.write_text(_config_text(model_path, symbols, md, sig, metrics_addr, device, threads, 0.01))
+    cfg.write_text(
+        _config_text(model_path, manifest, symbols, md, sig, metrics_addr, device, threads, 0.01)
+    )
     log = open(tmp / "daemon.log", "wb")  # noqa: SIM115 (closed in finally)
     daemon = subprocess.Popen(
         [
@@ -348,7 +366,7 @@ def run_latency(
     )
     code = None
     try:
-        if _readline(sub, 90) != "ready":
+        if _wait_ready(sub, daemon, 90) != "ready":
             raise RuntimeError(
                 f"the daemon sent no status heartbeat within 90 s (exit code {daemon.poll()}); "
                 f"see its log {tmp / 'daemon.log'}"
