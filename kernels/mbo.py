@@ -197,7 +197,7 @@ def _mbo_kernel(
                 if a == _A:
                     _count(counts, MBO_DUPLICATE_ADD, k)
                 o = orders[oid]
-                if o[1] == sd and o[2] == px:
+                if o[0] == i and o[1] == sd and o[2] == px:
                     n = _level_add(
                         levels, seqs, out, n, ts[k], o[0], sd, px, sz - o[3], snap, last_out
                     )

@@ -53,6 +53,13 @@ def test_every_dbn_sample_reads(data_dir):
         assert np.all(np.diff(book["seq"].astype(np.int64)) == 1), f
 
 
+def test_definition_file_yields_no_events(data_dir):
+    path = data_dir / "databento" / "esm4-glbx-mdp3-20240508.definition.dbn.zst"
+    assert reader_for(path).FORMAT == "databento"
+    assert len(_read(path)) == 0
+    assert databento.definition_ticks(path.parent) == {"ESM4": Decimal("0.25")}
+
+
 def test_record_layout_matches_decoder_objects(data_dir):
     """The byte layouts used for bulk decoding agree with the package's own field accessors."""
     db = data_dir / "databento"
@@ -209,6 +216,7 @@ def test_arl_mbo_csv_book_against_reference_mbp(data_dir):
     folder = data_dir / "databento" / "xnas_itch_ARL_20250717_csv"
     reg = Registry()
     reg.add("ARL", "0.001")
+    assert reader_for(folder / "mbo.csv.gz").FORMAT == "databento"
     ev = _read(folder / "mbo.csv.gz", reg)
     ref = pl.read_csv(folder / "mbp.csv.gz", infer_schema_length=0)
     ref_ts = (

@@ -225,6 +225,7 @@ class _Reader:
         self.lv_state: mbo_kernel.LevelsState | None = None
         self.counts = mbo_kernel.new_counts()
         self.n_records = 0
+        self.schema: str | None = ""
         self.last_ts: dict[int, int] = {}
         self.clamped = 0
 
@@ -295,6 +296,8 @@ class _Reader:
                     meta = recs[0]
                     recs = recs[1:]
                     self.start_dbn(meta)
+                if self.schema is None:
+                    return
                 if recs:
                     yield self.dbn_records(meta, recs)
         try:
@@ -313,6 +316,15 @@ class _Reader:
 
     def start_dbn(self, meta) -> None:
         schema = str(meta.schema).lower().replace("schema.", "").replace("_", "-")
+        if schema == "definition":
+            # instrument definitions carry no book; they are read for tick sizes instead
+            logger.info(
+                "%s: a definition file: no events (its tick sizes are used by the data "
+                "files beside it)",
+                self.path,
+            )
+            self.schema = None
+            return
         if schema not in _SCHEMAS:
             raise DataError(
                 self.path,
