@@ -155,8 +155,7 @@ class Harness:
 
     def __init__(self, cfg_path: Path, tmp: Path) -> None:
         self.tmp = tmp
-        exe = shutil.which("lobstream")
-        cmd = [exe] if exe else [sys.executable, "-m", "lobstream.engine.cli"]
+        cmd = [sys.executable, "-c", "from lobstream.engine.cli import main; main()"]
         self.log = open(tmp / "daemon.log", "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [*cmd, "-v", "serve", "--config", str(cfg_path)], stdout=self.log, stderr=self.log

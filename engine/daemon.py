@@ -193,19 +193,37 @@ class Daemon:
         return 0
 
     def round(self) -> int:
-        """One round: drain and apply, then infer and publish one batch. Returns signals sent."""
+        """One round: drain and apply, then infer and publish one batch. Returns signals sent.
+
+        Accounting of the applied batch (kernel conditions, stale changes, gauges) runs after
+        the signals are out, so it never sits between an event and its signal.
+        """
         events, _ = self.ingest.drain()
-        if events is not None:
-            self.apply(events)
-        return self.infer_and_publish()
+        applied = self._apply_kernel(events) if events is not None else None
+        sent = self.infer_and_publish()
+        if applied is not None:
+            self._account(*applied)
+        return sent
 
     def apply(self, events: np.ndarray) -> None:
-        """Apply an event batch to the books and rings, and count the kernel's conditions."""
-        rep = self.report
+        """Apply an event batch to the books and rings, and count the kernel's conditions.
+
+        Parameters
+        ----------
+        events : ndarray (n,) EVENT_DTYPE
+            Not modified (may be read-only).
+        """
+        self._account(*self._apply_kernel(events))
+
+    def _apply_kernel(self, events: np.ndarray) -> tuple[np.ndarray, int]:
         stale_before = self.book.stale.copy()
         t0 = time.perf_counter_ns()
-        apply_events_rows(self.book, self.ring, self.spec, events, rep)
-        self.metrics.observe("book", (time.perf_counter_ns() - t0) * 1e-9)
+        apply_events_rows(self.book, self.ring, self.spec, events, self.report)
+        return stale_before, time.perf_counter_ns() - t0
+
+    def _account(self, stale_before: np.ndarray, book_ns: int) -> None:
+        rep = self.report
+        self.metrics.observe("book", book_ns * 1e-9)
         if rep[0].any():
             self.metrics.add_conditions(rep[0])
             if rep[0, CODE_SEQ_GAP] or rep[0, CODE_CROSSED] or stale_before.any():

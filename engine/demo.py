@@ -46,8 +46,7 @@ def sample_files() -> list[Path]:
     book = sorted(folder.glob("GOOG_*_orderbook_10.csv*"))
     if not msg or not book:
         raise click.ClickException(
-            f"bundled LOBSTER sample not found in {folder}; reinstall lobstream "
-            "(pip install -e .)"
+            f"bundled LOBSTER sample not found in {folder}; reinstall lobstream (pip install -e .)"
         )
     return [msg[0]]
 
@@ -129,8 +128,8 @@ def realised_labels(paths: list[Path], manifest: dict) -> dict[int, int]:
 
 
 def _lobstream_cmd() -> list[str]:
-    exe = shutil.which("lobstream")
-    return [exe] if exe else [sys.executable, "-m", "lobstream.engine.cli"]
+    # this interpreter, so the children see the same environment (no PATH lookup)
+    return [sys.executable, "-c", "from lobstream.engine.cli import main; main()"]
 
 
 def _stop_process(proc: subprocess.Popen | None, name: str, timeout_s: float = 5.0) -> None:
@@ -143,6 +142,17 @@ def _stop_process(proc: subprocess.Popen | None, name: str, timeout_s: float = 5
         logger.warning("%s did not stop within %s s of SIGTERM: killing it", name, timeout_s)
         proc.kill()
         proc.wait(timeout_s)
+
+
+def _registry_toml(cfg) -> str:
+    """The daemon's instruments as a registry file, so the replayer numbers them the same."""
+    lines = []
+    for inst in cfg.instruments.instrument:
+        lines += ["[[instrument]]", f"symbol = {_toml_value(inst.symbol)}",
+                  f"tick_size = {_toml_value(str(inst.tick_size))}"]  # fmt: skip
+        if inst.price_scale:
+            lines.append(f"price_scale = {_toml_value(inst.price_scale)}")
+    return "\n".join(lines) + "\n"
 
 
 class Stats:
@@ -253,9 +263,13 @@ def demo(duration: float, speed: float, model: str | None, device: str, as_json:
                         f"{(tmp / 'daemon.log').read_text()[-2000:]}"
                     )
         replay_log = open(tmp / "replay.log", "wb")  # noqa: SIM115 - closed with tmp
+        registry = tmp / "instruments.toml"
+        registry.write_text(_registry_toml(cfg))
+        # the replayer binds and waits for the daemon's subscription: nothing lost at start
         replayer = subprocess.Popen(
             [*_lobstream_cmd(), "replay", *map(str, paths), "--to", cfg.ingest.endpoints[0],
-             "--speed", str(speed)],
+             "--speed", str(speed), "--bind", "--subscribers", "1", "--wait", "30",
+             "--registry", str(registry)],
             stdout=replay_log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         t_start = time.monotonic()

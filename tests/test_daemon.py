@@ -389,8 +389,7 @@ status_interval_s = 0.1
 address = ""
 """
     )
-    exe = shutil.which("lobstream") or ""
-    cmd = [exe] if exe else [sys.executable, "-m", "lobstream.engine.cli"]
+    cmd = [sys.executable, "-c", "from lobstream.engine.cli import main; main()"]
     proc = subprocess.Popen(
         [*cmd, "-v", "serve", "--config", str(cfg_file)],
         stdout=subprocess.PIPE,

@@ -65,8 +65,7 @@ def _leftovers(tag: str) -> list[str]:
 
 
 def test_demo_runs_and_stops_everything(demo_model):
-    exe = shutil.which("lobstream")
-    cmd = [exe] if exe else [sys.executable, "-m", "lobstream.engine.cli"]
+    cmd = [sys.executable, "-c", "from lobstream.engine.cli import main; main()"]
     proc = subprocess.run(
         [*cmd, "demo", "--duration", "8", "--speed", "400", "--device", "cpu",
          "--model", str(demo_model), "--json"],
