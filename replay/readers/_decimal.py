@@ -189,6 +189,17 @@ def scale_for(tick: Decimal, at_least: int = 0) -> int:
     return max(int(exp), at_least, 0)
 
 
+def max_decimals(values: np.ndarray, scale: int, default: int = 2) -> int:
+    """Largest number of significant decimals among fixed-point ``values`` at ``scale``
+    (``default`` when there are none), for inferring a tick size."""
+    if values.size == 0:
+        return default
+    for d in range(scale + 1):
+        if np.all(values % (10 ** (scale - d)) == 0):
+            return d
+    return scale
+
+
 def infer_tick(max_decimals: int) -> Decimal:
     """The coarsest tick consistent with prices of ``max_decimals`` significant decimals."""
     return Decimal(1).scaleb(-max_decimals)

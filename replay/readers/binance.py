@@ -520,7 +520,7 @@ class _Reader:
             for mi, m in enumerate(ck.msgs):
                 if m[2] == key and mi not in bad_msgs:
                     sel[m[7] : m[8]] = True
-            self.instrument(key, _max_decimals(pxv[sel & ~lv_bad]))
+            self.instrument(key, _decimal.max_decimals(pxv[sel & ~lv_bad], SCALE, SCALE))
         # ticks (per level, with its instrument's tick)
         units = np.ones(len(ck.px), np.int64)
         for m in ck.msgs:
@@ -734,13 +734,3 @@ def _line_blocks(path: Path) -> Iterator[tuple[list[bytes], str]]:
             return
         if tail:
             yield [tail], ""
-
-
-def _max_decimals(v: np.ndarray) -> int:
-    """Largest number of significant decimals among fixed-point values at ``SCALE``."""
-    if v.size == 0:
-        return SCALE
-    for d in range(SCALE + 1):
-        if np.all(v % (10 ** (SCALE - d)) == 0):
-            return d
-    return SCALE

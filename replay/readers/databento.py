@@ -258,7 +258,7 @@ class _Reader:
             how = "definition file"
             if tick is None:
                 valid = prices[(prices != mbo_kernel.UNDEF_PRICE) & (prices > 0)]
-                tick = _decimal.infer_tick(_max_decimals(valid))
+                tick = _decimal.infer_tick(_decimal.max_decimals(valid, _NANO, 2))
                 how = "inferred from the data (coarsest decimal grid of the first batch)"
             inst = self.registry.add(sym, tick)
         logger.info("%s: %s tick size %s (%s)", self.path, sym, inst.tick_size, how)
@@ -574,12 +574,3 @@ class _Reader:
             parts.append(f"{self.clamped} ts_event clamped to keep time non-decreasing")
         if parts:
             logger.info("%s: source conditions (not errors): %s", self.path, ", ".join(parts))
-
-
-def _max_decimals(nanos: np.ndarray) -> int:
-    if nanos.size == 0:
-        return 2
-    for d in range(_NANO + 1):
-        if np.all(nanos % (10 ** (_NANO - d)) == 0):
-            return d
-    return _NANO

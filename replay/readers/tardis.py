@@ -146,7 +146,7 @@ class _Reader:
         elif symbol in self.registry:
             inst = self.registry.by_symbol(symbol)
         else:
-            dec = _max_decimals(prices[prices > 0])
+            dec = _decimal.max_decimals(prices[prices > 0], SCALE, 2)
             inst = self.registry.add(key, _decimal.infer_tick(dec))
             logger.info(
                 "%s: %s not in the registry; tick size %s inferred from the decimals of "
@@ -409,12 +409,3 @@ class _Reader:
             out["asks"][1][ok],
             np.full(int(ok.sum()), FLAG_LAST, np.uint8),
         )
-
-
-def _max_decimals(v: np.ndarray) -> int:
-    if v.size == 0:
-        return 2
-    for d in range(SCALE + 1):
-        if np.all(v % (10 ** (SCALE - d)) == 0):
-            return d
-    return SCALE
