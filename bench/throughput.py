@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> None:
         notebook_windows=args.notebook_windows,
         threads=args.threads,
         device=args.device,
+        repeat=args.repeat,
     )
     if args.json:
         emit_json({**r, "machine": machine()})
@@ -39,13 +40,27 @@ def main(argv: list[str] | None = None) -> None:
             r["backtest_with_read_windows_per_s"] / m,
         ),
         ("notebook way", r["notebook_windows_per_s"], r["notebook_windows_per_s"] / m),
+        (
+            "backtest data path alone",
+            r["backtest_data_path_windows_per_s"],
+            r["backtest_data_path_windows_per_s"] / m,
+        ),
+        (
+            "notebook data path alone",
+            r["notebook_data_path_windows_per_s"],
+            r["notebook_data_path_windows_per_s"] / m,
+        ),
     ]
     print_table(
         f"offline windows/s, {r['arch']} on {r['device']}, {r['threads']} thread(s)",
         ("path", "windows/s", "vs model alone"),
         rows,
     )
-    print(f"backtest / notebook: {r['backtest_vs_notebook']:.1f}x")
+    print(
+        f"backtest / notebook: {r['backtest_vs_notebook']:.1f}x end to end, "
+        f"{r['data_path_vs_notebook']:.1f}x for the data path alone "
+        f"(medians of {r['repeat']} turns)"
+    )
 
 
 if __name__ == "__main__":

@@ -11,12 +11,18 @@
   ``no_grad`` as in their evaluation loop, softmax after. It is given the normalised rows for
   free (its own feature code is not timed), so the ratio flatters it.
 
-Compile and warm-up never fall in a timed region: every path runs once untimed first.
+Data paths alone: the backtest's wall time outside the model calls, and the notebook's window
+loop + DataLoader without the model. When the model dominates both ends (a small model on a
+CPU), these say how much cheaper the data path is, which the end-to-end ratio cannot show.
+
+Compile and warm-up never fall in a timed region: every path runs once untimed first. The
+paths are timed in turns, ``repeat`` times, and medians reported (the machine may be shared).
 """
 
 from __future__ import annotations
 
 import logging
+import statistics
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -66,11 +72,22 @@ def _model_only(runner, batches: Sequence[int], n_windows: int, rng) -> dict[int
 
 
 def _eager_model(module, manifest: dict):
+    import torch
+
     from lobstream.models.zoo import build_model
 
     model = build_model(manifest["arch"], **manifest["config"])
-    model.load_state_dict(module.state_dict())
-    return model.eval()
+    # scripted archives also carry non-persistent buffers (constants the eager module rebuilds)
+    missing, _ = model.load_state_dict(module.state_dict(), strict=False)
+    if missing:
+        raise RuntimeError(f"eager {manifest['arch']} lacks weights {missing} in the artifact")
+    model.eval()
+    probe = torch.randn(2, 1, int(manifest["T"]), int(manifest["F"]))
+    with torch.no_grad():
+        diff = float((model(probe) - module(probe)).abs().max())
+    if diff > 1e-3:
+        raise RuntimeError(f"eager rebuild differs from the artifact by {diff:.3g} on a probe")
+    return model
 
 
 def notebook_way(rows: np.ndarray, T: int, model, batch: int = NOTEBOOK_BATCH) -> np.ndarray:
@@ -80,7 +97,7 @@ def notebook_way(rows: np.ndarray, T: int, model, batch: int = NOTEBOOK_BATCH) -
     ----------
     rows : (m, F) float32 normalised rows of one instrument. Not modified.
     T : window length.
-    model : eager ``nn.Module`` in eval mode.
+    model : eager ``nn.Module`` in eval mode, or None to time the data path alone (NaN out).
 
     Returns
     -------
@@ -107,7 +124,11 @@ def notebook_way(rows: np.ndarray, T: int, model, batch: int = NOTEBOOK_BATCH) -
     loader = DataLoader(_Windows(data_x), batch_size=batch, shuffle=False)
     out = []
     for inputs in loader:
-        logits = model(inputs.to(dtype=torch.float))
+        x = inputs.to(dtype=torch.float)
+        if model is None:  # data path alone: windows built and batched, no model call
+            out.append(np.full((len(x), 3), np.nan, np.float32))
+            continue
+        logits = model(x)
         out.append(torch.softmax(logits, dim=1).detach().numpy())
     return np.concatenate(out)
 
@@ -121,15 +142,19 @@ def run_throughput(
     batches: Sequence[int] = DEFAULT_BATCHES,
     threads: int = 1,
     device: str = "cpu",
+    repeat: int = 3,
     seed: int = 0,
 ) -> dict:
     """Windows/s of the three paths in one run (see the module docstring).
 
     Returns
     -------
-    dict with ``backtest_windows_per_s``, ``model_only_windows_per_s`` (at the best batch),
-    ``notebook_windows_per_s``, ``best_batch``, ``model_only_by_batch``, the two ratios and
-    the settings.
+    dict with the medians over ``repeat`` turns of ``backtest_windows_per_s``,
+    ``model_only_windows_per_s`` (at the best batch), ``notebook_windows_per_s``,
+    ``backtest_with_read_windows_per_s``, and of the data paths alone
+    (``backtest_data_path_windows_per_s``: backtest windows over its wall time outside the
+    model; ``notebook_data_path_windows_per_s``: the notebook's window loop and DataLoader
+    without the model), ``best_batch``, ``model_only_by_batch``, ratios and settings.
     """
     import torch
 
@@ -155,8 +180,8 @@ def run_throughput(
     # small read batches so the timed run reads about what it scores, not the whole file
     read_rows = 8192
 
-    def backtest_once(batches):
-        return run_backtest(batches, runner, manifest, batch=best_b, max_rows=max_rows)
+    def backtest_once(batches, r=runner):
+        return run_backtest(batches, r, manifest, batch=best_b, max_rows=max_rows)
 
     def read():
         return read_events(files, Registry(), batch_rows=read_rows)
@@ -173,42 +198,72 @@ def run_throughput(
         logger.warning(
             "the files give %d windows, fewer than the %d asked", warm.n_windows, n_windows
         )
-    t0 = time.perf_counter()
-    res = backtest_once(iter(events))
-    bt_wps = res.n_windows / (time.perf_counter() - t0)
-    t0 = time.perf_counter()
-    res_read = backtest_once(read())
-    bt_read_wps = res_read.n_windows / (time.perf_counter() - t0)
-
     spec = spec_from_manifest(manifest)
-    reg = Registry()
     rows_list = []
-    for rows, _, _ in rows_from_events(read_events(files, reg, batch_rows=read_rows), spec, 1):
+    for rows, _, _ in rows_from_events(iter(events), spec, 1):
         rows_list.append(rows.copy())
         if sum(len(r) for r in rows_list) >= notebook_windows + T - 1:
             break
     rows = np.concatenate(rows_list)[: notebook_windows + T - 1]
     eager = _eager_model(module.cpu() if device != "cpu" else module, manifest)
     notebook_way(rows[: T + NOTEBOOK_BATCH], T, eager)  # warm
-    t0 = time.perf_counter()
-    nb = notebook_way(rows, T, eager)
-    nb_wps = len(nb) / (time.perf_counter() - t0)
 
-    model_wps = by_batch[best_b]
+    # The machine is shared: the paths are measured in turns, ``repeat`` times, and the
+    # medians compared, so a burst of load elsewhere hits all of them alike.
+    timed = _TimedRunner(runner)
+    m_wps, bt_wps, bt_read_wps, bt_data_wps, nb_wps, nb_data_wps = ([] for _ in range(6))
+    for _ in range(repeat):
+        m_wps.append(_model_only(runner, [best_b], warm.n_windows, rng)[best_b])
+        timed.seconds = 0.0
+        t0 = time.perf_counter()
+        res = backtest_once(iter(events), timed)
+        wall = time.perf_counter() - t0
+        bt_wps.append(res.n_windows / wall)
+        bt_data_wps.append(res.n_windows / max(wall - timed.seconds, 1e-9))
+        t0 = time.perf_counter()
+        res_read = backtest_once(read())
+        bt_read_wps.append(res_read.n_windows / (time.perf_counter() - t0))
+        t0 = time.perf_counter()
+        nb = notebook_way(rows, T, eager)
+        nb_wps.append(len(nb) / (time.perf_counter() - t0))
+        t0 = time.perf_counter()
+        notebook_way(rows, T, None)
+        nb_data_wps.append(len(nb) / (time.perf_counter() - t0))
+    med = statistics.median
+    model_wps, bt, nbw = med(m_wps), med(bt_wps), med(nb_wps)
     return {
-        "backtest_windows_per_s": bt_wps,
+        "backtest_windows_per_s": bt,
         "model_only_windows_per_s": model_wps,
-        "notebook_windows_per_s": nb_wps,
-        "backtest_with_read_windows_per_s": bt_read_wps,
-        "backtest_vs_model": bt_wps / model_wps,
-        "backtest_vs_notebook": bt_wps / nb_wps,
+        "notebook_windows_per_s": nbw,
+        "backtest_with_read_windows_per_s": med(bt_read_wps),
+        "backtest_vs_model": bt / model_wps,
+        "backtest_vs_notebook": bt / nbw,
+        "backtest_data_path_windows_per_s": med(bt_data_wps),
+        "notebook_data_path_windows_per_s": med(nb_data_wps),
+        "data_path_vs_notebook": med(bt_data_wps) / med(nb_data_wps),
         "best_batch": best_b,
         "model_only_by_batch": {str(b): v for b, v in by_batch.items()},
         "backtest_windows": res.n_windows,
         "notebook_windows": len(nb),
+        "repeat": repeat,
         "arch": manifest.get("arch"),
         "model": str(model_path),
         "files": [str(f) for f in files],
         "threads": threads,
         "device": device,
     }
+
+
+class _TimedRunner:
+    """A runner proxy that adds up the wall time spent in the model (``infer``)."""
+
+    def __init__(self, runner) -> None:
+        self.runner = runner
+        self.input = runner.input
+        self.seconds = 0.0
+
+    def infer(self, n: int) -> np.ndarray:
+        t0 = time.perf_counter()
+        out = self.runner.infer(n)
+        self.seconds += time.perf_counter() - t0
+        return out

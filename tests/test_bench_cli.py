@@ -110,6 +110,8 @@ def test_throughput_smoke(artifact):
             "64",
             "--batches",
             "16,64",
+            "--repeat",
+            "1",
             "--json",
         ],
     )
@@ -120,6 +122,8 @@ def test_throughput_smoke(artifact):
         "model_only_windows_per_s",
         "notebook_windows_per_s",
         "backtest_with_read_windows_per_s",
+        "backtest_data_path_windows_per_s",
+        "notebook_data_path_windows_per_s",
     ):
         assert r[k] > 0
     assert r["best_batch"] in (16, 64)
