@@ -242,3 +242,58 @@ def parse_int_csv(buf, ncols, time_col, out, bad):
         elif ch != 13:
             err = PARSE_BAD_FIELD
     return r
+
+
+BOOK_OK = 0
+BOOK_NON_POSITIVE_PRICE = 1
+BOOK_BAD_SIZE = 2  # a real level with size <= 0, or a dummy level with a non-zero size
+BOOK_OFF_GRID = 3
+BOOK_UNORDERED = 4  # not best first, or a real level after a dummy one
+
+
+@njit
+def prepare_book(ob, dummy_ask, dummy_bid, divisor, px, sz, nvis, code, col):
+    """Check orderbook rows and split them by side, in one pass.
+
+    ob (R, 4 N) int64 raw rows (ask px, ask sz, bid px, bid sz per level). Writes px (R, 2, N)
+    int64 ticks and sz (R, 2, N) float64 (side 0 bid, 1 ask), nvis (R, 2) int64 real levels per
+    side, and per row the first problem: code (R,) uint8 BOOK_* and col (R,) int64 its column.
+    """
+    n_rows = ob.shape[0]
+    n_lev = ob.shape[1] // 4
+    for r in range(n_rows):
+        code[r] = BOOK_OK
+        col[r] = -1
+        for s in range(2):
+            off = 2 if s == 0 else 0
+            dummy = dummy_bid if s == 0 else dummy_ask
+            n = 0
+            for j in range(n_lev):
+                c = 4 * j + off
+                p = ob[r, c]
+                q = ob[r, c + 1]
+                px[r, s, j] = 0
+                sz[r, s, j] = 0.0
+                bad = BOOK_OK
+                if p == dummy:
+                    if q != 0:
+                        bad = BOOK_BAD_SIZE
+                elif n < j:
+                    bad = BOOK_UNORDERED
+                elif p <= 0:
+                    bad = BOOK_NON_POSITIVE_PRICE
+                elif q <= 0:
+                    bad = BOOK_BAD_SIZE
+                elif p % divisor != 0:
+                    bad = BOOK_OFF_GRID
+                else:
+                    t = p // divisor
+                    if n > 0 and (t >= px[r, s, n - 1] if s == 0 else t <= px[r, s, n - 1]):
+                        bad = BOOK_UNORDERED
+                    px[r, s, n] = t
+                    sz[r, s, n] = q
+                    n += 1
+                if bad != BOOK_OK and code[r] == BOOK_OK:
+                    code[r] = bad
+                    col[r] = c + 1 if bad == BOOK_BAD_SIZE else c
+            nvis[r, s] = n

@@ -59,10 +59,15 @@ from lobstream.kernels.dtypes import (
 from lobstream.kernels.registry import Instrument, Registry
 from lobstream.replay.errors import DataError, Defects
 from lobstream.replay.readers._lobster_kernel import (
+    BOOK_BAD_SIZE,
+    BOOK_NON_POSITIVE_PRICE,
+    BOOK_OFF_GRID,
+    BOOK_UNORDERED,
     PARSE_BAD_FIELD,
     PARSE_COLUMNS,
     diff_rows,
     parse_int_csv,
+    prepare_book,
 )
 
 logger = logging.getLogger(__name__)
@@ -73,7 +78,7 @@ DEFAULT_TICK = Decimal("0.01")
 DEFAULT_SCALE = 10_000  # LOBSTER prices are USD x 10000
 DUMMY_ASK = 9_999_999_999
 DUMMY_BID = -9_999_999_999
-HIDDEN_CAPACITY = 64  # announced levels kept beyond the top N, per side
+HIDDEN_CAPACITY = 16  # announced levels kept beyond the top N, per side
 CHUNK_ROWS = 32_768  # message rows parsed at a time: bounds memory for any file length
 _READ_BLOCK = 1 << 20
 
@@ -179,8 +184,8 @@ class _Lines:
         self._nl = 0
         self._eof = False
 
-    def take(self, n: int) -> tuple[bytes, int]:
-        """Up to ``n`` lines as bytes ending in a newline, and how many (0 at the end)."""
+    def take(self, n: int) -> tuple[np.ndarray, int]:
+        """Up to ``n`` lines, (B,) uint8 ending in a newline, and how many (0 at the end)."""
         while self._nl < n and not self._eof:
             block = self._fh.read(_READ_BLOCK)
             if not block:
@@ -195,10 +200,10 @@ class _Lines:
             self._buf += block
             self._nl += block.count(b"\n")
         if self._nl == 0:
-            return b"", 0
+            return np.empty(0, np.uint8), 0
         k = min(n, self._nl)
         cut = self._cut(k)
-        out = bytes(self._buf[:cut])
+        out = np.frombuffer(self._buf, np.uint8, count=cut).copy()  # one copy, no bytes()
         del self._buf[:cut]
         self._nl -= k
         return out, k
@@ -290,56 +295,39 @@ def validate_messages(ts, unparsed, mtype, size, price, direction, divisor, prev
     ]
 
 
-def validate_orderbook(ob: np.ndarray, unparsed: np.ndarray, levels: int, divisor: int):
-    """Problems in a chunk of orderbook rows, ``ob`` (R, 4 * levels) int64 (``unparsed`` (R,)
-    bool: lines the parser rejected, not checked again)."""
-    ok = ~unparsed
-    v = ob.reshape(len(ob), levels, 4)
-    ask_px, ask_sz, bid_px, bid_sz = v[:, :, 0], v[:, :, 1], v[:, :, 2], v[:, :, 3]
-    ask_ok = ask_px != DUMMY_ASK
-    bid_ok = bid_px != DUMMY_BID
-    # Dummy levels are checked for their size only: a valid stand-in price fills them here.
-    real_px = np.concatenate(
-        [np.where(ask_ok, ask_px, divisor), np.where(bid_ok, bid_px, divisor)], axis=1
-    )
-    real_sz = np.concatenate([np.where(ask_ok, ask_sz, 1), np.where(bid_ok, bid_sz, 1)], axis=1)
-    dummy_sz = np.concatenate([np.where(ask_ok, 0, ask_sz), np.where(bid_ok, 0, bid_sz)], axis=1)
-    gap = (~ask_ok[:, :-1] & ask_ok[:, 1:]).any(1) | (~bid_ok[:, :-1] & bid_ok[:, 1:]).any(1)
-    unordered = (ask_ok[:, 1:] & (ask_px[:, 1:] <= ask_px[:, :-1])).any(1) | (
-        bid_ok[:, 1:] & (bid_px[:, 1:] >= bid_px[:, :-1])
-    ).any(1)
+def orderbook_problems(ob: np.ndarray, code: np.ndarray, col: np.ndarray):
+    """Problems found by :func:`prepare_book` in orderbook rows ``ob`` (R, 4 N) int64."""
 
-    def first_col(mask, i):
-        return int(np.flatnonzero(mask[i])[0])
+    def at(i: int) -> str:
+        return f"column {int(col[i]) + 1} value {int(ob[i, col[i]])}"
 
-    bad_px = real_px <= 0
-    bad_sz = real_sz <= 0
-    off = (real_px % divisor) != 0
     return [
         (
             "non_positive_price",
-            ok & bad_px.any(1),
-            lambda i: f"orderbook price {real_px[i, first_col(bad_px, i)]} is not positive",
+            code == BOOK_NON_POSITIVE_PRICE,
+            lambda i: f"orderbook price is not positive ({at(i)})",
         ),
         (
             "negative_size",
-            ok & (bad_sz.any(1) | (dummy_sz != 0).any(1)),
-            lambda i: "orderbook level size is not positive (or a dummy level has a non-zero size)",
+            code == BOOK_BAD_SIZE,
+            lambda i: (
+                f"orderbook level size is not positive, or a dummy level has a size ({at(i)})"
+            ),
         ),
         (
             "off_grid_price",
-            ok & off.any(1),
+            code == BOOK_OFF_GRID,
             lambda i: (
-                f"orderbook price {real_px[i, first_col(off, i)]} is not a multiple of the tick "
-                f"({divisor} price units); fix tick_size of the symbol in the instrument registry"
+                f"orderbook price is not a multiple of the tick ({at(i)}); fix tick_size of the "
+                "symbol in the instrument registry"
             ),
         ),
         (
             "unordered_levels",
-            ok & (gap | unordered),
+            code == BOOK_UNORDERED,
             lambda i: (
                 "orderbook levels are not best-first (asks ascending, bids descending, no dummy "
-                "level before a real one)"
+                f"level before a real one) ({at(i)})"
             ),
         ),
     ]
@@ -458,10 +446,10 @@ def read(
             row0 += n
             m = np.empty((n, 6), np.int64)
             m_bad = np.empty(n, np.uint8)
-            parse_int_csv(np.frombuffer(mbuf, np.uint8), 6, 0, m, m_bad)
+            parse_int_csv(mbuf, 6, 0, m, m_bad)
             ob = np.empty((n, 4 * n_lev), np.int64)
             ob_bad = np.empty(n, np.uint8)
-            parse_int_csv(np.frombuffer(obuf, np.uint8), 4 * n_lev, -1, ob, ob_bad)
+            parse_int_csv(obuf, 4 * n_lev, -1, ob, ob_bad)
             ts = m[:, 0] + day_ns
             mtype, size, price, direction = m[:, 1], m[:, 3], m[:, 4], m[:, 5]
             m_fmt = format_problems(m_bad, 6)
@@ -469,26 +457,26 @@ def read(
             m_sem = validate_messages(
                 ts, m_bad != 0, mtype, size, price, direction, divisor, prev_ts
             )
-            ob_sem = validate_orderbook(ob, ob_bad != 0, n_lev, divisor)
+            px = np.empty((n, 2, n_lev), np.int64)
+            sz = np.empty((n, 2, n_lev), np.float64)
+            nvis = np.empty((n, 2), np.int64)
+            b_code = np.empty(n, np.uint8)
+            b_col = np.empty(n, np.int64)
+            prepare_book(ob, DUMMY_ASK, DUMMY_BID, divisor, px, sz, nvis, b_code, b_col)
+            ob_sem = orderbook_problems(ob, np.where(ob_bad != 0, 0, b_code), b_col)
             good = _apply_problems(m_fmt + m_sem, msg_path, rows, skip_bad, defects)
             good_ob = _apply_problems(ob_fmt + ob_sem, ob_path, rows, skip_bad, defects)
             if good is not None or good_ob is not None:
                 sel = np.ones(len(rows), bool)
                 sel &= good if good is not None else True
                 sel &= good_ob if good_ob is not None else True
-                ts, mtype, size, price, direction, ob, rows = (
-                    a[sel] for a in (ts, mtype, size, price, direction, ob, rows)
+                ts, mtype, size, price, direction, px, sz, nvis, rows = (
+                    a[sel] for a in (ts, mtype, size, price, direction, px, sz, nvis, rows)
                 )
             if len(ts) == 0:
                 continue
             prev_ts = int(ts[-1])
             halts += int((mtype == 7).sum())
-            v = ob.reshape(len(ob), n_lev, 4)
-            px = np.stack([v[:, :, 2], v[:, :, 0]], axis=1) // divisor  # (R, 2, N) bid, ask
-            sz = np.stack([v[:, :, 3], v[:, :, 1]], axis=1).astype(np.float64)
-            nvis = np.stack(
-                [(v[:, :, 2] != DUMMY_BID).sum(1), (v[:, :, 0] != DUMMY_ASK).sum(1)], axis=1
-            ).astype(np.int64)
             trade = (mtype >= 4) & (mtype <= 6)
             # Round half up: hidden midpoint executions sit half a tick off the grid.
             mprice = np.where(trade, (price + divisor // 2) // divisor, 0)
@@ -535,6 +523,10 @@ def read(
 
 def warm_up() -> None:
     """Compile the kernels now (they are cached on disk after the first process)."""
+    one = np.ones((1, 4), np.int64)
+    prepare_book(one, DUMMY_ASK, DUMMY_BID, 1, np.empty((1, 2, 1), np.int64),
+                 np.empty((1, 2, 1)), np.empty((1, 2), np.int64), np.empty(1, np.uint8),
+                 np.empty(1, np.int64))  # fmt: skip
     parse_int_csv(
         np.frombuffer(b"1.5,2\n", np.uint8), 2, 0, np.empty((1, 2), np.int64), np.empty(1, np.uint8)
     )
