@@ -8,6 +8,10 @@ Each reader module exposes
   batches of EVENT_DTYPE, registering instruments it meets (tick size from the registry, or
   found in the source and logged). Raises :class:`lobstream.replay.errors.DataError` naming the
   file and row of the first bad record, unless ``skip_bad`` (then counts into ``defects``).
+
+Batches belong to the caller: a reader never writes into a batch it has yielded (the replayer
+stamps ``ts_recv`` in place and zmq sends the buffer without a copy). Trades (``ACTION_TRADE``)
+carry the aggressor's side: ``SIDE_BID`` for a buyer-initiated trade.
 """
 
 from __future__ import annotations
