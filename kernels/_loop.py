@@ -42,6 +42,9 @@ from lobstream.kernels.dtypes import (
     SIDE_BID,
 )
 
+# unused top-K cache entries: sorts after every real key, so the search needs no count
+KEY_NONE = np.iinfo(np.int64).max
+
 MODE_BOOK = 0
 MODE_RING = 1
 MODE_FLAT = 2
@@ -67,6 +70,11 @@ def _rebuild_top(bid, ask, base, best_bid, best_ask, top_key, top_size, top_n, n
     n_levels[i, 0] = nb
     n_levels[i, 1] = na
     kmax = top_key.shape[2]
+    for j in range(kmax):
+        top_key[i, 0, j] = KEY_NONE
+        top_key[i, 1, j] = KEY_NONE
+        top_size[i, 0, j] = 0.0
+        top_size[i, 1, j] = 0.0
     b0 = base[i]
     n = 0
     best_bid[i] = -1
@@ -132,7 +140,7 @@ def _recentre(bid, ask, base, best_bid, best_ask, top_key, top_size, top_n, n_le
 
 
 @njit
-def _clear(bid, ask, best_bid, best_ask, top_n, n_levels, i):
+def _clear(bid, ask, best_bid, best_ask, top_key, top_n, n_levels, i):
     w = bid.shape[1]
     for s in range(w):
         bid[i, s] = 0.0
@@ -141,6 +149,9 @@ def _clear(bid, ask, best_bid, best_ask, top_n, n_levels, i):
     best_ask[i] = -1
     top_n[i, 0] = 0
     top_n[i, 1] = 0
+    for j in range(top_key.shape[2]):
+        top_key[i, 0, j] = KEY_NONE
+        top_key[i, 1, j] = KEY_NONE
     n_levels[i, 0] = 0
     n_levels[i, 1] = 0
 
@@ -198,7 +209,7 @@ def _run(
             last_seq[i] = seq
         # ---- 5-6: apply ----------------------------------------------------------------
         if action == ACTION_CLEAR:
-            _clear(bid, ask, best_bid, best_ask, top_n, n_levels, i)
+            _clear(bid, ask, best_bid, best_ask, top_key, top_n, n_levels, i)
             healing[i] = stale[i]
         elif stale[i] != 0 and healing[i] == 0:
             _count(report, CODE_STALE_SKIPPED, k)
@@ -234,50 +245,57 @@ def _run(
                     ask[i, s] = size
                     key = price
                 n_levels[i, side] += (size > 0.0) - (old > 0.0)
-                # keep the top-K cache exact: find the level among the cached ones
+                # keep the top-K cache exact. Fixed-length loops with selects, no early exits:
+                # data-dependent branches here mispredict on most events.
                 nc = top_n[i, side]
                 pos = 0
-                while pos < nc and top_key[i, side, pos] < key:
-                    pos += 1
-                if pos < nc and top_key[i, side, pos] == key:
+                for j in range(kmax):
+                    pos += top_key[i, side, j] < key
+                if pos < kmax and top_key[i, side, pos] == key:
                     if size > 0.0:
                         top_size[i, side, pos] = size
                     else:
                         deepest = top_key[i, side, nc - 1]
-                        for j in range(pos, nc - 1):
-                            top_key[i, side, j] = top_key[i, side, j + 1]
-                            top_size[i, side, j] = top_size[i, side, j + 1]
+                        for j in range(kmax - 1):
+                            keep = j < pos
+                            top_key[i, side, j] = (
+                                top_key[i, side, j] if keep else top_key[i, side, j + 1]
+                            )
+                            top_size[i, side, j] = (
+                                top_size[i, side, j] if keep else top_size[i, side, j + 1]
+                            )
+                        top_key[i, side, kmax - 1] = KEY_NONE
+                        top_size[i, side, kmax - 1] = 0.0
                         nc -= 1
                         if nc + 1 == kmax and n_levels[i, side] > nc:
                             # the cache was full: the next level beyond it moves in
                             if side == SIDE_BID:
                                 t = -deepest - base[i] - 1
-                                while t >= 0 and bid[i, t] == 0.0:
+                                while bid[i, t] == 0.0:  # n_levels says one exists
                                     t -= 1
-                                if t >= 0:
-                                    top_key[i, side, nc] = -(base[i] + t)
-                                    top_size[i, side, nc] = bid[i, t]
-                                    nc += 1
+                                top_key[i, side, nc] = -(base[i] + t)
+                                top_size[i, side, nc] = bid[i, t]
                             else:
                                 t = deepest - base[i] + 1
-                                while t < w and ask[i, t] == 0.0:
+                                while ask[i, t] == 0.0:
                                     t += 1
-                                if t < w:
-                                    top_key[i, side, nc] = base[i] + t
-                                    top_size[i, side, nc] = ask[i, t]
-                                    nc += 1
+                                top_key[i, side, nc] = base[i] + t
+                                top_size[i, side, nc] = ask[i, t]
+                            nc += 1
                         top_n[i, side] = nc
                 elif size > 0.0 and pos < kmax:
-                    j = nc if nc < kmax else kmax - 1
-                    while j > pos:
-                        top_key[i, side, j] = top_key[i, side, j - 1]
-                        top_size[i, side, j] = top_size[i, side, j - 1]
-                        j -= 1
+                    for j in range(kmax - 1, 0, -1):
+                        keep = j < pos
+                        top_key[i, side, j] = (
+                            top_key[i, side, j] if keep else top_key[i, side, j - 1]
+                        )
+                        top_size[i, side, j] = (
+                            top_size[i, side, j] if keep else top_size[i, side, j - 1]
+                        )
                     top_key[i, side, pos] = key
                     top_size[i, side, pos] = size
-                    if nc < kmax:
-                        top_n[i, side] = nc + 1
-                # the touch is the first cached level
+                    top_n[i, side] = min(nc + 1, kmax)
+                # the touch is the first cached level (KEY_NONE when the side is empty)
                 if side == SIDE_BID:
                     best_bid[i] = -top_key[i, 0, 0] - base[i] if top_n[i, 0] > 0 else -1
                 else:

@@ -36,7 +36,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from lobstream.kernels._loop import MODE_BOOK, _run
+from lobstream.kernels._loop import KEY_NONE, MODE_BOOK, _run
 from lobstream.kernels.dtypes import (
     DEFAULT_LEVELS,
     EVENT_DTYPE,
@@ -78,7 +78,7 @@ class BookState(NamedTuple):
     top_key : ndarray (N, 2, K) int64
         Cache of the best ``K`` levels per side (index 0 bid, 1 ask), best first, as sort keys:
         ask price, or minus the bid price (so both sides sort ascending and share one code
-        path). Kept exact by every update, so a feature row reads ``K`` contiguous entries
+        path); unused entries hold int64 max. Kept exact by every update, so a feature row reads ``K`` contiguous entries
         instead of scanning the ladder.
     top_size : ndarray (N, 2, K) float64
         Sizes of the cached levels.
@@ -142,7 +142,7 @@ def new_book(
         last_ts=np.full(n, _TS_MIN, np.int64),
         stale=np.zeros(n, np.uint8),
         healing=np.zeros(n, np.uint8),
-        top_key=np.zeros((n, 2, int(levels)), np.int64),
+        top_key=np.full((n, 2, int(levels)), KEY_NONE, np.int64),
         top_size=np.zeros((n, 2, int(levels)), np.float64),
         top_n=np.zeros((n, 2), np.int64),
         n_levels=np.zeros((n, 2), np.int64),
