@@ -1,0 +1,216 @@
+"""Model inference: batch-1 latency and throughput per architecture, mode, threads and device.
+
+``python -m bench.inference [--json] [--quick] [--archs deeplob,cnn] [--threads 1,2]``
+
+Modes (CPU): ``eager`` (the nn.Module under inference_mode), ``scripted`` (torch.jit.script),
+``frozen`` (script + freeze), ``optimized`` (script + optimize_for_inference, where it works),
+and ``runner`` (models.runner.ModelRunner as the daemon and backtest use it: frozen, graph
+executor without profiling, cache-sized power-of-two micro-batches, softmax and the copies
+in and out of its buffers included). On CUDA also ``eager``/``frozen`` on device tensors and
+``runner`` with pinned input and CUDA graphs. Every case is warmed at each batch size before
+it is timed; compile time is never timed. Latency is the wall time of one batch-1 call
+(p50/p99 over many calls); throughput is windows/s of the median call at each batch size.
+Beside wall time, user+sys CPU time and minor page faults per window are recorded, since wall
+time on a shared machine mostly measures the neighbours.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from bench._common import emit_json, machine, parser, print_table
+from lobstream.models.artifact import script_module
+from lobstream.models.runner import ModelRunner
+from lobstream.models.zoo import ARCHITECTURES, build_model, config_to_dict
+
+logger = logging.getLogger(__name__)
+
+BATCHES = (1, 32, 256, 1024)
+CPU_MODES = ("eager", "scripted", "frozen", "optimized", "runner")
+CUDA_MODES = ("eager", "frozen", "runner")
+
+
+def _manifest(arch: str, model: torch.nn.Module) -> dict:
+    c = model.config
+    return {"arch": arch, "config": config_to_dict(c), "T": c.T, "L": c.levels, "F": c.F}
+
+
+def _callable(arch: str, model, mode: str, device: torch.device, max_batch: int):
+    """(fn(n) running a batch of n windows, info dict); fn includes what the mode includes."""
+    c = model.config
+    if mode == "runner":
+        r = ModelRunner(model, _manifest(arch, model), device=device, max_batch=max_batch)
+        r.input[...] = np.random.default_rng(0).standard_normal(r.input.shape)
+        info = {"micro_batch": r.micro_batch, "cuda_graphs": r.use_graphs}
+        return r.infer, info
+    m = model.to(device).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if mode == "scripted":
+            m = script_module(m)
+        elif mode == "frozen":
+            m = torch.jit.freeze(script_module(m))
+        elif mode == "optimized":
+            m = torch.jit.optimize_for_inference(script_module(m))
+    x = torch.randn(max_batch, 1, c.T, c.F, generator=torch.Generator().manual_seed(0)).to(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def fn(n: int) -> None:
+        with torch.inference_mode():
+            m(x[:n])
+        sync()
+
+    return fn, {}
+
+
+def _usage() -> tuple[float, int]:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime, r.ru_minflt
+
+
+def _time_calls(fn: Callable[[int], object], n: int, calls: int, min_s: float) -> dict:
+    """Median wall time per call of fn(n) over at least ``calls`` calls or ``min_s`` seconds."""
+    fn(n)  # warm this batch size (oneDNN primitives, allocator pools)
+    times: list[float] = []
+    cpu0, flt0 = _usage()
+    start = time.perf_counter()
+    while len(times) < calls or (time.perf_counter() - start < min_s and len(times) < 10 * calls):
+        t0 = time.perf_counter()
+        fn(n)
+        times.append(time.perf_counter() - t0)
+    cpu1, flt1 = _usage()
+    windows = n * len(times)
+    return {
+        "times": times,
+        "median_s": statistics.median(times),
+        "cpu_us_per_window": 1e6 * (cpu1 - cpu0) / windows,
+        "faults_per_window": (flt1 - flt0) / windows,
+    }
+
+
+def run_case(arch: str, mode: str, device: torch.device, threads: int, quick: bool) -> dict:
+    """One result row; ``skipped`` holds the reason where the mode does not work."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = build_model(arch).eval()
+    row: dict = {"arch": arch, "mode": mode, "device": device.type, "threads": threads}
+    try:
+        fn, info = _callable(arch, model, mode, device, max(BATCHES))
+        row.update(info)
+        lat = _time_calls(fn, 1, 20 if quick else 200, 0.2 if quick else 1.0)
+    except Exception as e:  # a mode that cannot script/optimise this model is reported, not fatal
+        row["skipped"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        return row
+    ts = sorted(lat["times"])
+    row["b1_p50_us"] = 1e6 * statistics.median(ts)
+    row["b1_p99_us"] = 1e6 * ts[min(len(ts) - 1, int(round(0.99 * (len(ts) - 1))))]
+    row["throughput"], row["cpu_us_per_window"], row["faults_per_window"] = {}, {}, {}
+    for b in BATCHES:
+        r = lat if b == 1 else _time_calls(fn, b, 1 if quick else 3, 0.0 if quick else 2.0)
+        row["throughput"][str(b)] = b / r["median_s"]
+        row["cpu_us_per_window"][str(b)] = r["cpu_us_per_window"]
+        row["faults_per_window"][str(b)] = r["faults_per_window"]
+    return row
+
+
+def checks(results: list[dict]) -> list[dict]:
+    """The issue's bars for DeepLOB on CPU, per thread count: runner vs eager in this run."""
+    out = []
+    by = {(r["arch"], r["mode"], r["device"], r["threads"]): r for r in results}
+    for (arch, mode, dev, th), r in by.items():
+        if (arch, mode, dev) != ("deeplob", "runner", "cpu") or "throughput" not in r:
+            continue
+        eager = by.get((arch, "eager", dev, th))
+        if eager is None or "throughput" not in eager:
+            continue
+        t = r["throughput"]
+        out.append({
+            "threads": th,
+            "b1_p50_us_runner": r["b1_p50_us"], "b1_p50_us_eager": eager["b1_p50_us"],
+            "latency_ok": r["b1_p50_us"] <= eager["b1_p50_us"],
+            "b32_runner": t["32"], "b256_runner": t["256"],
+            "b32_eager": eager["throughput"]["32"], "b256_eager": eager["throughput"]["256"],
+            "throughput_ok": t["256"] >= t["32"],
+        })  # fmt: skip
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = parser(__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer calls per case (a smoke run)")
+    ap.add_argument("--archs", default=",".join(sorted(ARCHITECTURES)))
+    ap.add_argument("--modes", default=None, help="comma list (default: all for the device)")
+    ap.add_argument("--threads", default="1,2", help="CPU thread counts, comma list")
+    ap.add_argument("--no-cuda", action="store_true", help="CPU only even if CUDA is present")
+    args = ap.parse_args(argv)
+    archs = [a for a in args.archs.split(",") if a]
+    unknown = sorted(set(archs) - set(ARCHITECTURES))
+    if unknown:
+        ap.error(f"unknown architecture(s) {unknown}; expected some of {sorted(ARCHITECTURES)}")
+    threads = [int(t) for t in args.threads.split(",") if t]
+    devices = [torch.device("cpu")]
+    if torch.cuda.is_available() and not args.no_cuda:
+        devices.append(torch.device("cuda"))
+    load0 = os.getloadavg()
+    results = []
+    for arch in archs:
+        for dev in devices:
+            modes = CPU_MODES if dev.type == "cpu" else CUDA_MODES
+            if args.modes:
+                modes = tuple(m for m in modes if m in args.modes.split(","))
+            for th in threads if dev.type == "cpu" else threads[:1]:
+                for mode in modes:
+                    print(f"  {arch} {mode} {dev.type} threads={th} ...", file=sys.stderr,
+                          flush=True)  # fmt: skip
+                    results.append(run_case(arch, mode, dev, th, args.quick))
+    out = {
+        "benchmark": "inference",
+        "machine": {**machine(), "torch": torch.__version__, "loadavg_start": load0,
+                    "loadavg_end": os.getloadavg(),
+                    "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
+        "quick": args.quick,
+        "results": results,
+        "checks": checks(results),
+    }  # fmt: skip
+    if args.json:
+        emit_json(out)
+        return 0
+    rows = []
+    for r in results:
+        if "skipped" in r:
+            rows.append([r["arch"], r["mode"], r["device"], r["threads"], "skipped: "
+                         + r["skipped"][:40], "", "", "", "", "", ""])  # fmt: skip
+            continue
+        t, c = r["throughput"], r["cpu_us_per_window"]
+        rows.append([r["arch"], r["mode"], r["device"], r["threads"], r["b1_p50_us"],
+                     r["b1_p99_us"], t["1"], t["32"], t["256"], t["1024"],
+                     c["256"]])  # fmt: skip
+    print_table(
+        f"inference (windows/s; latency us; loadavg {load0[0]:.1f} -> {os.getloadavg()[0]:.1f})",
+        ["arch", "mode", "dev", "thr", "b1 p50", "b1 p99", "B=1", "B=32", "B=256", "B=1024",
+         "cpu us/win@256"],
+        rows,
+    )  # fmt: skip
+    for c in out["checks"]:
+        print(
+            f"deeplob cpu threads={c['threads']}: runner b1 p50 {c['b1_p50_us_runner']:.0f} us vs "
+            f"eager {c['b1_p50_us_eager']:.0f} us ({'ok' if c['latency_ok'] else 'NOT ok'}); "
+            f"runner B=256 {c['b256_runner']:.0f}/s vs B=32 {c['b32_runner']:.0f}/s "
+            f"({'ok' if c['throughput_ok'] else 'NOT ok'}); eager {c['b32_eager']:.0f} -> "
+            f"{c['b256_eager']:.0f}/s"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
