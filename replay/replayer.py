@@ -183,6 +183,7 @@ class Replayer:
         self._joined = 0
         self._topics: dict[int, tuple[bytes, str]] = {}
         self._started: set[int] = set()
+        message_cuts(np.zeros(2, EVENT_DTYPE), 1, 0)  # compile (or load) now, not mid-replay
         logger.info("replayer %s %s", "bound to" if bind else "connected to", self.endpoint)
 
     def __enter__(self) -> Replayer:
