@@ -194,7 +194,7 @@ class Stats:
 def _view(stats: Stats, elapsed: float, duration: float, speed: float):
     from rich.table import Table
 
-    t = Table(title=f"lobstream demo: LOBSTER GOOG 2012-06-21 at {speed:g}x", expand=False)
+    t = Table(title=f"GOOG 2012-06-21 replay at {speed:g}x", expand=False)
     t.add_column("figure")
     t.add_column("value", justify="right")
     counts = stats.status.get("counts", {})

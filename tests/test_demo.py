@@ -64,6 +64,7 @@ def _leftovers(tag: str) -> list[str]:
     return [line for line in out.splitlines() if tag in line and "ps -eo" not in line]
 
 
+@pytest.mark.slow  # three Python processes importing torch: ~50 s on the shared 2-core machine
 def test_demo_runs_and_stops_everything(demo_model):
     cmd = [sys.executable, "-c", "from lobstream.engine.cli import main; main()"]
     proc = subprocess.run(
