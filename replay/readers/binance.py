@@ -85,6 +85,22 @@ _CSV_SCHEMA = {
     "pu": pl.Int64,
 }
 _JSON = json.JSONDecoder()
+_DEPTH_SCHEMA = pl.Struct(
+    {
+        "data": pl.Struct(
+            {
+                "E": pl.Int64,
+                "T": pl.Int64,
+                "s": pl.Utf8,
+                "U": pl.Int64,
+                "u": pl.Int64,
+                "pu": pl.Int64,
+                "b": pl.List(pl.List(pl.Utf8)),
+                "a": pl.List(pl.List(pl.Utf8)),
+            }
+        )
+    }
+)
 _LINE_RE = re.compile(rb"^\d{15,20} \{")
 
 # message kinds
@@ -294,6 +310,15 @@ class _Reader:
                 continue
             parts.append(line[sp + 1 :].rstrip())
             rows.append(row)
+        # depth diffs (most of the bytes) are decoded by polars in one call; the rest, and any
+        # chunk polars refuses, by the json module
+        is_depth = [b'"depthUpdate"' in part[:96] for part in parts]
+        if any(is_depth):
+            dparts = [x for x, d in zip(parts, is_depth, strict=True) if d]
+            drows = [r for r, d in zip(rows, is_depth, strict=True) if d]
+            if self.depth_bulk(dparts, drows, ck):
+                parts = [x for x, d in zip(parts, is_depth, strict=True) if not d]
+                rows = [r for r, d in zip(rows, is_depth, strict=True) if not d]
         # one decoder call per chunk; a bad line makes it fail, then lines are parsed one by one
         # to name the row
         objs = None
@@ -314,7 +339,67 @@ class _Reader:
         for r, obj in zip(rows, objs, strict=True):
             if obj is not None:
                 self.parse_obj(obj, r, ck)
+        ck.msgs.sort(key=lambda m: m[1])  # back into file order
         return row
+
+    def depth_bulk(self, parts: list[bytes], rows: list[int], ck: _Chunk) -> bool:
+        """Decode depthUpdate lines with polars into ``ck``; False (nothing added) if any line
+        is malformed, so the line-by-line path can name it."""
+        try:
+            raw = pl.Series(parts, dtype=pl.Binary).cast(pl.Utf8)
+            df = raw.str.json_decode(_DEPTH_SCHEMA).struct.field("data").struct.unnest()
+        except (pl.exceptions.PolarsError, ValueError, TypeError):
+            return False
+        if (
+            df.select(pl.any_horizontal(pl.col("E", "s", "U", "u", "b", "a").is_null()))
+            .to_series()
+            .any()
+        ):
+            return False
+        nb = df["b"].list.len().to_numpy().astype(np.int64)
+        na = df["a"].list.len().to_numpy().astype(np.int64)
+        total = nb + na
+        lv = df.select(pl.concat_list("b", "a").alias("lv"))["lv"].explode().drop_nulls()
+        if len(lv) != int(total.sum()) or not (lv.list.len() == 2).all():
+            return False
+        base = len(ck.px)
+        ck.px.extend(lv.list.get(0).to_list())
+        ck.qty.extend(lv.list.get(1).to_list())
+        ends = np.cumsum(total)
+        starts = ends - total
+        side = np.full(int(total.sum()), SIDE_ASK, np.int64)
+        nbt = int(nb.sum())
+        side[np.repeat(starts, nb) + np.arange(nbt) - np.repeat(np.cumsum(nb) - nb, nb)] = SIDE_BID
+        ck.side.extend(side.tolist())
+        pu = df["pu"]
+        futures = pu.is_not_null().to_numpy()
+        ts = (
+            np.where(
+                futures & df["T"].is_not_null().to_numpy(),
+                df["T"].fill_null(0).to_numpy(),
+                df["E"].to_numpy(),
+            )
+            * 1_000_000
+        )
+        keys = {}
+        for sym, fut in zip(df["s"].to_list(), futures.tolist(), strict=True):
+            if (sym, fut) not in keys:
+                keys[sym, fut] = self.key_for(sym, fut)
+        key_list = [keys[k] for k in zip(df["s"].to_list(), futures.tolist(), strict=True)]
+        for m in zip(
+            rows,
+            key_list,
+            ts.tolist(),
+            df["U"].to_list(),
+            df["u"].to_list(),
+            pu.fill_null(-1).to_list(),
+            (starts + base).tolist(),
+            (ends + base).tolist(),
+            strict=True,
+        ):
+            ck.msgs.append((_DEPTH, *m))
+        self.last_depth_key = key_list[-1]
+        return True
 
     def parse_obj(self, obj: object, row: int, ck: _Chunk) -> None:
         if not isinstance(obj, dict):
@@ -499,12 +584,9 @@ class _Reader:
         side = np.asarray(ck.side, np.int64)
         lv_bad |= side > 1
         # per-level message index, to find bad messages and group tick inference
-        starts = np.fromiter((m[7] for m in ck.msgs), np.int64, len(ck.msgs))
-        ends = np.fromiter((m[8] for m in ck.msgs), np.int64, len(ck.msgs))
-        counts = ends - starts
         bad_msgs = set()
         if lv_bad.any():
-            msg_of = np.repeat(np.arange(len(ck.msgs)), counts)
+            msg_of = _msg_of(ck)
             for j in np.flatnonzero(lv_bad):
                 mi = int(msg_of[j])
                 if mi in bad_msgs:
@@ -528,7 +610,7 @@ class _Reader:
         ticks = pxv // units
         off_grid = (ticks * units != pxv) & ~lv_bad
         if off_grid.any():
-            msg_of = np.repeat(np.arange(len(ck.msgs)), counts)
+            msg_of = _msg_of(ck)
             for j in np.flatnonzero(off_grid):
                 mi = int(msg_of[j])
                 if mi in bad_msgs:
@@ -692,6 +774,15 @@ class _Reader:
                 self.path,
                 st.gaps,
             )
+
+
+def _msg_of(ck: _Chunk) -> np.ndarray:
+    """Message index of every level of ``ck`` (levels are not in message order: the bulk
+    depth path adds its block first)."""
+    out = np.full(len(ck.px), -1, np.int64)
+    for mi, m in enumerate(ck.msgs):
+        out[m[7] : m[8]] = mi
+    return out
 
 
 def _line_blocks(path: Path) -> Iterator[tuple[list[bytes], str]]:
