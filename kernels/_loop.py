@@ -334,25 +334,38 @@ def _run(
         poff = mid if logsz else a0
         for sd in range(2):
             # ask columns 4l, 4l+1; bid columns 4l+2, 4l+3; bid keys are -price
-            sign = 1 if sd == SIDE_ASK else -1
+            sign = 1.0 if sd == SIDE_ASK else -1.0
             col = 0 if sd == SIDE_ASK else 2
             nc = top_n[i, sd]
+            nreal = min(nc, nlev)
+            # branch-free inner loops: the kind is fixed for the whole call
+            if logsz:
+                for lvl in range(nreal):
+                    vp = np.float32((sign * np.float64(top_key[i, sd, lvl]) - poff) * a1)
+                    vs = np.float32(np.log1p(top_size[i, sd, lvl]))
+                    c = 4 * lvl + col
+                    dst[di, r1, c] = vp
+                    dst[di, r1, c + 1] = vs
+                    dst[di, r2, c] = vp
+                    dst[di, r2, c + 1] = vs
+            else:
+                for lvl in range(nreal):
+                    vp = np.float32((sign * np.float64(top_key[i, sd, lvl]) - poff) * a1)
+                    vs = np.float32((top_size[i, sd, lvl] - a2) * a3)
+                    c = 4 * lvl + col
+                    dst[di, r1, c] = vp
+                    dst[di, r1, c + 1] = vs
+                    dst[di, r2, c] = vp
+                    dst[di, r2, c + 1] = vs
+            # missing levels: one tick beyond the previous one, size 0
             last = top_key[i, sd, nc - 1]
-            for lvl in range(nlev):
-                if lvl < nc:
-                    px = sign * top_key[i, sd, lvl]
-                    sz = top_size[i, sd, lvl]
-                    vs = np.float32(np.log1p(sz) if logsz else (sz - a2) * a3)
-                else:
-                    # missing level: one tick beyond the previous one, size 0
-                    px = sign * (last + (lvl - nc + 1))
-                    vs = vs0
-                vp = np.float32((np.float64(px) - poff) * a1)
+            for lvl in range(nreal, nlev):
+                vp = np.float32((sign * np.float64(last + (lvl - nc + 1)) - poff) * a1)
                 c = 4 * lvl + col
                 dst[di, r1, c] = vp
-                dst[di, r1, c + 1] = vs
+                dst[di, r1, c + 1] = vs0
                 dst[di, r2, c] = vp
-                dst[di, r2, c + 1] = vs
+                dst[di, r2, c + 1] = vs0
         rec = meta[mi]
         rec.ts_event = ts
         rec.ts_recv = ev.ts_recv
