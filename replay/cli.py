@@ -143,7 +143,7 @@ def replay(files, endpoint, speed, bind, skip_bad, batch, coalesce_us, wait, sub
         batches = read_events(files, reg, fmt=fmt, skip_bad=skip_bad, defects=defects)
         try:
             stats = rep.run(batches, reg, progress=show)
-        except DataError as exc:
+        except (DataError, ValueError) as exc:
             raise click.ClickException(str(exc)) from None
         except KeyboardInterrupt:
             interrupted = True
