@@ -23,6 +23,14 @@ def _rates(value: str) -> tuple[float, ...]:
     return out
 
 
+def _console():
+    from rich.console import Console
+
+    # wide tables stay readable when piped to a file (rich assumes 80 columns there)
+    c = Console()
+    return c if c.is_terminal else Console(width=160)
+
+
 @click.group("bench")
 def bench() -> None:
     """Latency (live daemon) and throughput (offline) benchmarks."""
@@ -99,7 +107,6 @@ def latency(rates, seconds, instruments, device, threads, model_path, as_json, o
 
 
 def _latency_table(result: dict) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     t = Table(
@@ -134,7 +141,7 @@ def _latency_table(result: dict) -> None:
             f"{r['dropped']:,}",
             f"{r['daemon_cpu']:.0%}",
         )
-    Console().print(t)
+    _console().print(t)
     s = Table(title="daemon stages, mean / p99 (us, from its Prometheus histograms)")
     s.add_column("target", justify="right")
     stages = list(result["rates"][0]["stages"]) if result["rates"] else []
@@ -148,7 +155,7 @@ def _latency_table(result: dict) -> None:
                 for st in stages
             ),
         )
-    Console().print(s)
+    _console().print(s)
 
 
 @bench.command("throughput")
@@ -219,7 +226,6 @@ def throughput(
     if as_json:
         click.echo(json.dumps(result))
         return
-    from rich.console import Console
     from rich.table import Table
 
     t = Table(
@@ -241,7 +247,7 @@ def throughput(
         ("notebook data path alone", "notebook_data_path_windows_per_s"),
     ):
         t.add_row(name, f"{result[key]:,.0f}", f"{result[key] / m:.0%}")
-    Console().print(t)
+    _console().print(t)
     click.echo(
         f"backtest / notebook: {result['backtest_vs_notebook']:.1f}x end to end, "
         f"{result['data_path_vs_notebook']:.1f}x for the data path alone "

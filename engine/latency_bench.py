@@ -240,17 +240,21 @@ def _config_text(
 
 
 def _phase_streams(
-    rates: Sequence[float], seconds: float, n_instruments: int, start_price: int
+    rates: Sequence[float], seconds: float, n_instruments: int, start_price: int, window: int
 ) -> list[np.ndarray]:
-    """One synthetic stream cut into consecutive pieces, one per rate, each piece's timestamps
-    rescaled to span ``n / rate`` seconds (rate 0: left as generated, 1 us mean gap). One stream keeps sequence numbers
-    contiguous and time increasing across pieces, so the daemon's books stay healthy."""
+    """One synthetic stream cut into consecutive pieces: first a priming piece (about 4 T rows
+    per instrument, sent as fast as possible and not measured, so every ring holds a full
+    window when timing starts), then one piece per rate, its timestamps rescaled to span
+    ``n / rate`` seconds (rate 0: left as generated, 1 us mean gap). One stream keeps sequence
+    numbers contiguous and time increasing across pieces, so the daemon's books stay healthy.
+    """
     from lobstream.replay.synthetic import synthetic_events
 
-    sizes = [int((r or MAX_RATE_EVENTS_PER_S) * seconds) for r in rates]
+    sizes = [8 * window * n_instruments]
+    sizes += [int((r or MAX_RATE_EVENTS_PER_S) * seconds) for r in rates]
     ev = synthetic_events(sum(sizes), n_instruments, seed=0, dt_ns=1_000, start_price=start_price)
     out, a, base = [], 0, int(ev["ts_event"][0]) if len(ev) else 0
-    for r, n in zip(rates, sizes, strict=True):
+    for r, n in zip((0.0, *rates), sizes, strict=True):
         piece = ev[a : a + n].copy()
         a += n
         if len(piece):
@@ -372,15 +376,19 @@ def run_latency(
                 f"see its log {tmp / 'daemon.log'}"
             )
         phases = []
-        streams = _phase_streams(rates, seconds, n_instruments, start_price)
+        prime, *streams = _phase_streams(
+            rates, seconds, n_instruments, start_price, int(manifest["T"])
+        )
         registry = Registry()
         for sym in symbols:
             registry.add(sym, "0.01")
-        for k, (rate, ev) in enumerate(zip(rates, streams, strict=True)):
+        _replay(prime, md, registry, 0.0, True)
+        time.sleep(settle_s)
+        for rate, ev in zip(rates, streams, strict=True):
             before = scrape(metrics_addr)
             cpu0 = _cpu_seconds(daemon.pid)
             t0 = time.monotonic_ns()
-            stats = _replay(ev, md, registry, 1.0 if rate else 0.0, k == 0)
+            stats = _replay(ev, md, registry, 1.0 if rate else 0.0, False)
             t1 = time.monotonic_ns()
             sent = stats.events
             time.sleep(settle_s)  # let the daemon drain what is queued before the next scrape
