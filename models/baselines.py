@@ -178,7 +178,14 @@ class LogisticBaseline:
             loss.backward()
             return loss
 
-        opt.step(closure)
+        # a few thousand x ~15 float64: one thread is fastest, and threads idling in spin-waits
+        # on a busy machine cost seconds per step
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            opt.step(closure)
+        finally:
+            torch.set_num_threads(threads)
         self.coef = coef.detach().numpy().copy()
         self.bias = bias.detach().numpy().copy()
         return self
