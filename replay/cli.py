@@ -103,14 +103,20 @@ def _defects_table(defects: Defects) -> Table:
     is_flag=True,
     help="Also send events of instruments that have not had a snapshot yet.",
 )
+@click.option(
+    "--merge/--sequential",
+    default=False,
+    show_default=True,
+    help="Interleave the FILES by time (several instruments at once) or play one after another.",
+)
 @_REGISTRY
 @_FORMAT
 @click.option("--json", "as_json", is_flag=True, help="Print the end counts as one JSON object.")
 def replay(files, endpoint, speed, bind, skip_bad, batch, coalesce_us, wait, subscribers, hwm,
-           lossless, no_require_snapshot, registry, fmt, as_json) -> None:  # fmt: skip
+           lossless, no_require_snapshot, merge, registry, fmt, as_json) -> None:  # fmt: skip
     """Publish historical FILES as a live market-data feed (ZeroMQ PUB, md.<symbol> topics)."""
     from lobstream.replay.readers import read_events
-    from lobstream.replay.replayer import Replayer, ReplayStats
+    from lobstream.replay.replayer import Replayer, ReplayStats, merge_by_time
 
     reg = _registry(registry)
     defects = Defects()
@@ -140,7 +146,12 @@ def replay(files, endpoint, speed, bind, skip_bad, batch, coalesce_us, wait, sub
         def show(s: ReplayStats) -> None:
             bar.update(task, description=f"{s.events:,} events, {s.events_per_s:,.0f} ev/s")
 
-        batches = read_events(files, reg, fmt=fmt, skip_bad=skip_bad, defects=defects)
+        if merge:
+            batches = merge_by_time(
+                [read_events([f], reg, fmt=fmt, skip_bad=skip_bad, defects=defects) for f in files]
+            )
+        else:
+            batches = read_events(files, reg, fmt=fmt, skip_bad=skip_bad, defects=defects)
         try:
             stats = rep.run(batches, reg, progress=show)
         except (DataError, ValueError) as exc:

@@ -25,6 +25,13 @@ Binance recordings with a REST snapshot, Tardis and Databento MBO start with one
 without any (a continuation file alone) sends nothing for that instrument unless
 ``require_snapshot=False``, in which case the daemon marks the book stale until one arrives.
 
+Several files
+-------------
+By default files are played one after the other (the pacing clock restarts where time goes
+back). :func:`merge_by_time` interleaves several sources by time instead (``--merge``), for
+several instruments at once; it must not be given two files of the same instrument that
+overlap in time.
+
 Sockets
 -------
 The socket is an XPUB (a PUB that also reports subscriptions) that binds (default) or
@@ -38,7 +45,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -98,6 +105,60 @@ def message_cuts(events: np.ndarray, max_events: int, max_span_ns: int) -> np.nd
         events["ts_event"], events["flags"], events["instrument"], max_events, max_span_ns, cuts
     )
     return cuts[:m]
+
+
+def _group_keys(events: np.ndarray) -> np.ndarray:
+    """ts_event of the first event of each event's LAST group, (n,) int64."""
+    ends = (events["flags"] & FLAG_LAST) != 0
+    gid = np.concatenate(([0], np.cumsum(ends[:-1])))
+    starts = np.flatnonzero(np.concatenate(([True], ends[:-1])))
+    return events["ts_event"][starts][gid]
+
+
+def merge_by_time(sources: Sequence[Iterable[np.ndarray]]) -> Iterator[np.ndarray]:
+    """Interleave the batches of several sources (e.g. one reader per file) by ``ts_event``.
+
+    Whole LAST groups are ordered by the time of their first event, ties in source order; each
+    source's own order is kept, so its groups stay contiguous. Memory: one batch per source.
+    Sources must each be in time order (readers validate that).
+    """
+    its = [iter(s) for s in sources]
+    bufs = [np.empty(0, EVENT_DTYPE) for _ in its]
+    live = [True] * len(its)
+
+    def refill(i: int) -> None:
+        # A buffer of a live source always ends with a whole group (LAST).
+        while live[i] and (len(bufs[i]) == 0 or not bufs[i]["flags"][-1] & FLAG_LAST):
+            try:
+                nxt = next(its[i])
+            except StopIteration:
+                live[i] = False
+                break
+            bufs[i] = np.concatenate([bufs[i], nxt]) if len(bufs[i]) else nxt
+
+    for i in range(len(its)):
+        refill(i)
+    while any(len(b) for b in bufs):
+        # Nothing later than the earliest "last seen" time of a live source is safe yet.
+        tails = [(int(b["ts_event"][-1]), i) for i, b in enumerate(bufs) if live[i] and len(b)]
+        horizon, first = min(tails) if tails else (np.iinfo(np.int64).max, -1)
+        parts, keys = [], []
+        for i, b in enumerate(bufs):
+            if len(b) == 0:
+                continue
+            if i == first or not live[i]:
+                k = len(b)
+            else:
+                k = int(np.searchsorted(np.maximum.accumulate(b["ts_event"]), horizon, "right"))
+                last = np.flatnonzero(b["flags"][:k] & FLAG_LAST)
+                k = int(last[-1]) + 1 if len(last) else 0  # whole groups only
+            if k:
+                parts.append(b[:k])
+                keys.append(_group_keys(b[:k]))
+                bufs[i] = b[k:]
+                refill(i)
+        merged = np.concatenate(parts)
+        yield merged[np.argsort(np.concatenate(keys), kind="stable")]
 
 
 @dataclass

@@ -8,14 +8,17 @@ import threading
 import numpy as np
 import pytest
 import zmq
+from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
 
+from lobstream.engine.cli import main
 from lobstream.kernels.dtypes import ACTION_CLEAR, EVENT_DTYPE, FLAG_LAST, FLAG_SNAPSHOT
 from lobstream.kernels.registry import Registry
 from lobstream.replay import wire
 from lobstream.replay.readers import lobster
-from lobstream.replay.replayer import Replayer, message_cuts
+from lobstream.replay.readers.parquet import ParquetWriter
+from lobstream.replay.replayer import Replayer, merge_by_time, message_cuts
 
 AAPL999 = "lobster/truncated_first999/AAPL_2012-06-21_34200000_57600000_message_10.csv"
 
@@ -201,3 +204,70 @@ def test_message_cuts_properties(groups, max_events, last_partial):
             assert b - a <= max_events or n_groups <= 1
             if n_groups > 1:
                 assert ev["ts_event"][b - 1] - ev["ts_event"][a] <= span
+
+
+@given(
+    st.lists(
+        st.lists(st.tuples(st.integers(1, 4), st.integers(0, 3)), min_size=0, max_size=15),
+        min_size=1,
+        max_size=4,
+    ),
+    st.integers(1, 7),
+)
+def test_merge_by_time_properties(sources, batch):
+    """sources: per source, groups of (size, ts step); merged output keeps every event once,
+    each source's order, whole groups, and group start times in order."""
+    arrays = []
+    for s_id, groups in enumerate(sources):
+        sizes = [g[0] for g in groups]
+        ev = np.zeros(sum(sizes), EVENT_DTYPE)
+        ev["instrument"] = s_id
+        ev["seq"] = np.arange(len(ev))
+        t, pos = 0, 0
+        for size, step in groups:
+            t += step
+            ev["ts_event"][pos : pos + size] = t
+            ev["flags"][pos + size - 1] = FLAG_LAST
+            pos += size
+        arrays.append(ev)
+    splits = [[a[i : i + batch] for i in range(0, len(a), batch)] for a in arrays]
+    out = list(merge_by_time(splits))
+    merged = np.concatenate(out) if out else np.empty(0, EVENT_DTYPE)
+    assert len(merged) == sum(len(a) for a in arrays)
+    if len(merged) == 0:
+        return
+    for s_id, a in enumerate(arrays):
+        mine = merged[merged["instrument"] == s_id]
+        assert (mine["seq"] == a["seq"]).all()
+    # groups contiguous: an instrument changes only after a LAST event
+    change = np.flatnonzero(merged["instrument"][1:] != merged["instrument"][:-1])
+    assert (merged["flags"][change] & FLAG_LAST).all()
+    starts = np.r_[0, change + 1]
+    assert (np.diff(merged["ts_event"][starts]) >= 0).all()
+
+
+def test_cli_merge_two_instruments(data_dir, tmp_path):
+    reg = Registry()
+    a = stream(20, instruments=(0,), gap_ns=1000)
+    b = stream(20, instruments=(0,), gap_ns=1500)
+    b["ts_event"] += 500
+    for sym, ev in (("A", a), ("B", b)):
+        reg.add(sym, "0.01")
+        ev["instrument"] = reg.by_symbol(sym).id
+        with ParquetWriter(tmp_path / sym, reg) as w:
+            w.write(ev)
+    ep = f"ipc://{tmp_path}/m.sock"
+    ctx = zmq.Context()
+    try:
+        sub = Counter(ctx, ep, 120)
+        sub.start()
+        res = CliRunner().invoke(main, ["replay", str(tmp_path / "A"), str(tmp_path / "B"),
+                                        "--to", ep, "--speed", "0", "--merge", "--batch", "6",
+                                        "--subscribers", "1", "--wait", "10", "--json"])  # fmt: skip
+        sub.join(30)
+    finally:
+        ctx.term()
+    assert res.exit_code == 0, res.output
+    got = sub.events()
+    assert len(got) == 120 and sub.symbols == {"A", "B"}
+    assert (np.diff(got["ts_event"][got["flags"] & FLAG_LAST != 0]) >= 0).all()
