@@ -90,7 +90,9 @@ def _eager_model(module, manifest: dict):
     return model
 
 
-def notebook_way(rows: np.ndarray, T: int, model, batch: int = NOTEBOOK_BATCH) -> np.ndarray:
+def notebook_way(
+    rows: np.ndarray, T: int, model, batch: int = NOTEBOOK_BATCH, device: str = "cpu"
+) -> np.ndarray:
     """The reference notebooks' inference: Python window loop, DataLoader, eager batches.
 
     Parameters
@@ -98,6 +100,8 @@ def notebook_way(rows: np.ndarray, T: int, model, batch: int = NOTEBOOK_BATCH) -
     rows : (m, F) float32 normalised rows of one instrument. Not modified.
     T : window length.
     model : eager ``nn.Module`` in eval mode, or None to time the data path alone (NaN out).
+    batch : DataLoader batch size (the notebooks use 64).
+    device : where the batches go (the model must be there already).
 
     Returns
     -------
@@ -124,12 +128,12 @@ def notebook_way(rows: np.ndarray, T: int, model, batch: int = NOTEBOOK_BATCH) -
     loader = DataLoader(_Windows(data_x), batch_size=batch, shuffle=False)
     out = []
     for inputs in loader:
-        x = inputs.to(dtype=torch.float)
+        x = inputs.to(device, dtype=torch.float)
         if model is None:  # data path alone: windows built and batched, no model call
             out.append(np.full((len(x), 3), np.nan, np.float32))
             continue
         logits = model(x)
-        out.append(torch.softmax(logits, dim=1).detach().numpy())
+        out.append(torch.softmax(logits, dim=1).detach().cpu().numpy())
     return np.concatenate(out)
 
 
@@ -205,8 +209,11 @@ def run_throughput(
         if sum(len(r) for r in rows_list) >= notebook_windows + T - 1:
             break
     rows = np.concatenate(rows_list)[: notebook_windows + T - 1]
-    eager = _eager_model(module.cpu() if device != "cpu" else module, manifest)
-    notebook_way(rows[: T + NOTEBOOK_BATCH], T, eager)  # warm
+    # the notebooks run on the GPU when there is one: so does their way here
+    dev = str(runner.device)
+    cpu_module, _ = load_model(model_path, device="cpu")
+    eager = _eager_model(cpu_module, manifest).to(dev)
+    notebook_way(rows[: T + NOTEBOOK_BATCH], T, eager, device=dev)  # warm
 
     # The machine is shared: the paths are measured in turns, ``repeat`` times, and the
     # medians compared, so a burst of load elsewhere hits all of them alike.
@@ -224,10 +231,10 @@ def run_throughput(
         res_read = backtest_once(read())
         bt_read_wps.append(res_read.n_windows / (time.perf_counter() - t0))
         t0 = time.perf_counter()
-        nb = notebook_way(rows, T, eager)
+        nb = notebook_way(rows, T, eager, device=dev)
         nb_wps.append(len(nb) / (time.perf_counter() - t0))
         t0 = time.perf_counter()
-        notebook_way(rows, T, None)
+        notebook_way(rows, T, None, device=dev)
         nb_data_wps.append(len(nb) / (time.perf_counter() - t0))
     med = statistics.median
     model_wps, bt, nbw = med(m_wps), med(bt_wps), med(nb_wps)
@@ -250,7 +257,7 @@ def run_throughput(
         "model": str(model_path),
         "files": [str(f) for f in files],
         "threads": threads,
-        "device": device,
+        "device": dev,
     }
 
 

@@ -173,3 +173,30 @@ def test_latency_smoke_stops_everything(artifact, tmp_path):
     assert (tmp_path / "latency.png").stat().st_size > 0
     assert json.loads((tmp_path / "latency.json").read_text())["rates"]
     assert set(_children(os.getpid())) <= before
+
+
+@pytest.mark.gpu
+def test_throughput_and_latency_on_cuda(artifact, tmp_path):
+    args = ["--model", str(artifact), "--device", "cuda", "--json"]
+    res = CliRunner().invoke(
+        bench,
+        [
+            "throughput",
+            *args,
+            "--files",
+            str(GOOG_MESSAGE_10),
+            "--windows",
+            "256",
+            "--notebook-windows",
+            "64",
+            "--repeat",
+            "1",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output.strip().splitlines()[-1])["device"].startswith("cuda")
+    res = CliRunner().invoke(
+        bench, ["latency", *args, "--rates", "2000", "--seconds", "0.3", "--instruments", "2"]
+    )
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output.strip().splitlines()[-1])["rates"][0]["n_signals"] > 0
