@@ -28,6 +28,11 @@ What is emitted, per instrument:
   Times are clamped to be non-decreasing per instrument (trades and depth come from separate
   streams); clamps are counted in the log. ``ts_recv`` is 0: the recorder's clock is wall time,
   not this host's monotonic clock.
+- Decoding: ``depthUpdate`` lines (most of the bytes) are decoded in bulk by polars under an
+  explicit schema, the other lines by the json module, one call per block of about 1 MiB of
+  compressed input; a block with a malformed line falls back to line-by-line decoding, which
+  names the row. Gzip is inflated here block by block, so every whole line before a truncation
+  is read and memory stays flat (about 310 MiB peak RSS for one USD-M file and for ten).
 - Instruments are registered as ``binance:SYM`` (spot), ``binance-futures:SYM`` (USD-M) and
   ``binance-delivery:SYM`` (COIN-M); a registry entry under the plain symbol is used too. Without
   one, the tick is inferred as the coarsest grid holding every price of the first chunk
