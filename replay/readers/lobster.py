@@ -27,6 +27,8 @@ announced level inside the covered range but missing from the row is deleted (si
 outside it is kept without an event (it may still rest deeper), and is corrected (new size or
 size 0) as soon as the covered range reaches it again. So the book rebuilt from the events
 equals the orderbook file's top N after every row, and deeper levels are the last known ones.
+At most ``HIDDEN_CAPACITY`` such levels are kept per side; beyond that the deepest one is
+removed with a size-0 update (it lies below the top N, so the equality still holds).
 
 Timestamps, prices, dates
 -------------------------
@@ -35,8 +37,19 @@ nanoseconds (a 10th decimal rounds half up); midnight is that of the file-name d
 exchange's zone (America/New_York), so ``ts_event`` is UTC ns. Prices are USD x 10000 and
 become ticks through the registry entry of the symbol (``tick_size`` and optional
 ``price_scale.lobster``, default 10000); a symbol not in the registry is added with tick 0.01
-(logged). A price off the tick grid is a :class:`DataError`. ``seq`` numbers the events of a
-file from 1; ``ts_recv`` is 0.
+(logged). A price off the tick grid is a :class:`DataError`, except hidden executions (type
+5), which may print at the midpoint: they are rounded half up to a tick (counted, logged).
+``seq`` numbers the events of a file from 1; ``ts_recv`` is 0.
+
+Reading and validation
+----------------------
+Both files are read in lockstep, ``CHUNK_ROWS`` rows at a time (gzip streamed), parsed by a
+Numba kernel and checked by functions of their own (:func:`format_problems`,
+:func:`validate_messages`, :func:`orderbook_problems`): column count, non-numbers, time going
+backwards, message type and direction, non-positive prices, negative sizes, off-grid prices,
+levels not best first, and unequal row counts. The first bad row raises :class:`DataError`
+naming the file and its 1-based row; with ``skip_bad`` the row is dropped from both files and
+counted by kind in ``defects``.
 """
 
 from __future__ import annotations
@@ -53,9 +66,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lobstream.kernels.dtypes import (
-    EVENT_DTYPE,
-)
+from lobstream.kernels.dtypes import EVENT_DTYPE
 from lobstream.kernels.registry import Instrument, Registry
 from lobstream.replay.errors import DataError, Defects
 from lobstream.replay.readers._lobster_kernel import (
@@ -86,7 +97,6 @@ _NAME_RE = re.compile(
     r"^(?P<symbol>.+?)_(?P<date>\d{4}-\d{2}-\d{2})_(?P<start>\d+)_(?P<end>\d+)_"
     r"(?P<kind>message|orderbook)_(?P<levels>\d+)\.csv(?:\.gz)?$"
 )
-_MSG_COLS = ("time", "type", "order_id", "size", "price", "direction")
 
 
 @dataclass(frozen=True)
