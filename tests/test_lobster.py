@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lobstream.kernels import book as kbook
@@ -223,6 +223,7 @@ def evolving_books(draw):
     return messages, books
 
 
+@settings(max_examples=30)
 @given(evolving_books(), st.integers(1, 4), st.booleans())
 def test_generated_book_equals_topn_every_row(tmp_path_factory, case, levels, gz):
     messages, books = case
