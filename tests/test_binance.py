@@ -399,3 +399,33 @@ def test_parse_fixed_is_exact(x):
     v, status, _ = _decimal.parse_fixed([s, "1e5", "", "1.2.3"], 8)
     assert status.tolist() == [0, _decimal.NOT_NUMBER, _decimal.EMPTY, _decimal.NOT_NUMBER]
     assert v[0] == int(x.scaleb(8))
+
+
+# --- Hyperliquid (same recorder) --------------------------------------------------------------
+
+
+def test_hyperliquid_books_equal_every_l2book(data_dir):
+    path = data_dir / "hyperliquid_hftbacktest" / "btcusd_20250126.gz"
+    assert reader_for(path).FORMAT == "binance"
+    ev = _read([path])
+    books, tids = [], set()
+    with gzip.open(path, "rt") as fh:
+        for line in fh:
+            obj = json.loads(line.split(" ", 1)[1])
+            if obj["channel"] == "l2Book":
+                books.append(obj["data"]["levels"])
+            else:
+                tids.update(t["tid"] for t in obj["data"])
+    assert int((ev["action"] == ACTION_TRADE).sum()) == len(tids)  # repeats dropped
+    book_ev = ev[ev["action"] != ACTION_TRADE]
+    ends = np.flatnonzero(book_ev["flags"] & FLAG_LAST)
+    assert len(ends) == len(books) == int((ev["action"] == ACTION_CLEAR).sum())
+    bk = B.new_book(1, 4096)
+    rep = B.new_report()
+    k = 0
+    for (bids, asks), end in zip(books, ends, strict=True):
+        B.apply_events(bk, book_ev[k : end + 1], rep)
+        k = end + 1
+        assert B.levels(bk, 0, 0, 20) == [(int(Decimal(x["px"])), float(x["sz"])) for x in bids]
+        assert B.levels(bk, 0, 1, 20) == [(int(Decimal(x["px"])), float(x["sz"])) for x in asks]
+    assert rep[0].sum() == 0
