@@ -33,6 +33,7 @@ class ModelConfig:
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 1  # torch intra-op threads on CPU
     max_batch: int = 256  # most windows in one model call
+    overlap_batch: int = 16  # batches this large run on an inference thread; 0 = always inline
     reload_poll_s: float = 1.0  # how often the artifact file is checked for change; 0 = never
 
 
@@ -269,6 +270,11 @@ def _check(cfg: ServeConfig, source: str) -> None:
         value = getattr(getattr(cfg, table), key)
         if value <= 0:
             raise ConfigError(f"{source}: {table}.{key} = {value!r}; expected a positive number")
+    if cfg.model.overlap_batch < 0:
+        raise ConfigError(
+            f"{source}: model.overlap_batch = {cfg.model.overlap_batch}; expected >= 0 "
+            "(0 runs every model call inline)"
+        )
     sha = cfg.model.sha256.lower()
     if sha and (len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha)):
         raise ConfigError(

@@ -32,7 +32,7 @@ from lobstream.engine.config import ServeConfig
 from lobstream.engine.ingest import Ingest
 from lobstream.engine.metrics import Metrics, RateLimitedLog
 from lobstream.engine.publisher import Publisher
-from lobstream.engine.scheduler import Scheduler
+from lobstream.engine.scheduler import InferenceWorker, Scheduler
 from lobstream.kernels.book import new_book, new_report
 from lobstream.kernels.dtypes import CODE_CROSSED, CODE_SEQ_GAP, SIGNAL_DTYPE
 from lobstream.kernels.ring import apply_events_rows, gather_windows, new_ring
@@ -132,6 +132,9 @@ class Daemon:
         self._pending: LoadedModel | None = None
         self._loader: threading.Thread | None = None
         self.metrics_port: int | None = None
+        self.worker: InferenceWorker | None = None
+        self._inflight: tuple | None = None  # (ids, meta, conflated, t_gather, t_model) of a job
+        self.poller = zmq.Poller()
         self.started = threading.Event()  # set once sockets are open (tests wait on it)
         self.t_start = time.monotonic()
 
@@ -153,6 +156,10 @@ class Daemon:
             self.metrics_port = self.metrics.serve_http(self.cfg.metrics.address)
         self.publisher = Publisher(self.ctx, self.cfg.publish, self.symbols)
         self.ingest = Ingest(self.ctx, self.cfg.ingest, self.symbols, self.metrics, self.rlog)
+        self.poller.register(self.ingest.sock, zmq.POLLIN)
+        if self.cfg.model.overlap_batch:
+            self.worker = InferenceWorker(self.ctx)
+            self.poller.register(self.worker.sock, zmq.POLLIN)
         self.started.set()
 
     def run(self) -> int:
@@ -168,14 +175,16 @@ class Daemon:
         )
         next_status = time.monotonic() + self.cfg.publish.status_interval_s
         next_poll = time.monotonic() + (self.cfg.model.reload_poll_s or 1e18)
-        ingest = self.ingest
         try:
             while not self._stop.is_set():
-                if self._pending is not None:
+                if self._pending is not None and self._inflight is None:
                     self._swap_model()
-                busy = ingest.backlog or len(self.scheduler.due(self.ring.count, self.book.stale))
+                busy = self.ingest.backlog or (
+                    self._inflight is None
+                    and len(self.scheduler.due(self.ring.count, self.book.stale))
+                )
                 if not busy:
-                    ingest.wait(_IDLE_WAIT_MS)
+                    self.poller.poll(_IDLE_WAIT_MS)
                 self.round()
                 now = time.monotonic()
                 if now >= next_status:
@@ -198,9 +207,11 @@ class Daemon:
         Accounting of the applied batch (kernel conditions, stale changes, gauges) runs after
         the signals are out, so it never sits between an event and its signal.
         """
+        sent = self._finish_inflight() if self.worker is not None and self.worker.done() else 0
         events, _ = self.ingest.drain()
         applied = self._apply_kernel(events) if events is not None else None
-        sent = self.infer_and_publish()
+        if self._inflight is None:
+            sent += self.infer_and_publish(overlap=True)
         if applied is not None:
             self._account(*applied)
         return sent
@@ -244,21 +255,41 @@ class Daemon:
         for i in np.flatnonzero(before & ~now):
             self.rlog.warning("healed", "%s healed by a snapshot", self.symbols[i])
 
-    def infer_and_publish(self) -> int:
-        """Infer the due instruments (at most ``max_batch``) and publish their signals."""
+    def infer_and_publish(self, overlap: bool = False) -> int:
+        """Infer the due instruments (at most ``max_batch``) and publish their signals.
+
+        With ``overlap`` and a batch of at least ``model.overlap_batch`` windows, the model
+        call is handed to the inference thread and published by a later round (returns 0);
+        smaller batches (low load) run inline, the lowest-latency path.
+        """
         ids, conflated = self.scheduler.select(self.ring.count, self.book.stale)
         b = len(ids)
         if b == 0:
             return 0
-        m = self.metrics
         runner = self.model.runner
         t0 = time.perf_counter_ns()
         gather_windows(self.ring, ids, runner.input)
+        meta = self.ring.meta[ids]  # a copy: rows applied meanwhile do not change it
         t1 = time.perf_counter_ns()
+        if overlap and self.worker is not None and b >= self.cfg.model.overlap_batch:
+            self._inflight = (ids, meta, conflated, t0, t1)
+            self.worker.submit(runner, b)
+            return 0
         probs = runner.infer(b)
+        return self._publish(ids, meta, probs, conflated, t0, t1)
+
+    def _finish_inflight(self) -> int:
+        ids, meta, conflated, t0, t1 = self._inflight
+        self._inflight = None
+        if self.worker.error is not None:
+            raise RuntimeError("model call on the inference thread failed") from self.worker.error
+        return self._publish(ids, meta, self.worker.result, conflated, t0, t1)
+
+    def _publish(self, ids, meta, probs, conflated: int, t0: int, t1: int) -> int:
         t2 = time.perf_counter_ns()
+        b = len(ids)
+        m = self.metrics
         rec = self.records[:b]
-        meta = self.ring.meta[ids]
         rec["instrument"] = ids
         rec["model_id"] = self.model.model_id
         rec["seq"] = meta["seq"]
@@ -373,6 +404,11 @@ class Daemon:
         if self.ingest is not None:
             self.ingest.close()
             self.ingest = None
+        if self._inflight is not None and self.worker.done(timeout_ms=1000):
+            self._finish_inflight()  # the batch in flight
+        if self.worker is not None:
+            self.worker.close()
+            self.worker = None
         if self.publisher is not None:
             sent = self.infer_and_publish()  # windows already applied but not yet inferred
             logger.info("shutdown: published %s signals in flight; final heartbeat", sent)

@@ -61,13 +61,7 @@ class Ingest:
         for ep in cfg.endpoints:
             (self.sock.bind if cfg.mode == "bind" else self.sock.connect)(ep)
         logger.info("ingest %s %s, topics %s", cfg.mode, list(cfg.endpoints), list(cfg.topics))
-        self.poller = zmq.Poller()
-        self.poller.register(self.sock, zmq.POLLIN)
         self.backlog = False  # True when the last drain stopped at max_drain
-
-    def wait(self, timeout_ms: int) -> bool:
-        """Block up to ``timeout_ms`` for the next message; whether one is waiting."""
-        return bool(self.poller.poll(timeout_ms))
 
     def drain(self) -> tuple[np.ndarray | None, int]:
         """Take what has arrived, at most ``max_drain`` messages, without blocking.

@@ -9,7 +9,10 @@ two inferences beyond the first are counted as conflated.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
+import zmq
 
 
 class Scheduler:
@@ -66,3 +69,71 @@ class Scheduler:
         """Drop pending rows of stale instruments: their windows predate the fault."""
         s = stale != 0
         self.last[s] = np.maximum(self.last[s], count[s])
+
+
+class InferenceWorker:
+    """Runs ``runner.infer(n)`` on its own thread, so the loop keeps draining and applying
+    market data while a large batch is in the model (TorchScript releases the GIL).
+
+    The loop owns one end of an inproc PAIR socket (``sock``, created here, in the loop's
+    thread); the worker thread creates and owns the other end and sends one empty message per
+    finished call, which the loop polls next to its ingest socket. The runner's input buffer
+    must not be written while a call is in flight.
+    """
+
+    def __init__(self, ctx: zmq.Context) -> None:
+        self.addr = f"inproc://lobstream-infer-{id(self)}"
+        self.sock = ctx.socket(zmq.PAIR)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.bind(self.addr)  # inproc: bind before the worker connects
+        self._ctx = ctx
+        self._go = threading.Event()
+        self._stop = threading.Event()
+        self._job: tuple | None = None
+        self.result: np.ndarray | None = None
+        self.error: BaseException | None = None
+        self.busy = False
+        self.thread = threading.Thread(target=self._run, name="lobstream-infer", daemon=True)
+        self.thread.start()
+
+    def submit(self, runner, n: int) -> None:
+        """Start ``runner.infer(n)``; its result is in ``result`` once :meth:`done`."""
+        self._job = (runner, n)
+        self.busy = True
+        self._go.set()
+
+    def done(self, timeout_ms: int = 0) -> bool:
+        """Whether the call in flight has finished (waits up to ``timeout_ms``)."""
+        if not self.busy or not self.sock.poll(timeout_ms):
+            return False
+        self.sock.recv()
+        self.busy = False
+        return True
+
+    def _run(self) -> None:
+        sock = self._ctx.socket(zmq.PAIR)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(self.addr)
+        try:
+            while not self._stop.is_set():
+                if not self._go.wait(0.1):
+                    continue
+                self._go.clear()
+                if self._job is None:
+                    continue
+                runner, n = self._job
+                self._job = None
+                try:
+                    self.result, self.error = runner.infer(n), None
+                except BaseException as exc:  # handed to the loop, which decides
+                    self.result, self.error = None, exc
+                sock.send(b"")
+        finally:
+            sock.close()
+
+    def close(self, timeout_s: float = 1.0) -> None:
+        """Stop the thread (joined with a timeout) and close the loop's socket."""
+        self._stop.set()
+        self._go.set()
+        self.thread.join(timeout=timeout_s)
+        self.sock.close()
