@@ -339,7 +339,8 @@ def evaluate(
     ``n_scored``, ``seconds``, ``windows_per_s``, ``metrics`` (:func:`lobstream.models.metrics.
     classification_report` of the argmax against the artifact's labels, on rows with both a
     window and a label), ``trading`` (:func:`lobstream.replay.trading.trade_stats` at
-    ``config.threshold`` plus ``config`` and ``sweep``) and ``kernel_conditions``.
+    ``config.threshold`` plus ``config``, ``sweep`` and ``per_instrument`` stats keyed by
+    instrument id) and ``kernel_conditions``.
     """
     from lobstream.models.metrics import classification_report
 
@@ -352,6 +353,10 @@ def evaluate(
         **trade_stats(trades),
         "config": asdict(config),
         "sweep": threshold_sweep(result.probs, result.meta, config, thresholds, tick_sizes),
+        "per_instrument": {
+            str(int(i)): trade_stats(_subset(trades, trades.instrument == i))
+            for i in np.unique(result.meta["instrument"])
+        },
     }
     summary = {
         "model": {
@@ -370,6 +375,10 @@ def evaluate(
         "kernel_conditions": result.report,
     }
     return summary, trades
+
+
+def _subset(trades: Trades, mask: np.ndarray) -> Trades:
+    return Trades(*(col[mask] for col in trades))
 
 
 def trading_config_for(manifest: dict, **overrides) -> TradingConfig:

@@ -181,6 +181,10 @@ def backtest(
     )
     summary["files"] = [str(f) for f in files]
     summary["instruments"] = {inst.symbol: inst.id for inst in reg}
+    # per-instrument trading stats keyed by symbol for people (ids are this run's registry)
+    summary["trading"]["per_instrument"] = {
+        reg.by_id(int(i)).symbol: v for i, v in summary["trading"]["per_instrument"].items()
+    }
     if plots_dir:
         summary["plots"] = [
             str(p) for p in _plots(Path(plots_dir), result, summary, trades, threshold)

@@ -195,6 +195,10 @@ def test_evaluate_report_and_trading():
     assert t["costs"] == pytest.approx(2 * 0.01 * t["n_trades"])
     assert [s["threshold"] for s in t["sweep"]] == [0.4, 0.6]
     assert t["config"]["horizon"] == 3
+    per = t["per_instrument"]
+    assert set(per) == {"0", "1"}
+    assert sum(v["n_trades"] for v in per.values()) == t["n_trades"]
+    assert sum(v["net_pnl"] for v in per.values()) == pytest.approx(t["net_pnl"])
 
 
 class _Recording:
@@ -326,5 +330,6 @@ def test_backtest_cli_json_and_plots(tmp_path):
     assert t["config"]["latency_ns"] == 1_000_000 and t["config"]["horizon"] == 5
     assert t["n_trades"] > 0 and len(t["sweep"]) == 6
     assert out["instruments"] == {"GOOG": 0}
+    assert out["trading"]["per_instrument"]["GOOG"]["n_trades"] == t["n_trades"]
     for name in ("equity", "confusion", "calibration", "signals"):
         assert (tmp_path / "plots" / f"{name}.png").stat().st_size > 1000
