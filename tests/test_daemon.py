@@ -494,3 +494,28 @@ def test_reload_on_file_change_and_json_encoding(artifact, ipc_dir, tmp_path):
     assert topic_payloads and topic_payloads[0].startswith(b'{"symbol":"AAA"')
     rec = decode(topic_payloads[0])
     assert rec["model_id"][0] == int(new_sha[:8], 16)
+
+
+def test_example_subscriber_prints_signals(artifact, ipc_dir):
+    symbols = ["AAA"]
+    run = Running(make_cfg(ipc_dir, artifact, symbols), symbols)
+    example = Path(__file__).resolve().parents[1] / "examples" / "subscribe.py"
+    proc = subprocess.Popen(
+        [sys.executable, str(example), f"ipc://{ipc_dir}/sig", "--seconds", "60"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        # its first heartbeat line says it is subscribed; then feed events
+        first = proc.stdout.readline()
+        assert first.startswith("status:"), first
+        run.wait_messages(run.send(synthetic_events(400, 1, seed=6, levels=4)))
+        line = proc.stdout.readline()
+        while line.startswith("status:"):
+            line = proc.stdout.readline()
+        assert line.startswith("AAA seq=") and "latency=" in line, line
+    finally:
+        proc.kill()
+        proc.wait(10)
+        run.stop()

@@ -1,0 +1,44 @@
+"""Print the signals and heartbeats of a running ``lobstream serve`` daemon.
+
+    python examples/subscribe.py ipc:///tmp/lobstream-sig [--symbol GOOG] [--seconds 30]
+
+Both encodings (binary SIGNAL_DTYPE records and JSON) are decoded by the subscriber helper.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from lobstream.engine.subscriber import Subscriber
+from lobstream.kernels.dtypes import CLASS_NAMES
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("endpoint", help="the daemon's publish.endpoint")
+    ap.add_argument("--symbol", action="append", help="only these symbols (repeatable)")
+    ap.add_argument("--seconds", type=float, default=30.0, help="stop after this long")
+    args = ap.parse_args()
+    end = time.monotonic() + args.seconds
+    with Subscriber(args.endpoint, symbols=args.symbol) as sub:
+        while time.monotonic() < end:
+            msg = sub.recv(timeout_s=0.5)
+            if msg is None:
+                continue
+            if msg.kind == "status":
+                s = msg.status
+                print(f"status: {s['stale']} stale, counts {s['counts']}")
+                continue
+            for rec, lat in zip(msg.records, msg.latency_ns, strict=True):
+                probs = " ".join(
+                    f"{n}={p:.3f}" for n, p in zip(CLASS_NAMES, rec["prob"], strict=True)
+                )
+                print(
+                    f"{msg.symbol} seq={rec['seq']} {CLASS_NAMES[rec['pred']]:>4} {probs} "
+                    f"latency={lat / 1e3:.0f}us"
+                )
+
+
+if __name__ == "__main__":
+    main()
