@@ -324,6 +324,12 @@ def test_spot_sync_rules(tmp_path):
     assert ev["side"][-1] == 1  # buyer is maker: a sell-initiated trade
 
 
+def test_empty_snapshot_is_a_clear_with_last(tmp_path):
+    ev = _read([_rec(tmp_path, [{"lastUpdateId": 5, "bids": [], "asks": []}])])
+    assert ev["action"].tolist() == [ACTION_CLEAR]
+    assert ev["flags"][0] == FLAG_SNAPSHOT | FLAG_LAST
+
+
 def test_futures_pu_chain(tmp_path):
     snap = dict(SNAP, E=1700000000000, T=1700000000000)
     lines = [

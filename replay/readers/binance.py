@@ -786,29 +786,61 @@ class _Reader:
             ch.seq += n
 
     def emit(self, plan: list) -> np.ndarray:
-        n = sum(1 if p[1] < 0 else p[6].msgs[p[1]][8] - p[6].msgs[p[1]][7] for p in plan)
-        out = np.zeros(n, EVENT_DTYPE)
-        k = 0
-        for action, mi, seq0, ts, flags, key, src in plan:
-            inst = self.inst[key].id
-            if mi < 0:
-                out[k] = (ts, 0, seq0, 0, 0.0, inst, 0, action, flags)
-                k += 1
-                continue
-            s, e = src.msgs[mi][7], src.msgs[mi][8]
-            cnt = e - s
-            seg = out[k : k + cnt]
-            seg["ts_event"] = ts
-            seg["price"] = src.ticks[s:e]
-            seg["size"] = src.size[s:e]
-            seg["side"] = src.sides[s:e]
-            seg["instrument"] = inst
-            seg["action"] = action
-            if action != ACTION_TRADE:
-                seg["seq"] = np.arange(seq0, seq0 + cnt, dtype=np.uint64)
-                seg["flags"] = flags
-                seg["flags"][-1] |= FLAG_LAST
-            k += cnt
+        """Events of the planned pieces, built with whole-array operations (no loop per level).
+
+        A piece is (action, message index or -1 for a clear, first seq, ts, flags, instrument
+        key, chunk holding its levels): a clear is one event, other pieces one per level.
+        """
+        n_p = len(plan)
+        if n_p == 0:
+            return np.zeros(0, EVENT_DTYPE)
+        # the levels of every chunk the plan refers to, end to end (usually only this one)
+        chunks: dict[int, int] = {}
+        parts = []
+        base = 0
+        for p in plan:
+            if id(p[6]) not in chunks:
+                chunks[id(p[6])] = base
+                parts.append(p[6])
+                base += len(p[6].ticks)
+        ticks = np.concatenate([c.ticks for c in parts]) if len(parts) > 1 else parts[0].ticks
+        size = np.concatenate([c.size for c in parts]) if len(parts) > 1 else parts[0].size
+        sides = np.concatenate([c.sides for c in parts]) if len(parts) > 1 else parts[0].sides
+        if ticks.size == 0:  # only clears (snapshots without levels): nothing to gather
+            ticks, size, sides = np.zeros(1, np.int64), np.zeros(1), np.zeros(1, np.int64)
+        ids = {key: inst.id for key, inst in self.inst.items()}
+        act = np.fromiter((p[0] for p in plan), np.uint8, n_p)
+        seq0 = np.fromiter((p[2] for p in plan), np.int64, n_p)
+        ts = np.fromiter((p[3] for p in plan), np.int64, n_p)
+        flags = np.fromiter((p[4] for p in plan), np.uint8, n_p)
+        inst = np.fromiter((ids[p[5]] for p in plan), np.uint32, n_p)
+        lo = np.fromiter(
+            (chunks[id(p[6])] + p[6].msgs[p[1]][7] if p[1] >= 0 else 0 for p in plan), np.int64, n_p
+        )
+        cnt = np.fromiter(
+            (p[6].msgs[p[1]][8] - p[6].msgs[p[1]][7] if p[1] >= 0 else 1 for p in plan),
+            np.int64,
+            n_p,
+        )
+        ends = np.cumsum(cnt)
+        piece = np.repeat(np.arange(n_p), cnt)
+        within = np.arange(int(ends[-1])) - np.repeat(ends - cnt, cnt)
+        src = np.repeat(lo, cnt) + within
+        a = act[piece]
+        clear = a == ACTION_CLEAR
+        trade = a == ACTION_TRADE
+        out = np.zeros(len(piece), EVENT_DTYPE)
+        out["ts_event"] = ts[piece]
+        out["instrument"] = inst[piece]
+        out["action"] = a
+        out["price"] = np.where(clear, 0, ticks[src])
+        out["size"] = np.where(clear, 0.0, size[src])
+        out["side"] = np.where(clear, 0, sides[src])
+        out["seq"] = np.where(trade, 0, seq0[piece] + within).astype(np.uint64)
+        fl = np.where(trade, 0, flags[piece]).astype(np.uint8)
+        upd_end = ends[act == ACTION_UPDATE] - 1
+        fl[upd_end] |= FLAG_LAST
+        out["flags"] = fl
         return out
 
     def finish(self) -> None:
