@@ -91,7 +91,13 @@ def _thresholds(value: str) -> tuple[float, ...]:
 @click.option(
     "--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda", "auto"])
 )
-@click.option("--threads", type=int, default=None, help="Torch CPU threads (default: torch's).")
+@click.option(
+    "--threads",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Torch CPU threads (as the daemon's default; more oversubscribe a busy machine).",
+)
 @click.option(
     "--batch",
     default=256,
