@@ -3,9 +3,13 @@
 One loop thread owns the ingest and publish sockets (sockets never cross threads) and runs
 rounds: wait for market data (bounded), drain what has arrived (at most ``max_drain``
 messages), apply it with one kernel call, then infer every instrument whose window changed
-since its last inference (up to ``max_batch``, newest window only) and publish. What arrives
-during an inference waits in ZeroMQ's bounded queue for the next round, so at low load a
-signal costs one model call and at high load the batch grows instead of the queue.
+since its last inference (up to ``max_batch``, newest window only) and publish. At low load
+a signal costs one inline model call. A batch of ``model.overlap_batch`` windows or more goes
+to an inference thread (:class:`~lobstream.engine.scheduler.InferenceWorker`; TorchScript
+releases the GIL) while the loop keeps draining and applying; it is published by the first
+round after it finishes, and the next batch is chosen then, on the newest windows. So under
+load the batch grows instead of the queue, and what waits does so in ZeroMQ's bounded queue
+(``ingest.rcvhwm``) or as conflated windows (counted).
 
 Signal handlers only request: :meth:`Daemon.request_stop` and :meth:`Daemon.request_reload`.
 Shutdown runs in a fixed, logged order: stop intake, finish the batch in flight (published),
