@@ -213,7 +213,7 @@ def _view(stats: Stats, elapsed: float, duration: float, speed: float):
 
 
 @click.command()
-@click.option("--duration", default=110.0, show_default=True, help="Seconds of replay to show.")
+@click.option("--duration", default=90.0, show_default=True, help="Seconds of replay to show.")
 @click.option("--speed", default=200.0, show_default=True, help="Replay speed (1 = real time).")
 @click.option("--model", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Artifact to serve (default: the bundled model).")  # fmt: skip
