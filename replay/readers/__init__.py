@@ -57,9 +57,7 @@ def reader_for(path: str | Path, fmt: str = "auto"):
     for mod in _modules():
         if (fmt == "auto" and mod.detect(path)) or mod.FORMAT == fmt:
             return mod
-    raise ValueError(
-        f"{path}: no reader for format {fmt!r}; known formats: {', '.join(formats())}"
-    )
+    raise ValueError(f"{path}: no reader for format {fmt!r}; known formats: {', '.join(formats())}")
 
 
 def read_events(
@@ -75,5 +73,6 @@ def read_events(
     defects = Defects() if defects is None else defects
     for p in paths:
         mod = reader_for(p, fmt)
-        yield from mod.read(Path(p), registry, batch_rows=batch_rows, skip_bad=skip_bad,
-                            defects=defects)
+        yield from mod.read(
+            Path(p), registry, batch_rows=batch_rows, skip_bad=skip_bad, defects=defects
+        )
