@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "latency.json").write_text(json.dumps(r, indent=2))
-        r["plot"] = str(plot_latency(out / "latency.png", r["rates"]))
+        r["plot"] = str(plot_latency(out / "latency.png", r["rates"], r["model_b1_p50_us"]))
     if args.json:
         emit_json({**r, "machine": machine()})
         return

@@ -99,7 +99,9 @@ def latency(rates, seconds, instruments, device, threads, model_path, as_json, o
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "latency.json").write_text(json.dumps(result, indent=2))
-        result["plot"] = str(plot_latency(out / "latency.png", result["rates"]))
+        result["plot"] = str(
+            plot_latency(out / "latency.png", result["rates"], result["model_b1_p50_us"])
+        )
     if as_json:
         click.echo(json.dumps(result))
         return

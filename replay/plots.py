@@ -154,14 +154,17 @@ def plot_signal_counts(
     return _save(fig, Path(path))
 
 
-def plot_latency(path: Path, rates: Sequence[dict]) -> Path:
-    """End-to-end latency percentiles per target rate (log scale), from the latency bench."""
+def plot_latency(path: Path, rates: Sequence[dict], model_b1_us: float | None = None) -> Path:
+    """End-to-end latency percentiles per target rate (log scale), from the latency bench,
+    with the model's own batch-1 p50 as a reference line when given."""
     keys = ("p50_us", "p90_us", "p99_us", "p999_us", "max_us")
     labels = [_rate_label(r["target_events_per_s"]) for r in rates]
     x = np.arange(len(rates))
     fig, ax = plt.subplots(figsize=(7, 4))
     for k in keys:
         ax.plot(x, [max(r.get(k) or 0.0, 1e-3) for r in rates], marker="o", label=k[:-3])
+    if model_b1_us:
+        ax.axhline(model_b1_us, color="grey", ls="--", lw=0.8, label="model B=1 p50")
     ax.set_xticks(x, labels)
     ax.set_yscale("log")
     ax.set_xlabel("target events/s")
