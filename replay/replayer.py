@@ -296,6 +296,8 @@ class Replayer:
                 continue
             if batch.dtype != EVENT_DTYPE:
                 raise TypeError(f"batches must have EVENT_DTYPE, got {batch.dtype}")
+            if not batch.flags.writeable:  # ts_recv is stamped in place
+                batch = batch.copy()
             cuts = message_cuts(batch, self.batch, self.max_span)
             ts_all = batch["ts_event"]
             inst_all = batch["instrument"]
