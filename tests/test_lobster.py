@@ -353,3 +353,11 @@ def test_registry_tick_size_used(tmp_path):
     ev = read_all(path, reg2)
     assert ev[ev["side"] == SIDE_BID]["price"].max() == 9_900
     assert ev["instrument"].max() == 0 and SIDE_BID == 0
+
+
+def test_truncated_gzip_is_a_data_error(tmp_path):
+    path = write_pair(tmp_path, GOOD_MSG, GOOD_BOOKS, 1, gz=True)
+    ob = path.with_name(path.name.replace("message", "orderbook"))
+    ob.write_bytes(ob.read_bytes()[:-12])  # cut inside the deflate stream's trailer
+    with pytest.raises(DataError, match="cannot read"):
+        read_all(path)

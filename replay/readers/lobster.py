@@ -58,6 +58,7 @@ import datetime as dt
 import gzip
 import logging
 import re
+import zlib
 import zoneinfo
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -197,7 +198,12 @@ class _Lines:
     def take(self, n: int) -> tuple[np.ndarray, int]:
         """Up to ``n`` lines, (B,) uint8 ending in a newline, and how many (0 at the end)."""
         while self._nl < n and not self._eof:
-            block = self._fh.read(_READ_BLOCK)
+            try:
+                block = self._fh.read(_READ_BLOCK)
+            except (OSError, EOFError, zlib.error) as exc:
+                raise DataError(
+                    self.path, f"cannot read the file: {exc}; is it complete?"
+                ) from None
             if not block:
                 self._eof = True
                 # A last line without a newline still counts; blank trailing lines do not.
