@@ -80,6 +80,33 @@ def model_alone(model_path: Path, threads: int, batches=(1, 16, 64, 100, 256)) -
     }
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        return sk.getsockname()[1]
+
+
+def scrape_stages(port: int) -> dict:
+    """Mean microseconds per observation of each stage histogram of the daemon."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    sums, counts = {}, {}
+    for line in text.splitlines():
+        if line.startswith("lobstream_stage_seconds_sum") or line.startswith(
+            "lobstream_stage_seconds_count"
+        ):
+            name, _, value = line.rpartition(" ")
+            stage = name.split('stage="')[1].split('"')[0]
+            (sums if "_sum" in name else counts)[stage] = float(value)
+    return {
+        k: {"mean_us": 1e6 * sums[k] / counts[k] if counts.get(k) else None, "n": counts.get(k)}
+        for k in sums
+    }
+
+
 def _config(tmp: Path, model: Path, info: dict, symbols, threads: int, max_batch: int) -> Path:
     inst = "\n".join(
         f'[[instruments.instrument]]\nsymbol = "{s}"\ntick_size = 0.01\n' for s in symbols
@@ -108,7 +135,7 @@ endpoint = "ipc://{tmp}/sig"
 status_interval_s = 0.25
 
 [metrics]
-address = ""
+address = "127.0.0.1:{_free_port()}"
 """
     path = tmp / "serve.toml"
     path.write_text(text)
@@ -155,6 +182,8 @@ class Harness:
 
     def __init__(self, cfg_path: Path, tmp: Path) -> None:
         self.tmp = tmp
+        text = cfg_path.read_text()
+        self.metrics_port = int(text.split('address = "127.0.0.1:')[1].split('"')[0])
         cmd = [sys.executable, "-c", "from lobstream.engine.cli import main; main()"]
         self.log = open(tmp / "daemon.log", "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
@@ -179,6 +208,10 @@ class Harness:
         time.sleep(0.5)  # subscription propagation (slow joiner)
 
     def stop(self) -> tuple[np.ndarray, dict]:
+        try:
+            self.stages = scrape_stages(self.metrics_port)
+        except OSError as exc:
+            self.stages = {"error": str(exc)}
         if getattr(self, "pub", None) is not None:
             self.pub.close()
             self.ctx.term()
@@ -255,6 +288,7 @@ def low_load(model: Path, info: dict, threads: int, rate: float, seconds: float)
         "e2e_p50_us": float(np.percentile(lat, 50)) if len(lat) else float("nan"),
         "e2e_p99_us": float(np.percentile(lat, 99)) if len(lat) else float("nan"),
         "counts": (sub_info.get("status") or {}).get("counts", {}),
+        "stages": h.stages,
     }
 
 
@@ -311,6 +345,7 @@ def high_load(
         "messages_sent": sent_msgs,
         "events_per_message": len(body) / max(sent_msgs, 1),
         "conflated": counts.get("conflated", 0),
+        "stages": h.stages,
         "model_calls": counts.get("model_calls", 0),
         "e2e_p50_us": float(np.percentile(e2e, 50)) if len(e2e) else float("nan"),
         "e2e_p99_us": float(np.percentile(e2e, 99)) if len(e2e) else float("nan"),
@@ -374,6 +409,10 @@ def main(argv=None) -> int:
              str(bars["throughput_ok"])],
         ],
     )  # fmt: skip
+    for name, phase in (("low load", low), ("high load", high)):
+        st = phase.get("stages", {})
+        parts = [f"{k} {v['mean_us']:.0f}" for k, v in st.items() if isinstance(v, dict) and v["n"]]
+        print(f"{name} daemon stages, mean us: " + ", ".join(parts))
     print(
         f"high load: fed {high['achieved_feed_events_per_s']:.0f} events/s, taken "
         f"{high['events_taken']}/{high['events_sent']}, seq gaps {high['seq_gaps']}, "
