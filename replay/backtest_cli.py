@@ -198,7 +198,9 @@ def backtest(
     if as_json:
         click.echo(json.dumps(summary))
     else:
-        _tables(Console(), summary)
+        console = Console()
+        # wide tables stay readable when piped to a file (rich assumes 80 columns there)
+        _tables(console if console.is_terminal else Console(width=160), summary)
 
 
 def _plots(out: Path, result, summary: dict, trades, threshold: float) -> list[Path]:
@@ -270,6 +272,15 @@ def _tables(console, s: dict) -> None:
     if not any(abs(r["threshold"] - cfg["threshold"]) < 1e-12 for r in t["sweep"]):
         tr.add_row(f"{cfg['threshold']:g} *", *(_cell(t[c]) for c in cols[1:]))
     console.print(tr)
+    per = t.get("per_instrument", {})
+    if len(per) > 1:
+        pi = Table(title=f"trading per instrument at threshold {cfg['threshold']:g}")
+        pi.add_column("instrument")
+        for col in cols[1:]:
+            pi.add_column(col.replace("_pnl_per_trade", "/trade"), justify="right")
+        for sym, row in per.items():
+            pi.add_row(sym, *(_cell(row[c]) for c in cols[1:]))
+        console.print(pi)
     if s.get("plots"):
         console.print("plots: " + ", ".join(s["plots"]))
 
