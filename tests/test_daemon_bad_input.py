@@ -185,3 +185,23 @@ def test_gap_stale_snapshot_healthy(tmp_path):
     finally:
         run.stop()
         shutil.rmtree(ipc, ignore_errors=True)
+
+
+def test_topic_filter_takes_a_shard(tmp_path):
+    path = tmp_path / "cnn.pt"
+    export_test_model(path)
+    ipc = tempfile.mkdtemp(prefix="lobs", dir="/tmp")
+    run = Running(make_cfg(ipc, path, SYMBOLS, ingest={"topics": ["md.A"]}), SYMBOLS)
+    try:
+        ev = synthetic_events(600, 2, seed=12, levels=4)
+        n_a = run.send(ev[ev["instrument"] == 0])
+        run.send(ev[ev["instrument"] == 1])  # filtered out by ZeroMQ: never received
+        run.send(ev[ev["instrument"] == 0][:1])  # a marker after them
+        run.wait_messages(n_a + 1)
+        time.sleep(0.2)
+        totals = run.daemon.metrics.totals
+        assert totals["messages"] == n_a + 1
+        assert run.daemon.ring.count[1] == 0 and run.daemon.ring.count[0] > 0
+    finally:
+        run.stop()
+        shutil.rmtree(ipc, ignore_errors=True)
