@@ -338,9 +338,23 @@ def test_futures_pu_chain(tmp_path):
         _fut(98, 104, 97, bids=[["10.00", "2"]]),  # U <= 100 <= u: first applied
         _fut(105, 106, 104, asks=[["10.06", "1"]]),  # pu == previous u
         _fut(110, 111, 108, asks=[["10.07", "1"]]),  # pu != 106: gap
+        {
+            "stream": "btcusdt@aggTrade",
+            "data": {
+                "e": "aggTrade",
+                "s": "BTCUSDT",
+                "p": "10.06",
+                "q": "2",
+                "T": 1700000000001,
+                "m": False,
+            },
+        },
     ]
     ev = _read([_rec(tmp_path, lines)])
-    assert ev["seq"].tolist() == [1, 2, 3, 4, 5, 7]
+    assert ev["seq"].tolist() == [1, 2, 3, 4, 5, 7, 0]
+    assert ev["action"][-1] == ACTION_TRADE and ev["side"][-1] == 0  # buyer-initiated
+    assert ev["price"][-1] == 1006 and ev["size"][-1] == 2.0
+    ev = ev[:-1]
     bk, rep = _book_after(ev, 64)
     assert rep[0, CODE_SEQ_GAP] == 1 and bk.stale[0]
 
