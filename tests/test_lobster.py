@@ -3,6 +3,7 @@ sample and on generated files; exact timestamps; validation errors name file and
 
 from __future__ import annotations
 
+import functools
 import gzip
 from pathlib import Path
 
@@ -37,6 +38,12 @@ REAL = [
 ]
 DAY = "2012-06-21"
 MIDNIGHT_NY_NS = 1_340_251_200 * 10**9  # 2012-06-21 00:00 EDT in UTC ns
+
+
+@functools.lru_cache(maxsize=2)
+def read_real(path: Path) -> np.ndarray:
+    """A real sample's events, read once per test session (callers must not modify them)."""
+    return read_all(path)
 
 
 def read_all(path, registry=None, **kw) -> np.ndarray:
@@ -81,7 +88,7 @@ def test_real_book_equals_orderbook_every_row(data_dir, name):
         infer_schema=False,
         new_columns=["time", "type", "id", "size", "price", "dir"],
     )
-    events = read_all(msg_path)
+    events = read_real(msg_path)
     assert (np.diff(events["seq"].astype(np.int64)) == 1).all()
     assert events[0]["action"] == ACTION_CLEAR and events[0]["flags"] & FLAG_SNAPSHOT
     assert (np.diff(events["ts_event"]) >= 0).all()
@@ -103,7 +110,7 @@ def test_real_book_equals_orderbook_every_row(data_dir, name):
 
 
 def test_trades_and_timestamps_goog(data_dir):
-    ev = read_all(data_dir / "lobster" / REAL[0])
+    ev = read_real(lobster.pair_paths(data_dir / "lobster" / REAL[0])[0])
     trades = ev[ev["action"] == ACTION_TRADE]
     assert len(trades) == 7765 + 3913  # visible + hidden executions (data README)
     # First message: 34200.015105074,4,15818974,4,5794000,1 -> a sell aggressor at 579.40.
