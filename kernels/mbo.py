@@ -338,7 +338,7 @@ def mbo_to_events(
     if counts.shape != (2, N_MBO_CODES):
         raise ValueError(f"counts has shape {counts.shape}; expected (2, {N_MBO_CODES})")
     n_inst = int(instrument.max()) + 1 if n else 0
-    if n_inst > tick_units.shape[0] or (n and tick_units[:n_inst].min() <= 0):
+    if n_inst > tick_units.shape[0] or (n and tick_units[np.unique(instrument)].min() <= 0):
         raise ValueError("tick_units must hold a positive tick for every instrument id used")
     _grow_seq(state, n_inst)
     out = np.zeros(2 * n, EVENT_DTYPE)

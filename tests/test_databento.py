@@ -248,6 +248,17 @@ def test_arl_mbo_csv_book_against_reference_mbp(data_dir):
     assert rep[0, 1] == 2  # out_of_range: the placeholder ask and its delete
 
 
+def test_registry_shared_with_other_instruments(data_dir):
+    """Instruments registered earlier (other files, other sources) do not disturb the reader."""
+    reg = Registry()
+    reg.add("OTHER", "0.5")
+    path = data_dir / "databento" / "esm4-glbx-mdp3-2024-05-08T00-00-00_00-00-02.mbo.dbn.zst"
+    ev = _read(path, reg)
+    assert np.all(ev["instrument"] == 1)
+    mbp = data_dir / "databento" / "dbn_test_records" / "XNAS.ITCH.test_data.mbp-10.dbn.zst"
+    assert np.all(_read(mbp, reg)["instrument"] == 2)
+
+
 def test_batches_are_bounded_and_equal_to_one_read(data_dir):
     path = data_dir / "databento" / "esm4-glbx-mdp3-2024-05-08T00-00-00_00-00-02.mbo.dbn.zst"
     whole = _read(path)
