@@ -161,8 +161,9 @@ def new_report() -> np.ndarray:
 def check_events(events: np.ndarray) -> np.ndarray:
     """Return ``events`` as a 1-d C-contiguous EVENT_DTYPE array, or raise naming the problem.
 
-    A strided array is copied (the kernels are compiled for contiguous input only, so a copy
-    here costs less than a second compile on the hot path).
+    A strided or misaligned array (``np.frombuffer`` at an odd offset) is copied: the kernels
+    are compiled and warmed for aligned contiguous input only, and a copy here costs far less
+    than a compile on the hot path.
     """
     if not isinstance(events, np.ndarray) or events.dtype != EVENT_DTYPE:
         found = getattr(events, "dtype", type(events))
@@ -172,8 +173,8 @@ def check_events(events: np.ndarray) -> np.ndarray:
         )
     if events.ndim != 1:
         raise ValueError(f"events must be 1-d, got shape {events.shape}")
-    if not events.flags.c_contiguous:
-        events = np.ascontiguousarray(events)
+    if not events.flags.c_contiguous or not events.flags.aligned:
+        events = events.copy()
     return events
 
 

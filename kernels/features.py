@@ -182,9 +182,13 @@ def events_to_rows(
         )
     if not rows_out.flags.c_contiguous:
         raise ValueError("rows_out must be C-contiguous")
-    if meta_out.dtype != ROW_META_DTYPE or meta_out.shape != (rows_out.shape[0],):
+    if (
+        meta_out.dtype != ROW_META_DTYPE
+        or meta_out.shape != (rows_out.shape[0],)
+        or not meta_out.flags.c_contiguous
+    ):
         raise ValueError(
-            f"meta_out must be ROW_META_DTYPE of shape ({rows_out.shape[0]},), got "
+            f"meta_out must be C-contiguous ROW_META_DTYPE of shape ({rows_out.shape[0]},), got "
             f"{meta_out.dtype} {meta_out.shape}"
         )
     dummy_count = np.zeros(1, np.int64)

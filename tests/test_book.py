@@ -265,6 +265,22 @@ def test_errors_name_the_problem():
         new_book(1, 2)
 
 
+def test_misaligned_events_are_copied_not_compiled_for():
+    from lobstream.kernels._loop import _run
+
+    ev = mk(upd(0, BID, 100, 1), upd(0, ASK, 101, 1))
+    raw = bytearray(1 + ev.nbytes)
+    raw[1:] = ev.tobytes()
+    odd = np.frombuffer(raw, EVENT_DTYPE, offset=1)
+    assert not odd.flags.aligned
+    book = new_book(1, 64)
+    apply_events(book, ev[:0], new_report())  # compiled (or loaded) for aligned input
+    before = len(_run.signatures)
+    apply_events(book, odd, new_report())
+    assert len(_run.signatures) == before
+    assert best_prices(book, 0) == (100, 101)
+
+
 def test_strided_and_readonly_events_are_accepted():
     ev = mk(upd(0, BID, 100, 1), upd(0, BID, 50, 1), upd(0, ASK, 101, 1), upd(0, BID, 60, 1))
     book, rep = new_book(1, 256), new_report()
