@@ -353,7 +353,8 @@ class Daemon:
         except OSError:
             return  # a file being replaced; the next poll sees the new one
         if (st.st_mtime_ns, st.st_size) != (self.model.mtime_ns, self.model.size):
-            if self._loader is None:
+            idle = self._loader is None or not self._loader.is_alive()
+            if idle and self._pending is None:
                 self._start_reload("file change")
 
     def _start_reload(self, why: str) -> None:
