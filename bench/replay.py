@@ -10,6 +10,8 @@
   times at speed 0 by the replayer in this process to a SUB socket in another process that
   counts what it decodes; rate = events received / (last receive - first send), one monotonic
   clock. ``replay_lost_events``: sent minus received, both transports together.
+- ``--memory``: ``lobster_memory``, peak RSS of reading GOOG L10 and of a pair 20 times as
+  long (time-shifted copies written to a temp dir), each in a fresh process.
 """
 
 from __future__ import annotations
@@ -144,11 +146,96 @@ def replay_rate(endpoint: str, batches: list[np.ndarray], registry, copies: int)
     }
 
 
+_RSS_CHILD = """
+import json, resource, sys, time
+from lobstream.kernels.registry import Registry
+from lobstream.replay.readers import lobster
+
+
+def peak_mib():
+    # VmHWM: this process's own peak (ru_maxrss keeps the parent's across fork + exec).
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+lobster.warm_up()
+base = peak_mib()
+t, c = time.perf_counter(), time.process_time()
+n = sum(len(b) for b in lobster.read(sys.argv[1], Registry()))
+print(json.dumps({"events": n, "seconds": time.perf_counter() - t,
+                  "cpu_seconds": time.process_time() - c, "import_rss_mib": base,
+                  "peak_rss_mib": peak_mib()}))
+"""
+
+
+def write_long_lobster(src_msg: Path, folder: Path, copies: int) -> Path:
+    """A LOBSTER pair ``copies`` times as long as ``src_msg``'s: copy k shifted by k x 23400 s."""
+    import gzip
+    import io
+
+    import polars as pl
+
+    from lobstream.replay.readers.lobster import pair_paths
+
+    msg_path, ob_path = pair_paths(src_msg)
+    msg = pl.read_csv(msg_path, has_header=False, infer_schema=False)
+    book = gzip.open(ob_path).read() if ob_path.suffix == ".gz" else ob_path.read_bytes()
+    book = book if book.endswith(b"\n") else book + b"\n"
+    parts = msg[:, 0].str.split_exact(".", 1).struct
+    whole = parts.field("field_0").cast(pl.Int64)
+    frac = parts.field("field_1").fill_null("0")
+    name = msg_path.name.removesuffix(".gz")
+    out = folder / (name + ".gz")
+    with (
+        gzip.open(out, "wb", compresslevel=1) as fm,
+        gzip.open(
+            folder / (name.replace("_message_", "_orderbook_") + ".gz"), "wb", compresslevel=1
+        ) as fo,
+    ):
+        for k in range(copies):
+            shifted = (whole + 23_400 * k).cast(pl.String) + "." + frac
+            buf = io.BytesIO()
+            msg.with_columns(shifted.alias(msg.columns[0])).write_csv(buf, include_header=False)
+            fm.write(buf.getvalue())
+            fo.write(book)
+    return out
+
+
+def lobster_memory(data: Path, copies: int = 20) -> dict:
+    """Peak RSS (and time) reading GOOG L10 and a ``copies`` times longer pair, each in a
+    fresh process."""
+    import json
+    import subprocess
+    import sys
+
+    res = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        long = write_long_lobster(data / GOOG10, Path(tmp), copies)
+        for key, path in (("short", data / GOOG10), ("long", long)):
+            run = subprocess.run([sys.executable, "-c", _RSS_CHILD, str(path)],
+                                 capture_output=True, text=True, check=True)  # fmt: skip
+            res[key] = json.loads(run.stdout.strip().splitlines()[-1])
+    res["peak_rss_ratio"] = res["long"]["peak_rss_mib"] / res["short"]["peak_rss_mib"]
+    res["copies"] = copies
+    return res
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = parser(__doc__.splitlines()[0])
     ap.set_defaults(repeat=3)
     ap.add_argument("--data", type=Path, default=DATA, help="the shared real-data folder")
     ap.add_argument("--copies", type=int, default=10, help="times GOOG L10 is replayed")
+    ap.add_argument(
+        "--memory",
+        action="store_true",
+        help="also read GOOG L10 and a 20x longer copy (made in a temp dir) in fresh "
+        "processes and report peak RSS",
+    )
     args = ap.parse_args(argv)
     from lobstream.kernels.registry import Registry
     from lobstream.replay.readers import read_events
@@ -171,6 +258,8 @@ def main(argv: list[str] | None = None) -> None:
         "replay_tcp": tcp,
         "machine": machine(),
     }
+    if args.memory:
+        out["lobster_memory"] = lobster_memory(args.data)
     if args.json:
         emit_json(out)
         return
@@ -190,6 +279,16 @@ def main(argv: list[str] | None = None) -> None:
         ],
     )  # fmt: skip
     print(f"lost events: {lost}")
+    if args.memory:
+        m = out["lobster_memory"]
+        print()
+        print_table(
+            "LOBSTER GOOG L10 read in a fresh process",
+            ("file", "events", "seconds", "cpu seconds", "peak RSS MiB"),
+            [(k, m[k]["events"], m[k]["seconds"], m[k]["cpu_seconds"], m[k]["peak_rss_mib"])
+             for k in ("short", "long")],
+        )  # fmt: skip
+        print(f"peak RSS long / short: {m['peak_rss_ratio']:.2f} ({m['copies']}x the events)")
     for p, why in skipped.items():
         print(f"skipped {p}: {why}")
 
