@@ -519,3 +519,40 @@ def test_example_subscriber_prints_signals(artifact, ipc_dir):
         proc.kill()
         proc.wait(10)
         run.stop()
+
+
+def test_serve_refuses_a_mismatched_artifact_before_opening_sockets(artifact, ipc_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from lobstream.engine.serve import serve
+
+    cfg_file = tmp_path / "serve.toml"
+    text = f"""
+[model]
+path = "{artifact}"
+window = 50
+levels = {L}
+[[instruments.instrument]]
+symbol = "AAA"
+tick_size = 0.01
+[ingest]
+endpoints = ["ipc://{ipc_dir}/md"]
+mode = "bind"
+[publish]
+endpoint = "ipc://{ipc_dir}/sig"
+[metrics]
+address = ""
+"""
+    cfg_file.write_text(text)
+    res = CliRunner().invoke(serve, ["--config", str(cfg_file)])
+    assert res.exit_code != 0
+    assert "T=10" in res.output and "T=50" in res.output, res.output
+    assert not os.path.exists(f"{ipc_dir}/md") and not os.path.exists(f"{ipc_dir}/sig")
+    # a pinned digest that differs is refused too; the right one passes the check
+    cfg_file.write_text(text.replace("window = 50", f'window = {T}\nsha256 = "{"0" * 64}"'))
+    res = CliRunner().invoke(serve, ["--config", str(cfg_file)])
+    assert res.exit_code != 0 and "SHA-256" in res.output, res.output
+    good = text.replace("window = 50", f'window = {T}\nsha256 = "{sha256_file(artifact)}"')
+    cfg_file.write_text(good)
+    res = CliRunner().invoke(serve, ["--config", str(cfg_file), "--check"])
+    assert res.exit_code == 0 and "ok" in res.output, res.output
