@@ -120,6 +120,7 @@ class Ingest:
             counts.append(size // wire.ITEMSIZE)
         if n_msg:
             self.metrics.count("messages", n_msg)
+            self.metrics.backlog.set(1 if self.backlog else 0)
         if not bufs:
             return None, 0
         events, reason = wire.decode_events(bufs[0] if len(bufs) == 1 else b"".join(bufs))
