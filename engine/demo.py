@@ -12,6 +12,7 @@ Every process it starts is stopped at the end, on Ctrl-C too.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import logging
 import os
@@ -233,6 +234,7 @@ def demo(duration: float, speed: float, model: str | None, device: str, as_json:
     tmp = Path(tempfile.mkdtemp(prefix="lobdemo", dir="/tmp" if os.path.isdir("/tmp") else None))
     daemon = replayer = None
     sub = None
+    logs = contextlib.ExitStack()  # the children's log files, closed before tmp is removed
     t_start = time.monotonic()
     stats = Stats({})
     try:
@@ -243,7 +245,7 @@ def demo(duration: float, speed: float, model: str | None, device: str, as_json:
             raise click.ClickException(str(exc)) from None
         with console.status("computing realised labels of the sample"):
             stats = Stats(realised_labels(paths, manifest))
-        daemon_log = open(tmp / "daemon.log", "wb")  # noqa: SIM115 - closed with tmp
+        daemon_log = logs.enter_context(open(tmp / "daemon.log", "wb"))
         daemon = subprocess.Popen(
             [*_lobstream_cmd(), "-v", "serve", "--config", str(cfg_path)],
             stdout=daemon_log,
@@ -262,7 +264,7 @@ def demo(duration: float, speed: float, model: str | None, device: str, as_json:
                         f"the daemon exited with {daemon.returncode}: "
                         f"{(tmp / 'daemon.log').read_text()[-2000:]}"
                     )
-        replay_log = open(tmp / "replay.log", "wb")  # noqa: SIM115 - closed with tmp
+        replay_log = logs.enter_context(open(tmp / "replay.log", "wb"))
         registry = tmp / "instruments.toml"
         registry.write_text(_registry_toml(cfg))
         # the replayer binds and waits for the daemon's subscription: nothing lost at start
@@ -300,6 +302,7 @@ def demo(duration: float, speed: float, model: str | None, device: str, as_json:
         _stop_process(daemon, "daemon")
         if sub is not None:
             sub.close()
+        logs.close()
         shutil.rmtree(tmp, ignore_errors=True)
     _summary(console, stats, time.monotonic() - t_start, as_json)
 
