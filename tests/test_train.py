@@ -157,3 +157,14 @@ def test_bundled_model_loads_and_beats_both_baselines():
         assert f1 > manifest["baselines"][name]["test"]["f1_macro"]
     assert manifest["label"]["unit"] == "events" and manifest["feature"]["kind"] == "zscore"
     assert model(torch.zeros(1, 1, 100, 40)).shape == (1, 3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_mixed_precision_training_learns():
+    torch.manual_seed(0)
+    model = build_model("cnn", T=T, levels=LEVELS, channels=(8,), hidden=16)
+    cfg = TrainConfig(epochs=4, batch_size=32, lr=3e-3, device="cuda", max_train_windows=1500)
+    res = train_model(model, _planted(3000, 1), _planted(800, 2), cfg)
+    assert next(res.model.parameters()).is_cuda
+    assert evaluate(res.model, _planted(800, 3), device="cuda")["f1_macro"] > 0.6
