@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lobstream.models.artifact import script_module
 from lobstream.models.deeplob import DeepLOB, DeepLOBConfig
 from lobstream.models.zoo import (
     ARCHITECTURES,
@@ -65,7 +66,7 @@ def test_batch_rows_are_independent(arch: str) -> None:
 def test_scripts_and_matches_eager(arch: str) -> None:
     torch.manual_seed(3)
     model = build_model(arch, T=50, levels=5).eval()
-    scripted = torch.jit.script(model)
+    scripted = script_module(model)
     x = _x(4, 50, 20)
     with torch.no_grad():
         torch.testing.assert_close(scripted(x), model(x), atol=1e-5, rtol=1e-5)
