@@ -37,6 +37,11 @@ from lobstream.models.artifact import load_model, quiet_jit, resolve_device, scr
 logger = logging.getLogger(__name__)
 
 MODES = ("eager", "scripted", "frozen", "optimized")
+# Fastest CPU mode per architecture in bench/inference.py here: optimize_for_inference keeps
+# the plain CNN's 3x3 conv+ReLU chain in oneDNN's blocked layout (2.5x less CPU per window
+# than frozen); for the others it saved nothing or cost time (DeepLOB batch-1 latency up).
+CPU_MODE_BY_ARCH = {"cnn": "optimized"}
+DEFAULT_MODE = "frozen"
 # Largest activation a micro-batch may make on CPU: well under glibc's 32 MiB mmap ceiling and
 # half the 8 MB L3 measured here, so temporaries are reused from the heap and stay in cache.
 ACTIVATION_BUDGET_BYTES = 4 << 20
@@ -126,9 +131,9 @@ class ModelRunner:
         Bmax, the rows of the input buffer and the most windows one ``infer`` call takes.
     threads : int, optional
         ``torch.set_num_threads`` (process-wide) for CPU inference; None leaves it as is.
-    mode : {"frozen", "scripted", "optimized", "eager"}
-        How to run the module; ``"frozen"`` (default) measured fastest here on CPU at every
-        batch size (see bench/inference.py).
+    mode : {"frozen", "scripted", "optimized", "eager"}, optional
+        How to run the module. Default: ``CPU_MODE_BY_ARCH`` on CPU, else ``"frozen"``
+        (the fastest measured here, see bench/inference.py).
     micro_batch : int, optional
         CPU chunk size (rounded down to a power of two); default from the activation budget.
         Ignored on CUDA, where large batches are what the device wants.
@@ -152,7 +157,7 @@ class ModelRunner:
         device: str | torch.device = "auto",
         max_batch: int = 256,
         threads: int | None = None,
-        mode: str = "frozen",
+        mode: str | None = None,
         micro_batch: int | None = None,
         cuda_graphs: bool | None = None,
         warm: bool = True,
@@ -168,8 +173,10 @@ class ModelRunner:
         self.T, self.F = int(manifest["T"]), int(manifest["F"])
         self.max_batch = int(max_batch)
         self.device = resolve_device(device)
-        self.mode = mode
         self.is_cuda = self.device.type == "cuda"
+        if mode is None:
+            mode = DEFAULT_MODE if self.is_cuda else CPU_MODE_BY_ARCH.get(self.arch, DEFAULT_MODE)
+        self.mode = mode
         self._fn = _prepare(module, mode, self.device)
         shape = (self.max_batch, 1, self.T, self.F)
         self._in_host = torch.zeros(shape, dtype=torch.float32, pin_memory=self.is_cuda)

@@ -229,3 +229,10 @@ def test_cuda_graph_buckets_and_fresh_input() -> None:
     r.input[:5] = r.input[5:10]  # a replay must see the new host data, not the captured data
     np.testing.assert_allclose(r.infer(5), r.infer(10)[5:10], atol=1e-5)
     assert not np.allclose(a, r.infer(5))
+
+
+def test_default_mode_per_arch() -> None:
+    for arch, want in (("cnn", "optimized"), ("deeplob", "frozen"), ("hrnn", "frozen")):
+        model = _model(arch)
+        r = ModelRunner(model, _manifest(model), device="cpu", max_batch=2, warm=False)
+        assert r.mode == want
