@@ -31,8 +31,9 @@ def machine() -> dict:
     }
 
 
-def median_time(fn: Callable[[], object], repeat: int, setup: Callable[[], object] | None = None
-                ) -> tuple[float, list[float]]:
+def median_time(
+    fn: Callable[[], object], repeat: int, setup: Callable[[], object] | None = None
+) -> tuple[float, list[float]]:
     """Median wall seconds of ``fn`` over ``repeat`` runs (``setup`` runs untimed before each)."""
     times = []
     for _ in range(repeat):
@@ -44,17 +45,23 @@ def median_time(fn: Callable[[], object], repeat: int, setup: Callable[[], objec
     return statistics.median(times), times
 
 
-def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[object]],
-                file=sys.stdout) -> None:
+def print_table(
+    title: str, header: Sequence[str], rows: Sequence[Sequence[object]], file=sys.stdout
+) -> None:
     cells = [[_fmt(c) for c in r] for r in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h)
-              for i, h in enumerate(header)]
+    widths = [
+        max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(header)
+    ]
     print(title, file=file)
     print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)), file=file)
     print("  ".join("-" * w for w in widths), file=file)
     for r in cells:
-        print("  ".join(c.rjust(w) if _numeric(c) else c.ljust(w)
-                        for c, w in zip(r, widths, strict=True)), file=file)
+        print(
+            "  ".join(
+                c.rjust(w) if _numeric(c) else c.ljust(w) for c, w in zip(r, widths, strict=True)
+            ),
+            file=file,
+        )
 
 
 def emit_json(obj: dict) -> None:
@@ -76,4 +83,11 @@ def _fmt(c) -> str:
 
 
 def _numeric(s: str) -> bool:
-    return s.replace(",", "").replace(".", "").replace("-", "").replace("e", "").replace("+", "").isdigit()
+    return (
+        s.replace(",", "")
+        .replace(".", "")
+        .replace("-", "")
+        .replace("e", "")
+        .replace("+", "")
+        .isdigit()
+    )

@@ -108,7 +108,11 @@ class Registry:
     def to_dict(self) -> dict:
         return {
             "instrument": [
-                {"symbol": i.symbol, "tick_size": str(i.tick_size), "price_scale": dict(i.price_scale)}
+                {
+                    "symbol": i.symbol,
+                    "tick_size": str(i.tick_size),
+                    "price_scale": dict(i.price_scale),
+                }
                 for i in self._by_id
             ]
         }

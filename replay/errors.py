@@ -9,13 +9,16 @@ from pathlib import Path
 class DataError(ValueError):
     """A malformed record in an input file: names the file, the row (or byte offset) and why."""
 
-    def __init__(self, path: str | Path, problem: str, *, row: int | None = None,
-                 offset: int | None = None) -> None:
+    def __init__(
+        self, path: str | Path, problem: str, *, row: int | None = None, offset: int | None = None
+    ) -> None:
         self.path = str(path)
         self.row = row
         self.offset = offset
         self.problem = problem
-        where = f"row {row}" if row is not None else (f"byte {offset}" if offset is not None else "")
+        where = (
+            f"row {row}" if row is not None else (f"byte {offset}" if offset is not None else "")
+        )
         super().__init__(f"{self.path}{': ' + where if where else ''}: {problem}")
 
 
