@@ -9,6 +9,15 @@ step and the row writer live here, once, and :func:`lobstream.kernels.book.apply
 book arithmetic and the row arithmetic exist once, and live and offline rows are identical.
 Only rare paths (re-centring, counting a condition) are separate calls.
 
+Row cache: ``top_row (N, 4K) f4`` holds, in row column order, the normalised values of the
+top-K cache's levels (ask price and size of level j at columns ``4j, 4j+1``, bid at ``4j+2,
+4j+3``), exact for the cached levels ``j < top_n`` of each side and undefined beyond. It moves
+in the same shifts as ``top_key`` / ``top_size``, and a level is normalised once, when it
+enters the cache or changes size, so writing a row is a plain copy of ``4L`` floats (plus,
+for ticks-from-mid, the ``2L`` prices, which move with the mid). ``row_spec (5,) f8`` names
+the normalisation the cache holds (kind, a0..a3); a row call with another spec rebuilds every
+instrument's cache first, and a book-only call, which does not maintain it, sets kind -1.
+
 The rules are documented in :mod:`lobstream.kernels.book` and :mod:`lobstream.kernels.features`.
 
 Row destination: ``dst`` is 3-d. In ring mode it is the ring ``(N, 2T, F)`` and a row of
@@ -55,6 +64,30 @@ def _count(report, code, k):
     report[0, code] += 1
     if report[1, code] < 0:
         report[1, code] = k
+
+
+@njit
+def _px_value(key, sign, poff, scale):
+    """Normalised price of a level from its sort key (``sign`` = 1 ask, -1 bid)."""
+    return np.float32((sign * np.float64(key) - poff) * scale)
+
+
+@njit
+def _size_value(size, logsz, off, scale):
+    if logsz:
+        return np.float32(np.log1p(size))
+    return np.float32((size - off) * scale)
+
+
+@njit
+def _fill_top_row(top_key, top_size, top_n, top_row, i, logsz, a0, a1, a2, a3):
+    """Normalise instrument i's cached levels into its row cache (rare paths only)."""
+    for sd in range(2):
+        sign = 1.0 if sd == SIDE_ASK else -1.0
+        col = 0 if sd == SIDE_ASK else 2
+        for j in range(top_n[i, sd]):
+            top_row[i, 4 * j + col] = _px_value(top_key[i, sd, j], sign, a0, a1)
+            top_row[i, 4 * j + col + 1] = _size_value(top_size[i, sd, j], logsz, a2, a3)
 
 
 @njit
@@ -105,7 +138,8 @@ def _rebuild_top(bid, ask, base, best_bid, best_ask, top_key, top_size, top_n, n
 @njit
 def _recentre(bid, ask, base, best_bid, best_ask, top_key, top_size, top_n, n_levels, i,
               new_base, k, report):  # fmt: skip
-    """Move instrument i's window so slot 0 is ``new_base``; levels off the edge are lost."""
+    """Move instrument i's window so slot 0 is ``new_base``; levels off the edge are lost.
+    The caller refills the row cache."""
     w = bid.shape[1]
     delta = new_base - base[i]
     dropped = 0
@@ -157,9 +191,34 @@ def _clear(bid, ask, best_bid, best_ask, top_key, top_n, n_levels, i):
 
 
 @njit
+def _prepare_row_cache(top_key, top_size, top_n, top_row, row_spec, mode, kind, a0, a1, a2, a3):
+    """Make the row cache hold this call's normalisation; False in book-only mode, which
+    does not maintain it."""
+    if mode == MODE_BOOK:
+        row_spec[0] = -1.0
+        return False
+    if not (
+        row_spec[0] == kind
+        and row_spec[1] == a0
+        and row_spec[2] == a1
+        and row_spec[3] == a2
+        and row_spec[4] == a3
+    ):
+        logsz = kind == FEATURE_TICKS_FROM_MID
+        for i in range(top_key.shape[0]):
+            _fill_top_row(top_key, top_size, top_n, top_row, i, logsz, a0, a1, a2, a3)
+        row_spec[0] = kind
+        row_spec[1] = a0
+        row_spec[2] = a1
+        row_spec[3] = a2
+        row_spec[4] = a3
+    return True
+
+
+@njit
 def _run(
     bid, ask, base, best_bid, best_ask, last_seq, last_ts, stale, healing,
-    top_key, top_size, top_n, n_levels,
+    top_key, top_size, top_n, n_levels, top_row, row_spec,
     events, report, mode, dst, count, meta, kind, nlev, a0, a1, a2, a3,
 ):  # fmt: skip
     """Consume ``events``; return the number of rows written (flat mode: stops when full)."""
@@ -170,9 +229,13 @@ def _run(
     logsz = kind == FEATURE_TICKS_FROM_MID
     vs0 = np.float32(0.0 if logsz else (0.0 - a2) * a3)  # a missing level's size
     kmax = top_key.shape[2]
+    f = 4 * nlev
     m = 0
     if mode == MODE_FLAT and m_max == 0:
         return 0
+    rows_on = _prepare_row_cache(
+        top_key, top_size, top_n, top_row, row_spec, mode, kind, a0, a1, a2, a3
+    )
     for k in range(events.shape[0]):
         ev = events[k]
         # ---- 1-3: reject what cannot be applied; a rejected event changes nothing ----------
@@ -209,6 +272,7 @@ def _run(
             last_seq[i] = seq
         # ---- 5-6: apply ----------------------------------------------------------------
         if action == ACTION_CLEAR:
+            # no row-cache work: its entries are defined only for cached levels, now none
             _clear(bid, ask, best_bid, best_ask, top_key, top_n, n_levels, i)
             healing[i] = stale[i]
         elif stale[i] != 0 and healing[i] == 0:
@@ -231,6 +295,8 @@ def _run(
                     if improves:
                         _recentre(bid, ask, base, best_bid, best_ask, top_key, top_size, top_n,
                                   n_levels, i, price - w // 2, k, report)  # fmt: skip
+                        _fill_top_row(top_key, top_size, top_n, top_row, i, logsz,
+                                      a0, a1, a2, a3)  # fmt: skip
                         s = w // 2
                     else:
                         _count(report, CODE_OUT_OF_RANGE, k)
@@ -240,13 +306,18 @@ def _run(
                     old = bid[i, s]
                     bid[i, s] = size
                     key = -price
+                    sign = -1.0
+                    col = 2
                 else:
                     old = ask[i, s]
                     ask[i, s] = size
                     key = price
+                    sign = 1.0
+                    col = 0
                 n_levels[i, side] += (size > 0.0) - (old > 0.0)
-                # keep the top-K cache exact. Fixed-length loops with selects, no early exits:
-                # data-dependent branches here mispredict on most events.
+                # keep the top-K cache (and its row cache) exact. Fixed-length loops with
+                # selects, no early exits: data-dependent branches here mispredict on most
+                # events.
                 nc = top_n[i, side]
                 pos = 0
                 for j in range(kmax):
@@ -254,6 +325,8 @@ def _run(
                 if pos < kmax and top_key[i, side, pos] == key:
                     if size > 0.0:
                         top_size[i, side, pos] = size
+                        if rows_on:
+                            top_row[i, 4 * pos + col + 1] = _size_value(size, logsz, a2, a3)
                     else:
                         deepest = top_key[i, side, nc - 1]
                         for j in range(kmax - 1):
@@ -264,6 +337,11 @@ def _run(
                             top_size[i, side, j] = (
                                 top_size[i, side, j] if keep else top_size[i, side, j + 1]
                             )
+                        if rows_on:
+                            for j in range(pos, kmax - 1):
+                                c = 4 * j + col
+                                top_row[i, c] = top_row[i, c + 4]
+                                top_row[i, c + 1] = top_row[i, c + 5]
                         top_key[i, side, kmax - 1] = KEY_NONE
                         top_size[i, side, kmax - 1] = 0.0
                         nc -= 1
@@ -281,6 +359,12 @@ def _run(
                                     t += 1
                                 top_key[i, side, nc] = base[i] + t
                                 top_size[i, side, nc] = ask[i, t]
+                            if rows_on:
+                                c = 4 * nc + col
+                                top_row[i, c] = _px_value(top_key[i, side, nc], sign, a0, a1)
+                                top_row[i, c + 1] = _size_value(
+                                    top_size[i, side, nc], logsz, a2, a3
+                                )
                             nc += 1
                         top_n[i, side] = nc
                 elif size > 0.0 and pos < kmax:
@@ -295,6 +379,16 @@ def _run(
                     top_key[i, side, pos] = key
                     top_size[i, side, pos] = size
                     top_n[i, side] = min(nc + 1, kmax)
+                    if rows_on:
+                        for j in range(kmax - 1, pos, -1):
+                            c = 4 * j + col
+                            top_row[i, c] = top_row[i, c - 4]
+                            top_row[i, c + 1] = top_row[i, c - 3]
+                        c = 4 * pos + col
+                        # zscore/raw prices are normalised here once; ticks-from-mid prices
+                        # are recomputed per row from top_key (they move with the mid)
+                        top_row[i, c] = _px_value(key, sign, a0, a1)
+                        top_row[i, c + 1] = _size_value(size, logsz, a2, a3)
                 # the touch is the first cached level (KEY_NONE when the side is empty)
                 if side == SIDE_BID:
                     best_bid[i] = -top_key[i, 0, 0] - base[i] if top_n[i, 0] > 0 else -1
@@ -330,37 +424,29 @@ def _run(
             mi = m
         b0 = base[i]
         mid = 0.5 * (np.float64(b0 + bb) + np.float64(b0 + ba))
-        # zscore/raw: v = (px - a0) * a1 ; ticks_from_mid: v = (px - mid) * a1
+        for c in range(f):
+            v = top_row[i, c]
+            dst[di, r1, c] = v
+            dst[di, r2, c] = v
+        if logsz:
+            for lvl in range(nlev):
+                vp = _px_value(top_key[i, 1, lvl], 1.0, mid, a1)
+                dst[di, r1, 4 * lvl] = vp
+                dst[di, r2, 4 * lvl] = vp
+                vp = _px_value(top_key[i, 0, lvl], -1.0, mid, a1)
+                dst[di, r1, 4 * lvl + 2] = vp
+                dst[di, r2, 4 * lvl + 2] = vp
+        # missing levels (thin books only): one tick beyond the previous one, size 0
         poff = mid if logsz else a0
         for sd in range(2):
-            # ask columns 4l, 4l+1; bid columns 4l+2, 4l+3; bid keys are -price
+            nc = top_n[i, sd]
+            if nc >= nlev:
+                continue
             sign = 1.0 if sd == SIDE_ASK else -1.0
             col = 0 if sd == SIDE_ASK else 2
-            nc = top_n[i, sd]
-            nreal = min(nc, nlev)
-            # branch-free inner loops: the kind is fixed for the whole call
-            if logsz:
-                for lvl in range(nreal):
-                    vp = np.float32((sign * np.float64(top_key[i, sd, lvl]) - poff) * a1)
-                    vs = np.float32(np.log1p(top_size[i, sd, lvl]))
-                    c = 4 * lvl + col
-                    dst[di, r1, c] = vp
-                    dst[di, r1, c + 1] = vs
-                    dst[di, r2, c] = vp
-                    dst[di, r2, c + 1] = vs
-            else:
-                for lvl in range(nreal):
-                    vp = np.float32((sign * np.float64(top_key[i, sd, lvl]) - poff) * a1)
-                    vs = np.float32((top_size[i, sd, lvl] - a2) * a3)
-                    c = 4 * lvl + col
-                    dst[di, r1, c] = vp
-                    dst[di, r1, c + 1] = vs
-                    dst[di, r2, c] = vp
-                    dst[di, r2, c + 1] = vs
-            # missing levels: one tick beyond the previous one, size 0
             last = top_key[i, sd, nc - 1]
-            for lvl in range(nreal, nlev):
-                vp = np.float32((sign * np.float64(last + (lvl - nc + 1)) - poff) * a1)
+            for lvl in range(nc, nlev):
+                vp = _px_value(last + (lvl - nc + 1), sign, poff, a1)
                 c = 4 * lvl + col
                 dst[di, r1, c] = vp
                 dst[di, r1, c + 1] = vs0

@@ -89,6 +89,13 @@ class BookState(NamedTuple):
     n_levels : ndarray (N, 2) int64
         Number of non-empty levels per side in the window (so refilling the cache after a
         delete never scans a ladder with nothing left to find).
+    top_row : ndarray (N, 4K) float32
+        The cached levels normalised for feature rows, in row column order (ask price and
+        size of level j at ``4j, 4j+1``, bid at ``4j+2, 4j+3``); exact for ``j < top_n`` of
+        each side, undefined beyond. Maintained by the row kernels only, so a row is a copy.
+    row_spec : ndarray (5,) float64
+        The normalisation ``top_row`` holds: feature kind and the kernel's four offset/scale
+        parameters; kind -1 = not maintained (a row call rebuilds it first).
     """
 
     bid: np.ndarray
@@ -104,6 +111,8 @@ class BookState(NamedTuple):
     top_size: np.ndarray
     top_n: np.ndarray
     n_levels: np.ndarray
+    top_row: np.ndarray
+    row_spec: np.ndarray
 
     @property
     def n_instruments(self) -> int:
@@ -124,8 +133,8 @@ def new_book(
     """An empty book for ``n_instruments`` instruments, ``width`` ticks per side each, caching
     the best ``levels`` levels per side (feature rows can use at most that many).
 
-    Memory is about ``16 * n_instruments * (width + 2 * levels)`` bytes (e.g. 331 MB for
-    10,000 x 2,048 x 10, 167 MB at width 1,024).
+    Memory is about ``16 * n_instruments * (width + 3 * levels)`` bytes (e.g. 333 MB for
+    10,000 x 2,048 x 10, 169 MB at width 1,024).
     """
     if levels < 1:
         raise ValueError(f"levels must be >= 1, got {levels}")
@@ -148,6 +157,8 @@ def new_book(
         top_size=np.zeros((n, 2, int(levels)), np.float64),
         top_n=np.zeros((n, 2), np.int64),
         n_levels=np.zeros((n, 2), np.int64),
+        top_row=np.zeros((n, 4 * int(levels)), np.float32),
+        row_spec=np.array([-1.0, 0.0, 0.0, 0.0, 0.0]),
     )
 
 
