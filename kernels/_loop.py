@@ -11,10 +11,12 @@ Only rare paths (re-centring, counting a condition) are separate calls.
 
 Row cache: ``top_row (N, 4K) f4`` holds, in row column order, the normalised values of the
 top-K cache's levels (ask price and size of level j at columns ``4j, 4j+1``, bid at ``4j+2,
-4j+3``), exact for the cached levels ``j < top_n`` of each side and undefined beyond. It moves
+4j+3``): exact for the cached levels ``j < top_n`` of each side, and beyond them the missing
+levels by the features rule (while the side has a level; undefined when it is empty). It moves
 in the same shifts as ``top_key`` / ``top_size``, and a level is normalised once, when it
-enters the cache or changes size, so writing a row is a plain copy of ``4L`` floats (plus,
-for ticks-from-mid, the ``2L`` prices, which move with the mid). ``row_spec (5,) f8`` names
+enters the cache or changes size (missing levels when the side's count or deepest level
+changes), so writing a row is a plain copy of ``4L`` floats (plus, for ticks-from-mid, the
+``2L`` prices, which move with the mid). ``row_spec (5,) f8`` names
 the normalisation the cache holds (kind, a0..a3); a row call with another spec rebuilds every
 instrument's cache first, and a book-only call, which does not maintain it, sets kind -1.
 
@@ -81,13 +83,22 @@ def _size_value(size, logsz, off, scale):
 
 @njit
 def _fill_top_row(top_key, top_size, top_n, top_row, i, logsz, a0, a1, a2, a3):
-    """Normalise instrument i's cached levels into its row cache (rare paths only)."""
+    """Normalise instrument i's cached levels, and its missing ones, into its row cache
+    (rare paths only)."""
+    vs0 = _size_value(0.0, logsz, a2, a3)
+    kmax = top_key.shape[2]
     for sd in range(2):
         sign = 1.0 if sd == SIDE_ASK else -1.0
         col = 0 if sd == SIDE_ASK else 2
-        for j in range(top_n[i, sd]):
+        nc = top_n[i, sd]
+        for j in range(nc):
             top_row[i, 4 * j + col] = _px_value(top_key[i, sd, j], sign, a0, a1)
             top_row[i, 4 * j + col + 1] = _size_value(top_size[i, sd, j], logsz, a2, a3)
+        if nc > 0:
+            last = top_key[i, sd, nc - 1]
+            for j in range(nc, kmax):
+                top_row[i, 4 * j + col] = _px_value(last + (j - nc + 1), sign, a0, a1)
+                top_row[i, 4 * j + col + 1] = vs0
 
 
 @njit
@@ -367,6 +378,12 @@ def _run(
                                 )
                             nc += 1
                         top_n[i, side] = nc
+                        if rows_on and 0 < nc < kmax:
+                            last = top_key[i, side, nc - 1]
+                            for j in range(nc, kmax):
+                                c = 4 * j + col
+                                top_row[i, c] = _px_value(last + (j - nc + 1), sign, a0, a1)
+                                top_row[i, c + 1] = vs0
                 elif size > 0.0 and pos < kmax:
                     for j in range(kmax - 1, 0, -1):
                         keep = j < pos
@@ -389,6 +406,13 @@ def _run(
                         # are recomputed per row from top_key (they move with the mid)
                         top_row[i, c] = _px_value(key, sign, a0, a1)
                         top_row[i, c + 1] = _size_value(size, logsz, a2, a3)
+                        nc = top_n[i, side]
+                        if nc < kmax:
+                            last = top_key[i, side, nc - 1]
+                            for j in range(nc, kmax):
+                                c = 4 * j + col
+                                top_row[i, c] = _px_value(last + (j - nc + 1), sign, a0, a1)
+                                top_row[i, c + 1] = vs0
                 # the touch is the first cached level (KEY_NONE when the side is empty)
                 if side == SIDE_BID:
                     best_bid[i] = -top_key[i, 0, 0] - base[i] if top_n[i, 0] > 0 else -1
@@ -436,22 +460,19 @@ def _run(
                 vp = _px_value(top_key[i, 0, lvl], -1.0, mid, a1)
                 dst[di, r1, 4 * lvl + 2] = vp
                 dst[di, r2, 4 * lvl + 2] = vp
-        # missing levels (thin books only): one tick beyond the previous one, size 0
-        poff = mid if logsz else a0
-        for sd in range(2):
-            nc = top_n[i, sd]
-            if nc >= nlev:
-                continue
-            sign = 1.0 if sd == SIDE_ASK else -1.0
-            col = 0 if sd == SIDE_ASK else 2
-            last = top_key[i, sd, nc - 1]
-            for lvl in range(nc, nlev):
-                vp = _px_value(last + (lvl - nc + 1), sign, poff, a1)
-                c = 4 * lvl + col
-                dst[di, r1, c] = vp
-                dst[di, r1, c + 1] = vs0
-                dst[di, r2, c] = vp
-                dst[di, r2, c + 1] = vs0
+            # missing levels (thin books only): one tick beyond the previous one; their
+            # sizes are in the cache, their prices move with the mid too
+            for sd in range(2):
+                nc = top_n[i, sd]
+                if nc >= nlev:
+                    continue
+                sign = 1.0 if sd == SIDE_ASK else -1.0
+                col = 0 if sd == SIDE_ASK else 2
+                last = top_key[i, sd, nc - 1]
+                for lvl in range(nc, nlev):
+                    vp = _px_value(last + (lvl - nc + 1), sign, mid, a1)
+                    dst[di, r1, 4 * lvl + col] = vp
+                    dst[di, r2, 4 * lvl + col] = vp
         rec = meta[mi]
         rec.ts_event = ts
         rec.ts_recv = ev.ts_recv

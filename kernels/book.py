@@ -92,7 +92,8 @@ class BookState(NamedTuple):
     top_row : ndarray (N, 4K) float32
         The cached levels normalised for feature rows, in row column order (ask price and
         size of level j at ``4j, 4j+1``, bid at ``4j+2, 4j+3``); exact for ``j < top_n`` of
-        each side, undefined beyond. Maintained by the row kernels only, so a row is a copy.
+        each side and, beyond, the missing levels by the features rule (undefined for an
+        empty side). Maintained by the row kernels only, so a row is a copy.
     row_spec : ndarray (5,) float64
         The normalisation ``top_row`` holds: feature kind and the kernel's four offset/scale
         parameters; kind -1 = not maintained (a row call rebuilds it first).
