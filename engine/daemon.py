@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ from lobstream.kernels.ring import warmup as warmup_kernels
 logger = logging.getLogger(__name__)
 
 _IDLE_WAIT_MS = 50  # longest blocking wait: bounds how late a stop or heartbeat can be
+_SWITCH_INTERVAL_S = 2e-4  # GIL hand-over bound while an inference thread runs (see open)
 
 
 @dataclass
@@ -164,6 +166,12 @@ class Daemon:
         if self.cfg.model.overlap_batch:
             self.worker = InferenceWorker(self.ctx)
             self.poller.register(self.worker.sock, zmq.POLLIN)
+            # The inference thread takes the GIL back after every model call (and between
+            # micro-batches); with the default 5 ms switch interval it waited that long for the
+            # busy loop thread each time (model stage 20+ ms per 100-window batch at high load
+            # against ~7 ms alone). A short interval bounds that wait.
+            self._switch_before = sys.getswitchinterval()
+            sys.setswitchinterval(min(self._switch_before, _SWITCH_INTERVAL_S))
         self.started.set()
 
     def run(self) -> int:
@@ -211,7 +219,16 @@ class Daemon:
         Accounting of the applied batch (kernel conditions, stale changes, gauges) runs after
         the signals are out, so it never sits between an event and its signal.
         """
-        sent = self._finish_inflight() if self.worker is not None and self.worker.done() else 0
+        sent = 0
+        if self.worker is not None and self.worker.done():
+            finished = self._collect_inflight()
+            # Keep the model busy: the next large batch (windows applied while the last one
+            # ran) is handed over before the finished one is published. A small next batch
+            # would run inline and could overtake it, so then it waits for the usual place.
+            due = len(self.scheduler.due(self.ring.count, self.book.stale))
+            if min(due, self.max_batch) >= max(self.cfg.model.overlap_batch, 1):
+                self.infer_and_publish(overlap=True)
+            sent += self._publish(*finished)
         events, _ = self.ingest.drain()
         applied = self._apply_kernel(events) if events is not None else None
         if self._inflight is None:
@@ -280,17 +297,21 @@ class Daemon:
             self.worker.submit(runner, b)
             return 0
         probs = runner.infer(b)
-        return self._publish(ids, meta, probs, conflated, t0, t1)
+        return self._publish(ids, meta, probs, conflated, t0, t1, time.perf_counter_ns())
 
-    def _finish_inflight(self) -> int:
+    def _collect_inflight(self) -> tuple:
+        """The finished job's ``_publish`` arguments (the worker reported done)."""
+        t2 = time.perf_counter_ns()
         ids, meta, conflated, t0, t1 = self._inflight
         self._inflight = None
         if self.worker.error is not None:
             raise RuntimeError("model call on the inference thread failed") from self.worker.error
-        return self._publish(ids, meta, self.worker.result, conflated, t0, t1)
+        return ids, meta, self.worker.result, conflated, t0, t1, t2
 
-    def _publish(self, ids, meta, probs, conflated: int, t0: int, t1: int) -> int:
-        t2 = time.perf_counter_ns()
+    def _finish_inflight(self) -> int:
+        return self._publish(*self._collect_inflight())
+
+    def _publish(self, ids, meta, probs, conflated: int, t0: int, t1: int, t2: int) -> int:
         b = len(ids)
         m = self.metrics
         rec = self.records[:b]
@@ -414,6 +435,7 @@ class Daemon:
         if self.worker is not None:
             self.worker.close()
             self.worker = None
+            sys.setswitchinterval(self._switch_before)
         if self.publisher is not None:
             sent = self.infer_and_publish()  # windows already applied but not yet inferred
             logger.info("shutdown: published %s signals in flight; final heartbeat", sent)
