@@ -126,6 +126,7 @@ class Daemon:
         self.max_batch = min(cfg.model.max_batch, model.runner.input.shape[0])
         self.scheduler = Scheduler(n, self.T, self.max_batch)
         self.records = np.zeros(self.max_batch, SIGNAL_DTYPE)  # zeroed: padding goes out as 0
+        self.records["model_id"] = model.model_id
         self.signals_by_inst = np.zeros(n, np.int64)
         self.metrics = Metrics()
         self.rlog = RateLimitedLog(logger, cfg.logging.max_per_s)
@@ -312,31 +313,37 @@ class Daemon:
         return self._publish(*self._collect_inflight())
 
     def _publish(self, ids, meta, probs, conflated: int, t0: int, t1: int, t2: int) -> int:
+        tp = time.perf_counter_ns()
         b = len(ids)
         m = self.metrics
-        rec = self.records[:b]
+        rec = self.records[:b]  # model_id is set once, at start and on a swap
         rec["instrument"] = ids
-        rec["model_id"] = self.model.model_id
         rec["seq"] = meta["seq"]
         rec["ts_event"] = meta["ts_event"]
-        rec["ts_recv"] = meta["ts_recv"]
-        rec["prob"] = probs[:b]
-        rec["pred"] = np.argmax(probs[:b], axis=1)
-        rec["ts_publish"] = time.monotonic_ns()
+        ts_recv = meta["ts_recv"]
+        rec["ts_recv"] = ts_recv
+        rec["prob"] = probs
+        rec["pred"] = probs.argmax(axis=1)
+        now = time.monotonic_ns()
+        rec["ts_publish"] = now
         self.publisher.send_signals(rec)
         t3 = time.perf_counter_ns()
         self.signals_by_inst[ids] += 1
         m.observe("gather", (t1 - t0) * 1e-9)
         m.observe("model", (t2 - t1) * 1e-9)
-        m.observe("publish", (t3 - t2) * 1e-9)
+        m.observe("publish", (t3 - tp) * 1e-9)
         m.batch_size.observe(b)
         m.count("signals", b)
         m.count("model_calls")
         if conflated:
             m.count("conflated", conflated)
-        known = rec["ts_recv"] > 0
-        if known.any():
-            m.observe_many("end_to_end", (rec["ts_publish"][known] - rec["ts_recv"][known]) * 1e-9)
+        if b == 1:
+            if ts_recv[0] > 0:
+                m.observe("end_to_end", (now - int(ts_recv[0])) * 1e-9)
+        else:
+            known = ts_recv[ts_recv > 0]
+            if len(known):
+                m.observe_many("end_to_end", (now - known) * 1e-9)
         return b
 
     # -- status heartbeat --------------------------------------------------------------------
@@ -419,6 +426,7 @@ class Daemon:
             self.scheduler.max_batch = self.max_batch
         old = self.model
         self.model = new
+        self.records["model_id"] = new.model_id
         self._loader = None
         self.metrics.reloads.labels("ok").inc()
         logger.info("model reloaded: %s -> %s", old.sha256[:12], new.sha256[:12])

@@ -11,6 +11,7 @@ import logging
 import time
 from collections import Counter as PyCounter
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from lobstream.kernels.dtypes import CODE_NAMES
@@ -114,10 +115,26 @@ class Metrics:
     def observe(self, stage: str, seconds: float) -> None:
         self._stage[stage].observe(seconds)
 
-    def observe_many(self, stage: str, seconds) -> None:
+    def observe_many(self, stage: str, seconds: np.ndarray) -> None:
+        """Observe every value of ``seconds`` (ndarray (n,) float64, not modified).
+
+        A batch of 100 signals observed one by one cost ~0.3 ms of the loop thread at high load
+        (prometheus_client's ``observe`` walks the buckets in Python); here the buckets are
+        counted with numpy and added once each. Falls back to the loop if the client's
+        histogram internals differ from the 0.2x layout this relies on.
+        """
         h = self._stage[stage]
-        for s in seconds:
-            h.observe(float(s))
+        bounds = getattr(h, "_upper_bounds", None)
+        if len(seconds) < 4 or bounds is None or not hasattr(h, "_buckets"):
+            for s in seconds:
+                h.observe(float(s))
+            return
+        # observe() counts a value in the first bucket with value <= bound: searchsorted "left"
+        idx = np.searchsorted(np.asarray(bounds), seconds, side="left")
+        counts = np.bincount(idx, minlength=len(bounds))
+        h._sum.inc(float(np.sum(seconds)))
+        for i in np.flatnonzero(counts).tolist():
+            h._buckets[i].inc(int(counts[i]))
 
     def count(self, name: str, n: int = 1) -> None:
         """Add to a plain counter (events, messages, signals, conflated, model_calls)."""
