@@ -168,11 +168,20 @@ def midnight_ns(date: dt.date, tz: str = EXCHANGE_TZ) -> int:
     return int(local.timestamp()) * 1_000_000_000
 
 
+# Symbols already reported: the default tick is said once per process, not once per read.
+_reported_defaults: set[str] = set()
+
+
 def _instrument(registry: Registry, symbol: str) -> tuple[Instrument, int]:
     if symbol not in registry:
-        logger.warning(
-            "LOBSTER symbol %s not in the registry: using tick size %s", symbol, DEFAULT_TICK
-        )
+        if symbol not in _reported_defaults:
+            _reported_defaults.add(symbol)
+            logger.warning(
+                "LOBSTER symbol %s not in the registry: using tick size %s (add it to a "
+                "registry TOML to choose another)",
+                symbol,
+                DEFAULT_TICK,
+            )
         registry.add(symbol, DEFAULT_TICK, {"lobster": DEFAULT_SCALE})
     inst = registry.by_symbol(symbol)
     scale = Decimal(inst.price_scale.get("lobster", DEFAULT_SCALE))
