@@ -158,24 +158,24 @@ def _subscriber(endpoint: str, out_path: str, ready, stop) -> None:
         recv, clock, again, noblock = sock.recv_multipart, time.monotonic_ns, zmq.Again, zmq.NOBLOCK
         quiet_since = None
         while True:
-            if stop.is_set():  # drain what is left: until 0.3 s pass with nothing
+            if stop.is_set():  # drain what is left: until 0.3 s pass with no signal
                 quiet_since = quiet_since or time.monotonic()
                 if time.monotonic() - quiet_since > 0.3:
                     break
             if not sock.poll(50):
                 continue
-            quiet_since = None if not stop.is_set() else time.monotonic()
             while True:
                 try:
                     topic, payload = recv(noblock)
                 except again:
                     break
                 t = clock()
-                if topic == status_topic:
+                if topic == status_topic:  # comes every status_interval_s: not a signal
                     last_status = json.loads(payload)
                     ready.set()
                 else:
                     got.append((t, payload))
+                    quiet_since = None
     n = 0
     lat, when = [], []
     for t, payload in got:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -46,7 +45,6 @@ from lobstream.kernels.ring import warmup as warmup_kernels
 logger = logging.getLogger(__name__)
 
 _IDLE_WAIT_MS = 50  # longest blocking wait: bounds how late a stop or heartbeat can be
-_SWITCH_INTERVAL_S = 2e-4  # GIL hand-over bound while an inference thread runs (see open)
 
 
 @dataclass
@@ -167,12 +165,6 @@ class Daemon:
         if self.cfg.model.overlap_batch:
             self.worker = InferenceWorker(self.ctx)
             self.poller.register(self.worker.sock, zmq.POLLIN)
-            # The inference thread takes the GIL back after every model call (and between
-            # micro-batches); with the default 5 ms switch interval it waited that long for the
-            # busy loop thread each time (model stage 20+ ms per 100-window batch at high load
-            # against ~7 ms alone). A short interval bounds that wait.
-            self._switch_before = sys.getswitchinterval()
-            sys.setswitchinterval(min(self._switch_before, _SWITCH_INTERVAL_S))
         self.started.set()
 
     def run(self) -> int:
@@ -217,8 +209,9 @@ class Daemon:
     def round(self) -> int:
         """One round: drain and apply, then infer and publish one batch. Returns signals sent.
 
-        Accounting of the applied batch (kernel conditions, stale changes, gauges) runs after
-        the signals are out, so it never sits between an event and its signal.
+        Accounting of the drain (message and event counts, receive latency) and of the applied
+        batch (kernel conditions, stale changes, gauges) runs after the signals are out, so it
+        never sits between an event and its signal.
         """
         sent = 0
         if self.worker is not None and self.worker.done():
@@ -234,6 +227,7 @@ class Daemon:
         applied = self._apply_kernel(events) if events is not None else None
         if self._inflight is None:
             sent += self.infer_and_publish(overlap=True)
+        self.ingest.account()
         if applied is not None:
             self._account(*applied)
         return sent
@@ -443,7 +437,6 @@ class Daemon:
         if self.worker is not None:
             self.worker.close()
             self.worker = None
-            sys.setswitchinterval(self._switch_before)
         if self.publisher is not None:
             sent = self.infer_and_publish()  # windows already applied but not yet inferred
             logger.info("shutdown: published %s signals in flight; final heartbeat", sent)
