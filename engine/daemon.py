@@ -213,24 +213,32 @@ class Daemon:
         batch (kernel conditions, stale changes, gauges) runs after the signals are out, so it
         never sits between an event and its signal.
         """
-        sent = 0
-        if self.worker is not None and self.worker.done():
-            finished = self._collect_inflight()
-            # Keep the model busy: the next large batch (windows applied while the last one
-            # ran) is handed over before the finished one is published. A small next batch
-            # would run inline and could overtake it, so then it waits for the usual place.
-            due = len(self.scheduler.due(self.ring.count, self.book.stale))
-            if min(due, self.max_batch) >= max(self.cfg.model.overlap_batch, 1):
-                self.infer_and_publish(overlap=True)
-            sent += self._publish(*finished)
+        sent = self._turn_over()
         events, _ = self.ingest.drain()
         applied = self._apply_kernel(events) if events is not None else None
+        # a job that finished during the drain and apply is turned over now, not a round later
+        sent += self._turn_over()
         if self._inflight is None:
             sent += self.infer_and_publish(overlap=True)
         self.ingest.account()
         if applied is not None:
             self._account(*applied)
         return sent
+
+    def _turn_over(self) -> int:
+        """If the inference thread finished, publish its batch; returns signals sent.
+
+        Keeps the model busy: the next large batch (windows applied while the last one ran) is
+        handed over before the finished one is published. A small next batch would run inline
+        and could overtake it, so then it waits for its usual place in the round.
+        """
+        if self.worker is None or not self.worker.done():
+            return 0
+        finished = self._collect_inflight()
+        due = len(self.scheduler.due(self.ring.count, self.book.stale))
+        if min(due, self.max_batch) >= max(self.cfg.model.overlap_batch, 1):
+            self.infer_and_publish(overlap=True)
+        return self._publish(*finished)
 
     def apply(self, events: np.ndarray) -> None:
         """Apply an event batch to the books and rings, and count the kernel's conditions.
