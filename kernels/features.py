@@ -23,6 +23,7 @@ loop of :mod:`lobstream.kernels._loop`, which both the ring kernel
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import NamedTuple
 
@@ -119,25 +120,30 @@ def raw_spec(levels: int = DEFAULT_LEVELS) -> FeatureSpec:
 def _spec_args(spec: FeatureSpec, book: BookState) -> tuple[int, int, float, float, float, float]:
     """Kernel scalars: kind, levels, and the 4 params as offset/scale pairs (1/std
     precomputed: a multiply per value instead of a divide)."""
-    spec = spec.validate()
-    if spec.levels > book.cached_levels:
+    p = np.asarray(spec.params, np.float64).reshape(-1)
+    if p.shape != (4,):
+        spec.validate()  # raises, naming the problem
+    args = _kernel_scalars(int(spec.kind), int(spec.levels), *p.tolist())
+    if args[1] > book.cached_levels:
         raise ValueError(
-            f"the feature spec needs {spec.levels} levels but the book caches only "
-            f"{book.cached_levels}; make the book with new_book(..., levels={spec.levels})"
+            f"the feature spec needs {args[1]} levels but the book caches only "
+            f"{book.cached_levels}; make the book with new_book(..., levels={args[1]})"
         )
-    p = spec.params
-    if spec.kind == FEATURE_ZSCORE:
-        return (
-            spec.kind,
-            spec.levels,
-            float(p[0]),
-            1.0 / float(p[1]),
-            float(p[2]),
-            1.0 / float(p[3]),
-        )
-    if spec.kind == FEATURE_TICKS_FROM_MID:
-        return spec.kind, spec.levels, 0.0, 1.0 / float(p[0]), 0.0, 1.0
-    return spec.kind, spec.levels, 0.0, 1.0, 0.0, 1.0
+    return args
+
+
+# The daemon calls the row kernel once per round with the same spec: validating it every time
+# cost half of a one-event call (15 of 29 us), so the checked scalars are remembered.
+@functools.lru_cache(maxsize=64)
+def _kernel_scalars(
+    kind: int, levels: int, p0: float, p1: float, p2: float, p3: float
+) -> tuple[int, int, float, float, float, float]:
+    FeatureSpec(kind, levels, np.array([p0, p1, p2, p3])).validate()
+    if kind == FEATURE_ZSCORE:
+        return kind, levels, p0, 1.0 / p1, p2, 1.0 / p3
+    if kind == FEATURE_TICKS_FROM_MID:
+        return kind, levels, 0.0, 1.0 / p0, 0.0, 1.0
+    return kind, levels, 0.0, 1.0, 0.0, 1.0
 
 
 def events_to_rows(
