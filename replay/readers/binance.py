@@ -70,7 +70,7 @@ from lobstream.kernels.dtypes import (
 )
 from lobstream.kernels.registry import Instrument, Registry
 from lobstream.replay.errors import DataError, Defects
-from lobstream.replay.readers import _decimal
+from lobstream.replay.readers import DEFAULT_BATCH_ROWS, _decimal
 
 logger = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ def read(
     path: Path,
     registry: Registry,
     *,
-    batch_rows: int = 262_144,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
     skip_bad: bool = False,
     defects: Defects | None = None,
 ) -> Iterator[np.ndarray]:

@@ -39,7 +39,7 @@ from lobstream.kernels import mbo as mbo_kernel
 from lobstream.kernels.dtypes import EVENT_DTYPE, FLAG_LAST, FLAG_SNAPSHOT
 from lobstream.kernels.registry import Instrument, Registry
 from lobstream.replay.errors import DataError, Defects
-from lobstream.replay.readers import _decimal
+from lobstream.replay.readers import DEFAULT_BATCH_ROWS, _decimal
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ def read(
     path: Path,
     registry: Registry,
     *,
-    batch_rows: int = 262_144,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
     skip_bad: bool = False,
     defects: Defects | None = None,
 ) -> Iterator[np.ndarray]:

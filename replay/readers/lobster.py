@@ -70,6 +70,7 @@ import numpy as np
 from lobstream.kernels.dtypes import EVENT_DTYPE
 from lobstream.kernels.registry import Instrument, Registry
 from lobstream.replay.errors import DataError, Defects
+from lobstream.replay.readers import DEFAULT_BATCH_ROWS
 from lobstream.replay.readers._lobster_kernel import (
     BOOK_BAD_SIZE,
     BOOK_NON_POSITIVE_PRICE,
@@ -400,7 +401,7 @@ def read(
     path: str | Path,
     registry: Registry,
     *,
-    batch_rows: int = 262_144,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
     skip_bad: bool = False,
     defects: Defects | None = None,
     chunk_rows: int = CHUNK_ROWS,

@@ -29,6 +29,7 @@ import polars as pl
 from lobstream.kernels.dtypes import ACTION_CLEAR, ACTION_TRADE, EVENT_DTYPE, SIDE_ASK
 from lobstream.kernels.registry import Registry
 from lobstream.replay.errors import DataError, Defects
+from lobstream.replay.readers import DEFAULT_BATCH_ROWS
 
 logger = logging.getLogger(__name__)
 
@@ -172,7 +173,7 @@ def read(
     path: str | Path,
     registry: Registry,
     *,
-    batch_rows: int = 262_144,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
     skip_bad: bool = False,
     defects: Defects | None = None,
 ) -> Iterator[np.ndarray]:
