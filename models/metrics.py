@@ -1,7 +1,9 @@
 """Classification metrics as LOBCAST reports them, in numpy only.
 
 One function, ``classification_report``, used by training (early stopping on macro-F1), the
-backtest and the demo, so every number the project prints is computed the same way.
+backtest and the demo, so every number the project prints is computed the same way. Its
+formulas live in ``report_from_confusion`` (the streaming backtest adds confusion matrices up
+chunk by chunk and calls it once), so each metric has one definition.
 """
 
 from __future__ import annotations
@@ -92,7 +94,39 @@ def classification_report(
         )
     if yt.size == 0:
         raise ValueError("classification_report needs at least one label, got empty arrays")
-    cm = _confusion(yt, yp, n_classes)
+    return report_from_confusion(_confusion(yt, yp, n_classes))
+
+
+def report_from_confusion(confusion: Sequence[Sequence[int]] | np.ndarray) -> dict[str, Any]:
+    """:func:`classification_report` from a confusion matrix (streaming scorers add these up).
+
+    Parameters
+    ----------
+    confusion : array-like (n_classes, n_classes) of int
+        Counts, rows = true class, columns = predicted class. Not modified.
+
+    Returns
+    -------
+    dict
+        The same keys and values as :func:`classification_report` of the labels it counts.
+    """
+    cm = np.asarray(confusion)
+    if cm.ndim != 2 or cm.shape[0] != cm.shape[1] or cm.shape[0] < 2:
+        raise ValueError(
+            f"confusion must be a square (n_classes, n_classes) matrix with n_classes >= 2, "
+            f"got shape {cm.shape}"
+        )
+    if cm.size and not np.issubdtype(cm.dtype, np.integer):
+        raise ValueError(f"confusion must hold integer counts, got dtype {cm.dtype}")
+    cm = cm.astype(np.int64)
+    if cm.min() < 0:
+        raise ValueError(f"confusion holds a negative count ({cm.min()}); counts are >= 0")
+    if cm.sum() == 0:
+        raise ValueError(
+            "the confusion matrix counts no labels (all zero); a report needs at least one "
+            "labelled prediction"
+        )
+    n_classes = cm.shape[0]
     n = int(cm.sum())
     tp = np.diag(cm).astype(np.float64)
     support = cm.sum(axis=1)  # true counts per class
