@@ -97,6 +97,23 @@ def classification_report(
     return report_from_confusion(_confusion(yt, yp, n_classes))
 
 
+def confusion_matrix(
+    y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray, n_classes: int = 3
+) -> np.ndarray:
+    """(n_classes, n_classes) int64 counts, rows = true class, columns = predicted class.
+
+    The counts :func:`classification_report` scores; chunks of a stream can be counted one by
+    one, added up, and given to :func:`report_from_confusion`. Inputs as there; empty allowed.
+    """
+    yt = _labels(y_true, "y_true", n_classes)
+    yp = _labels(y_pred, "y_pred", n_classes)
+    if yt.shape != yp.shape:
+        raise ValueError(
+            f"y_true has {yt.size} labels but y_pred has {yp.size}; they must pair one to one"
+        )
+    return _confusion(yt, yp, n_classes).astype(np.int64)
+
+
 def report_from_confusion(confusion: Sequence[Sequence[int]] | np.ndarray) -> dict[str, Any]:
     """:func:`classification_report` from a confusion matrix (streaming scorers add these up).
 

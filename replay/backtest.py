@@ -7,10 +7,20 @@ materialised: per instrument, the last ``T - 1`` rows of the previous chunk are 
 rows appended, and each window is a strided view ``rows[j : j + T]`` copied straight into the
 runner's preallocated input buffer, ``B`` windows per model call.
 
-Memory: the chunk buffers are fixed (``batch_rows`` events of rows at a time); what grows with
-the data is the compact per-row record kept for scoring and trading (row meta 48 bytes,
-probabilities 12 bytes: about 60 bytes per feature row, e.g. 60 MB for a million rows), never
-the ``T x F`` windows (16 kB each).
+Memory: the chunk buffers are fixed (``batch_rows`` events of rows at a time) and the window
+carry is ``T - 1`` rows per instrument. Two ways to consume the scored rows:
+
+- streaming (``keep_rows=False`` with an ``on_rows`` sink, what ``lobstream backtest`` does):
+  :class:`lobstream.replay.streaming.StreamingEvaluator` labels rows with a lookahead of one
+  label horizon per instrument, adds them to the confusion matrix, calibration bins and signal
+  counts, and simulates the trading at every threshold with a few integers of state per
+  (threshold, instrument). Memory is O(instruments x (T + label horizon)) plus the completed
+  trades (80 bytes each); it does not grow with the number of rows (``python -m
+  bench.backtest_memory`` measures it).
+- per-row (``keep_rows=True``, the default, for tests and tools that need each row's
+  probabilities): the compact per-row record is kept (row meta 64 bytes, probabilities 12,
+  label 1: about 77 bytes per feature row, 3 GB for a year of one stock at 40 M rows), and
+  :func:`evaluate` scores it all at the end. Never the ``T x F`` windows (16 kB each).
 """
 
 from __future__ import annotations
@@ -42,6 +52,8 @@ logger = logging.getLogger(__name__)
 
 # progress(events_done, rows_done, windows_done)
 ProgressFn = Callable[[int, int, int], None]
+# rows(meta (m,) ROW_META_DTYPE, probs (m, 3) f4) of each scored chunk
+RowsFn = Callable[[np.ndarray, np.ndarray], None]
 
 
 @dataclass(frozen=True)
@@ -66,6 +78,8 @@ class BacktestResult:
     meta : (n,) ROW_META_DTYPE; ``event_index`` counts events from the start of the stream.
     probs : (n, 3) float32, down/flat/up; NaN for rows without a full window.
     labels : (n,) int8, 0/1/2, or -1 (no full horizon, see kernels.labels).
+    n_rows : feature rows scored; equals ``len(meta)`` when the rows were kept, while a
+        streaming run (``keep_rows=False``) keeps none and its arrays are empty.
     """
 
     meta: np.ndarray
@@ -75,6 +89,16 @@ class BacktestResult:
     n_windows: int
     seconds: float
     report: dict = field(default_factory=dict)
+    n_rows: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.n_rows is None:
+            self.n_rows = len(self.meta)
+
+    @property
+    def rows_kept(self) -> bool:
+        """Whether the per-row arrays hold every row (``keep_rows=True``)."""
+        return self.n_rows == len(self.meta)
 
     @property
     def scored(self) -> np.ndarray:
@@ -235,8 +259,10 @@ def run_backtest(
     batch: int | None = None,
     max_rows: int | None = None,
     on_progress: ProgressFn | None = None,
+    keep_rows: bool = True,
+    on_rows: RowsFn | None = None,
 ) -> BacktestResult:
-    """Score every window of an event stream and label every row.
+    """Score every window of an event stream; keep and label every row, or stream them out.
 
     Parameters
     ----------
@@ -248,6 +274,12 @@ def run_backtest(
     batch : windows per model call (default: the runner's buffer size).
     max_rows : stop after this many feature rows (for benchmarks and quick looks).
     on_progress : called after each event batch with (events, rows, windows) so far.
+    keep_rows : keep the per-row record (meta, probs, labels) in the result. ``False`` keeps
+        none (memory independent of the stream's length): consume the rows with ``on_rows``.
+    on_rows : called with ``(meta (m,) ROW_META_DTYPE, probs (m, 3) float32)`` of each chunk
+        of scored rows, in arrival order (``event_index`` counted from the start of the
+        stream). The arrays are the callee's to keep; e.g.
+        :meth:`lobstream.replay.streaming.StreamingEvaluator.add`.
     """
     spec = spec_from_manifest(manifest)
     label = label_def_from_manifest(manifest)
@@ -260,10 +292,14 @@ def run_backtest(
     for rows, meta, n in rows_from_events(batches, spec, n_instruments, report):
         if max_rows is not None and n_rows + len(meta) > max_rows:
             rows, meta = rows[: max_rows - n_rows], meta[: max_rows - n_rows]
-        probs.append(scorer.score(rows, meta))
+        p = scorer.score(rows, meta)
         meta = meta.copy()
         meta["event_index"] += n_events  # index in the whole stream, not in its batch
-        metas.append(meta)
+        if on_rows is not None:
+            on_rows(meta, p)
+        if keep_rows:
+            probs.append(p)
+            metas.append(meta)
         n_events += n
         n_rows += len(meta)
         if on_progress is not None:
@@ -277,7 +313,9 @@ def run_backtest(
     counts = {CODE_NAMES[c]: int(report[0, c]) for c in range(len(CODE_NAMES)) if report[0, c]}
     if counts:
         logger.info("kernel conditions during the backtest: %s", counts)
-    return BacktestResult(meta_all, probs_all, labels, n_events, scorer.n_windows, seconds, counts)
+    return BacktestResult(
+        meta_all, probs_all, labels, n_events, scorer.n_windows, seconds, counts, n_rows
+    )
 
 
 def backtest_files(
@@ -293,8 +331,16 @@ def backtest_files(
     skip_bad: bool = False,
     max_rows: int | None = None,
     on_progress: ProgressFn | None = None,
+    keep_rows: bool = True,
+    rows_sink: Callable[[dict], RowsFn] | None = None,
 ) -> tuple[BacktestResult, dict, Registry]:
     """Load the artifact, read the files and run :func:`run_backtest`.
+
+    Parameters
+    ----------
+    keep_rows, rows_sink : ``rows_sink(manifest)`` is called once the artifact is loaded; the
+        function it returns is :func:`run_backtest`'s ``on_rows`` (e.g. ``lambda m:
+        StreamingEvaluator(m, ...).add``). With ``keep_rows=False`` no per-row record is kept.
 
     Returns
     -------
@@ -319,6 +365,8 @@ def backtest_files(
         batch=batch,
         max_rows=max_rows,
         on_progress=on_progress,
+        keep_rows=keep_rows,
+        on_rows=None if rows_sink is None else rows_sink(manifest),
     )
     return result, manifest, registry
 
@@ -344,37 +392,67 @@ def evaluate(
     """
     from lobstream.models.metrics import classification_report
 
+    if not result.rows_kept:
+        raise ValueError(
+            f"this backtest kept {len(result.meta)} of its {result.n_rows} rows "
+            "(keep_rows=False): score it with lobstream.replay.streaming.StreamingEvaluator, "
+            "or run it with keep_rows=True"
+        )
     scored = result.scored
     y_pred = np.argmax(result.probs[scored], axis=1)
     metrics = classification_report(result.labels[scored], y_pred)
     signal = signals_from_probs(result.probs, config.threshold)
     trades = simulate_rows(signal, result.meta, config, tick_sizes)
+    sweep = threshold_sweep(result.probs, result.meta, config, thresholds, tick_sizes)
+    instruments = np.unique(result.meta["instrument"])
+    summary = summarise(
+        result, manifest, config, metrics, int(scored.sum()), trades, sweep, instruments
+    )
+    return summary, trades
+
+
+def summarise(
+    result: BacktestResult,
+    manifest: dict,
+    config: TradingConfig,
+    metrics: dict,
+    n_scored: int,
+    trades: Trades,
+    sweep: list[dict],
+    instruments: np.ndarray,
+) -> dict:
+    """The JSON-ready summary both scoring paths return (see :func:`evaluate`).
+
+    Parameters
+    ----------
+    metrics : the classification report. n_scored : rows with a window and a label.
+    trades : the trades at ``config.threshold``. sweep : one stats dict per sweep threshold.
+    instruments : (k,) ids of the instruments that had rows (keys of ``per_instrument``).
+    """
     trading = {
         **trade_stats(trades),
         "config": asdict(config),
-        "sweep": threshold_sweep(result.probs, result.meta, config, thresholds, tick_sizes),
+        "sweep": sweep,
         "per_instrument": {
-            str(int(i)): trade_stats(_subset(trades, trades.instrument == i))
-            for i in np.unique(result.meta["instrument"])
+            str(int(i)): trade_stats(_subset(trades, trades.instrument == i)) for i in instruments
         },
     }
-    summary = {
+    return {
         "model": {
             "arch": manifest.get("arch"),
             "T": manifest.get("T"),
             "label": manifest.get("label"),
         },
         "n_events": result.n_events,
-        "n_rows": len(result.meta),
+        "n_rows": result.n_rows,
         "n_windows": result.n_windows,
-        "n_scored": int(scored.sum()),
+        "n_scored": n_scored,
         "seconds": result.seconds,
         "windows_per_s": result.n_windows / result.seconds if result.seconds > 0 else 0.0,
         "metrics": metrics,
         "trading": trading,
         "kernel_conditions": result.report,
     }
-    return summary, trades
 
 
 def _subset(trades: Trades, mask: np.ndarray) -> Trades:

@@ -7,7 +7,6 @@ import logging
 from pathlib import Path
 
 import click
-import numpy as np
 
 from lobstream.replay.trading import DEFAULT_SWEEP
 
@@ -134,8 +133,9 @@ def backtest(
     from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from lobstream.replay.backtest import backtest_files, evaluate, trading_config_for
+    from lobstream.replay.backtest import backtest_files, trading_config_for
     from lobstream.replay.errors import DataError
+    from lobstream.replay.streaming import StreamingEvaluator
 
     reg = None
     if registry:
@@ -158,6 +158,23 @@ def backtest(
                 description=(f"backtest: {events:,} events, {rows:,} rows, {windows:,} windows"),
             )
 
+        evaluators: list[StreamingEvaluator] = []
+
+        def sink(manifest: dict):
+            # the rows stream into the evaluator: memory does not grow with the files' length
+            cfg = trading_config_for(
+                manifest,
+                threshold=threshold,
+                latency_ns=int(round(latency_ms * 1e6)),
+                cost_per_share=cost_per_share,
+                cost_bps=cost_bps,
+                quantity=quantity,
+            )
+            evaluators.append(
+                StreamingEvaluator(manifest, cfg, _thresholds(sweep), n_instruments=len(reg or ()))
+            )
+            return evaluators[0].add
+
         try:
             result, manifest, reg = backtest_files(
                 files,
@@ -170,21 +187,15 @@ def backtest(
                 skip_bad=skip_bad,
                 max_rows=max_rows,
                 on_progress=on_progress,
+                keep_rows=False,
+                rows_sink=sink,
             )
+            ev = evaluators[0]
+            ev.finish()
+            ticks = {inst.id: float(inst.tick_size) for inst in reg}
+            summary, trades = ev.summary(result, tick_sizes=ticks)
         except (DataError, ValueError) as exc:
             raise click.ClickException(str(exc)) from None
-    cfg = trading_config_for(
-        manifest,
-        threshold=threshold,
-        latency_ns=int(round(latency_ms * 1e6)),
-        cost_per_share=cost_per_share,
-        cost_bps=cost_bps,
-        quantity=quantity,
-    )
-    ticks = {inst.id: float(inst.tick_size) for inst in reg}
-    summary, trades = evaluate(
-        result, manifest, cfg, tick_sizes=ticks, thresholds=_thresholds(sweep)
-    )
     summary["files"] = [str(f) for f in files]
     summary["instruments"] = {inst.symbol: inst.id for inst in reg}
     # per-instrument trading stats keyed by symbol for people (ids are this run's registry)
@@ -192,9 +203,7 @@ def backtest(
         reg.by_id(int(i)).symbol: v for i, v in summary["trading"]["per_instrument"].items()
     }
     if plots_dir:
-        summary["plots"] = [
-            str(p) for p in _plots(Path(plots_dir), result, summary, trades, threshold)
-        ]
+        summary["plots"] = [str(p) for p in _plots(Path(plots_dir), ev, summary, trades)]
     if as_json:
         click.echo(json.dumps(summary))
     else:
@@ -203,23 +212,16 @@ def backtest(
         _tables(console if console.is_terminal else Console(width=160), summary)
 
 
-def _plots(out: Path, result, summary: dict, trades, threshold: float) -> list[Path]:
+def _plots(out: Path, ev, summary: dict, trades) -> list[Path]:
     from lobstream.replay import plots
-    from lobstream.replay.trading import equity_curve, signals_from_probs
+    from lobstream.replay.trading import equity_curve
 
     ts, cum = equity_curve(trades)
-    scored = result.scored
-    has_window = ~np.isnan(result.probs[:, 0])
-    signal = signals_from_probs(result.probs, threshold)
     return [
         plots.plot_equity(out / "equity.png", ts, cum),
         plots.plot_confusion(out / "confusion.png", summary["metrics"]["confusion"]),
-        plots.plot_calibration(
-            out / "calibration.png", result.probs[scored], result.labels[scored]
-        ),
-        plots.plot_signal_counts(
-            out / "signals.png", result.meta["ts_event"][has_window], signal[has_window]
-        ),
+        plots.plot_calibration(out / "calibration.png", ev.calibration_table()),
+        plots.plot_signal_counts(out / "signals.png", ev.signal_counts, ev.signal_bin_minutes),
     ]
 
 

@@ -77,6 +77,56 @@ def plot_confusion(path: Path, confusion: Sequence[Sequence[int]]) -> Path:
     return _save(fig, Path(path))
 
 
+def calibration_counts(
+    probs: np.ndarray, labels: np.ndarray, n_bins: int = 10
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Reliability counts per class and probability bin; sums of chunks are the whole's.
+
+    Parameters
+    ----------
+    probs : (n, 3) float, rows with a label. Not modified.
+    labels : (n,) int in 0..2.
+    n_bins : equal-width bins of [0, 1].
+
+    Returns
+    -------
+    (count (3, n_bins) int64, sum_p (3, n_bins) float64, hits (3, n_bins) int64): rows in each
+    bin of class c's probability, their summed probability, and how many were of class c.
+    """
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    count = np.zeros((len(CLASS_NAMES), n_bins), np.int64)
+    sum_p = np.zeros((len(CLASS_NAMES), n_bins), np.float64)
+    hits = np.zeros((len(CLASS_NAMES), n_bins), np.int64)
+    labels = np.asarray(labels)
+    for c in range(len(CLASS_NAMES)):
+        p = probs[:, c]
+        b = np.clip(np.digitize(p, edges) - 1, 0, n_bins - 1)
+        count[c] = np.bincount(b, minlength=n_bins)
+        sum_p[c] = np.bincount(b, weights=p, minlength=n_bins)
+        hits[c] = np.bincount(b[labels == c], minlength=n_bins)
+    return count, sum_p, hits
+
+
+def calibration_table_from_counts(
+    count: np.ndarray, sum_p: np.ndarray, hits: np.ndarray
+) -> list[dict]:
+    """One dict per class from :func:`calibration_counts` (or their sum over chunks):
+    ``name``, ``mean_prob`` (n_bins,), ``freq`` (n_bins,), ``count`` (n_bins,); empty bins
+    hold NaN."""
+    out = []
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for c, name in enumerate(CLASS_NAMES):
+            out.append(
+                {
+                    "name": name,
+                    "mean_prob": sum_p[c] / count[c],
+                    "freq": hits[c] / count[c],
+                    "count": count[c],
+                }
+            )
+    return out
+
+
 def calibration_table(probs: np.ndarray, labels: np.ndarray, n_bins: int = 10) -> list[dict]:
     """Reliability per class: mean predicted probability vs observed frequency, by bin.
 
@@ -90,26 +140,19 @@ def calibration_table(probs: np.ndarray, labels: np.ndarray, n_bins: int = 10) -
     One dict per class: ``name``, ``mean_prob`` (n_bins,), ``freq`` (n_bins,), ``count``
     (n_bins,); empty bins hold NaN.
     """
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    out = []
-    for c, name in enumerate(CLASS_NAMES):
-        p = probs[:, c]
-        b = np.clip(np.digitize(p, edges) - 1, 0, n_bins - 1)
-        count = np.bincount(b, minlength=n_bins)
-        sum_p = np.bincount(b, weights=p, minlength=n_bins)
-        hits = np.bincount(b, weights=(labels == c).astype(np.float64), minlength=n_bins)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out.append(
-                {"name": name, "mean_prob": sum_p / count, "freq": hits / count, "count": count}
-            )
-    return out
+    return calibration_table_from_counts(*calibration_counts(probs, labels, n_bins))
 
 
-def plot_calibration(path: Path, probs: np.ndarray, labels: np.ndarray, n_bins: int = 10) -> Path:
-    """Reliability diagram of each class probability against the realised labels."""
+def plot_calibration(path: Path, table: list[dict]) -> Path:
+    """Reliability diagram of each class probability against the realised labels.
+
+    Parameters
+    ----------
+    table : :func:`calibration_table` or :func:`calibration_table_from_counts`.
+    """
     fig, ax = plt.subplots(figsize=(5, 4.4))
     ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--", label="perfect")
-    for row in calibration_table(probs, labels, n_bins):
+    for row in table:
         ok = row["count"] > 0
         ax.plot(row["mean_prob"][ok], row["freq"][ok], marker="o", ms=3, label=row["name"])
     ax.set_xlabel("predicted probability")
@@ -121,27 +164,52 @@ def plot_calibration(path: Path, probs: np.ndarray, labels: np.ndarray, n_bins: 
     return _save(fig, Path(path))
 
 
-def plot_signal_counts(
-    path: Path, ts: np.ndarray, signal: np.ndarray, bin_minutes: int = 15
-) -> Path:
-    """Long and short signals per time bin over the day (UTC).
+def signal_counts_by_bin(ts: np.ndarray, signal: np.ndarray, bin_minutes: int = 15) -> np.ndarray:
+    """Rows, long and short signals per time-of-day bin (UTC); sums of chunks are the whole's.
 
     Parameters
     ----------
-    ts : (n,) int64 ns, ts_event of every row with a window.
-    signal : (n,) int8 +1/-1/0.
+    ts : (n,) int64 ns, ts_event of rows with a window. Not modified.
+    signal : (n,) int8 +1/-1/0 of those rows.
+    bin_minutes : bin width; must divide the day.
+
+    Returns
+    -------
+    (3, 1440 // bin_minutes) int64: rows, long signals, short signals per bin (new array).
     """
-    hours = _hours_of_day(ts)
+    if bin_minutes <= 0 or 1440 % bin_minutes:
+        raise ValueError(f"bin_minutes must divide the day (1440 minutes), got {bin_minutes}")
+    n_bins = 1440 // bin_minutes
+    # integer arithmetic: a bin boundary is exact, whatever the date
+    b = (np.asarray(ts, np.int64) % (24 * _NS_PER_HOUR)) // (bin_minutes * 60 * 1_000_000_000)
+    signal = np.asarray(signal)
+    return np.stack(
+        [
+            np.bincount(b, minlength=n_bins),
+            np.bincount(b[signal > 0], minlength=n_bins),
+            np.bincount(b[signal < 0], minlength=n_bins),
+        ]
+    ).astype(np.int64)
+
+
+def plot_signal_counts(path: Path, counts: np.ndarray, bin_minutes: int = 15) -> Path:
+    """Long and short signals per time bin over the day (UTC), from the first to the last bin
+    with rows.
+
+    Parameters
+    ----------
+    counts : (3, 1440 // bin_minutes) int, from :func:`signal_counts_by_bin` (or a sum of them).
+    """
+    counts = np.asarray(counts)
     width = bin_minutes / 60.0
-    lo = np.floor(hours.min() / width) * width if len(hours) else 0.0
-    hi = (np.floor(hours.max() / width) + 1) * width if len(hours) else 1.0
-    edges = np.arange(lo, hi + width / 2, width)
+    seen = np.flatnonzero(counts[0] > 0)
+    lo, hi = (int(seen[0]), int(seen[-1]) + 1) if len(seen) else (0, 1)
+    left = np.arange(lo, hi) * width
     fig, ax = plt.subplots(figsize=(8, 3.6))
-    for s, name, color in ((1, "long", "tab:green"), (-1, "short", "tab:red")):
-        counts, _ = np.histogram(hours[signal == s], bins=edges)
+    for row, name, color, shift in ((1, "long", "tab:green", 0.0), (2, "short", "tab:red", 0.5)):
         ax.bar(
-            edges[:-1] + (0 if s > 0 else width / 2),
-            counts,
+            left + shift * width,
+            counts[row, lo:hi],
             width=width / 2,
             align="edge",
             label=name,

@@ -1,0 +1,229 @@
+"""Scoring a backtest as its rows stream past: memory bounded by instruments, not by rows.
+
+:class:`StreamingEvaluator` is the ``on_rows`` sink of :func:`lobstream.replay.backtest.
+run_backtest` (``keep_rows=False``). Each chunk of scored rows goes
+
+- to :class:`~lobstream.replay.stream_trading.StreamingTrader`, which simulates the trading at
+  the chosen threshold and at every sweep threshold in one pass (no lookahead: orders in flight
+  wait for their fill row);
+- to the signal counts per time-of-day bin (rows with a window, at the chosen threshold);
+- to :class:`~lobstream.replay.stream_labels.StreamingLabels`, which holds each row (its
+  probabilities) until its label is known, then hands it on to the confusion matrix and the
+  calibration bins.
+
+:meth:`StreamingEvaluator.summary` returns the same dict as :func:`lobstream.replay.backtest.
+evaluate` on the per-row record of the same run: equal counts, metrics from the same confusion
+matrix, the same trades in the same order (so the same trading statistics to the last bit).
+Only the calibration bins' float sums are added in another order (plots only).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from lobstream.kernels.dtypes import CLASS_NAMES
+from lobstream.models.metrics import confusion_matrix, report_from_confusion
+from lobstream.replay.backtest import (
+    BacktestResult,
+    ProgressFn,
+    label_def_from_manifest,
+    run_backtest,
+    summarise,
+)
+from lobstream.replay.plots import (
+    calibration_counts,
+    calibration_table_from_counts,
+    signal_counts_by_bin,
+)
+from lobstream.replay.stream_labels import StreamingLabels
+from lobstream.replay.stream_trading import StreamingTrader
+from lobstream.replay.trading import (
+    DEFAULT_SWEEP,
+    Trades,
+    TradingConfig,
+    signals_from_probs,
+    trade_stats,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class StreamingEvaluator:
+    """Classification report, trading simulation and plot data of a stream of scored rows.
+
+    Parameters
+    ----------
+    manifest : the artifact's manifest (its label definition labels the rows).
+    config : trading rules; ``config.threshold`` is the reported one.
+    thresholds : the threshold sweep.
+    n_instruments : instrument ids expected (state grows if more appear).
+    calibration_bins : probability bins of the calibration counts.
+    signal_bin_minutes : width of the time-of-day bins of the signal counts.
+    """
+
+    def __init__(
+        self,
+        manifest: dict,
+        config: TradingConfig,
+        thresholds: Sequence[float] = DEFAULT_SWEEP,
+        *,
+        n_instruments: int = 1,
+        calibration_bins: int = 10,
+        signal_bin_minutes: int = 15,
+    ) -> None:
+        self.manifest = manifest
+        self.config = config
+        self.sweep = tuple(float(t) for t in thresholds)
+        label = label_def_from_manifest(manifest)
+        self.labels = StreamingLabels(label.horizon, label.unit, label.alpha, width=3)
+        sim = list(self.sweep)
+        if float(config.threshold) not in sim:
+            sim.append(float(config.threshold))
+        self._chosen = sim.index(float(config.threshold))
+        self.trader = StreamingTrader(config, sim, n_instruments)
+        n_classes = len(CLASS_NAMES)
+        self.confusion = np.zeros((n_classes, n_classes), np.int64)
+        self.calibration = (
+            np.zeros((n_classes, calibration_bins), np.int64),
+            np.zeros((n_classes, calibration_bins), np.float64),
+            np.zeros((n_classes, calibration_bins), np.int64),
+        )
+        self.signal_bin_minutes = int(signal_bin_minutes)
+        self.signal_counts = np.zeros((3, 1440 // self.signal_bin_minutes), np.int64)
+        self.n_rows = 0
+        self.n_scored = 0
+        self._finished = False
+
+    def add(self, meta: np.ndarray, probs: np.ndarray) -> None:
+        """Take the next chunk of scored rows (``run_backtest``'s ``on_rows``).
+
+        Parameters
+        ----------
+        meta : (m,) ROW_META_DTYPE in arrival order. Not modified.
+        probs : (m, 3) float32, NaN for rows without a window. Not modified.
+        """
+        if self._finished:
+            raise RuntimeError("StreamingEvaluator.add after finish(): start a new evaluator")
+        if len(meta) == 0:
+            return
+        self.trader.add(meta, probs)
+        has = ~np.isnan(probs[:, 0])
+        self.signal_counts += signal_counts_by_bin(
+            meta["ts_event"][has],
+            signals_from_probs(probs[has], self.config.threshold),
+            self.signal_bin_minutes,
+        )
+        self._score(*self.labels.add(meta["instrument"], meta["mid"], meta["ts_event"], probs))
+        self.n_rows += len(meta)
+
+    def finish(self) -> None:
+        """End of the stream: the last rows get label -1, open positions close at the end."""
+        if self._finished:
+            return
+        self._score(*self.labels.finish())
+        self.trader.finish()
+        self._finished = True
+
+    def _score(self, probs: np.ndarray, labels: np.ndarray) -> None:
+        ok = ~np.isnan(probs[:, 0]) & (labels >= 0)
+        if not ok.any():
+            return
+        p, y = probs[ok], labels[ok]
+        self.confusion += confusion_matrix(y, np.argmax(p, axis=1), len(CLASS_NAMES))
+        for acc, part in zip(
+            self.calibration, calibration_counts(p, y, self.calibration[0].shape[1]), strict=True
+        ):
+            acc += part
+        self.n_scored += int(ok.sum())
+
+    def calibration_table(self) -> list[dict]:
+        """Reliability per class (see :func:`lobstream.replay.plots.calibration_table`)."""
+        return calibration_table_from_counts(*self.calibration)
+
+    def trades(
+        self, threshold: float | None = None, tick_sizes: Mapping[int, float] | None = None
+    ) -> Trades:
+        """Trades at ``threshold`` (default: the chosen one; sweep thresholds too)."""
+        thr = self.trader.thresholds
+        k = self._chosen if threshold is None else thr.index(float(threshold))
+        return self.trader.trades(k, tick_sizes)
+
+    def summary(
+        self,
+        result: BacktestResult,
+        tick_sizes: Mapping[int, float] | Sequence[float] | None = None,
+    ) -> tuple[dict, Trades]:
+        """The summary :func:`lobstream.replay.backtest.evaluate` gives for the same rows.
+
+        Parameters
+        ----------
+        result : the :func:`run_backtest` result of the run that fed this evaluator (counts,
+            time, kernel conditions).
+        tick_sizes : quote currency per tick by instrument id (default 1.0: P&L in ticks).
+
+        Returns
+        -------
+        (summary, trades at ``config.threshold``).
+        """
+        if not self._finished:
+            raise RuntimeError("summary() before finish(): rows may still wait for labels")
+        if result.n_rows != self.n_rows:
+            raise ValueError(
+                f"the result counts {result.n_rows} rows but this evaluator was given "
+                f"{self.n_rows}: pass the result of the run that fed it"
+            )
+        metrics = report_from_confusion(self.confusion)
+        trades = self.trader.trades(self._chosen, tick_sizes)
+        sweep = [
+            {"threshold": thr, **trade_stats(self.trader.trades(k, tick_sizes))}
+            for k, thr in enumerate(self.sweep)
+        ]
+        summary = summarise(
+            result,
+            self.manifest,
+            self.config,
+            metrics,
+            self.n_scored,
+            trades,
+            sweep,
+            self.trader.instruments,
+        )
+        return summary, trades
+
+
+def stream_backtest(
+    batches: Iterable[np.ndarray],
+    runner,
+    manifest: dict,
+    config: TradingConfig,
+    *,
+    thresholds: Sequence[float] = DEFAULT_SWEEP,
+    n_instruments: int = 1,
+    batch: int | None = None,
+    max_rows: int | None = None,
+    on_progress: ProgressFn | None = None,
+) -> tuple[BacktestResult, StreamingEvaluator]:
+    """:func:`run_backtest` with no per-row record, scored by a :class:`StreamingEvaluator`.
+
+    Returns
+    -------
+    (result, evaluator): ``result`` holds counts and time (empty row arrays); call
+    ``evaluator.summary(result, tick_sizes)`` for the report.
+    """
+    ev = StreamingEvaluator(manifest, config, thresholds, n_instruments=n_instruments)
+    result = run_backtest(
+        batches,
+        runner,
+        manifest,
+        n_instruments=n_instruments,
+        batch=batch,
+        max_rows=max_rows,
+        on_progress=on_progress,
+        keep_rows=False,
+        on_rows=ev.add,
+    )
+    ev.finish()
+    return result, ev
