@@ -149,7 +149,7 @@ class StreamingLabels:
         grouped by instrument (new arrays).
         """
         outs_p, outs_l = [], []
-        inst = np.asarray(instrument)
+        inst = np.asarray(instrument).astype(np.int64, copy=False)
         ids = np.unique(inst)
         for i in ids.tolist():
             idx = None if len(ids) == 1 else np.flatnonzero(inst == i)
