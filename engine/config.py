@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
 import tomllib
 import types
 import typing
@@ -35,6 +36,7 @@ class ModelConfig:
     max_batch: int = 256  # most windows in one model call
     overlap_batch: int = 16  # batches this large run on an inference thread; 0 = always inline
     reload_poll_s: float = 1.0  # how often the artifact file is checked for change; 0 = never
+    cpus: tuple[int, ...] = ()  # CPUs the inference thread may run on (Linux); empty = any
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,7 @@ class IngestConfig:
     topics: tuple[str, ...] = ("md.",)  # subscription prefixes: a daemon can take a shard
     rcvhwm: int = 100_000  # messages queued in ZeroMQ before the publisher drops
     max_drain: int = 2048  # messages taken per round before the next inference
+    cpus: tuple[int, ...] = ()  # CPUs the loop thread (ingest, book, publish) may run on
     curve: CurveConfig = CurveConfig()
 
 
@@ -275,6 +278,8 @@ def _check(cfg: ServeConfig, source: str) -> None:
             f"{source}: model.overlap_batch = {cfg.model.overlap_batch}; expected >= 0 "
             "(0 runs every model call inline)"
         )
+    for key, cpus in (("model.cpus", cfg.model.cpus), ("ingest.cpus", cfg.ingest.cpus)):
+        _check_cpus(cpus, key, source)
     sha = cfg.model.sha256.lower()
     if sha and (len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha)):
         raise ConfigError(
@@ -321,6 +326,23 @@ def _check(cfg: ServeConfig, source: str) -> None:
                 f"{source}: metrics.address = {cfg.metrics.address!r} is not loopback; use "
                 "127.0.0.1 or set [security] allow_remote = true"
             )
+
+
+def _check_cpus(cpus: tuple[int, ...], key: str, source: str) -> None:
+    if not cpus:
+        return
+    if not hasattr(os, "sched_setaffinity"):
+        raise ConfigError(
+            f"{source}: {key} = {list(cpus)}; CPU pinning needs Linux (sched_setaffinity): "
+            "leave it out on this system"
+        )
+    allowed = sorted(os.sched_getaffinity(0))
+    bad = [c for c in cpus if c not in allowed]
+    if bad:
+        raise ConfigError(
+            f"{source}: {key} = {list(cpus)} names CPU(s) {bad} this process may not use; "
+            f"available: {allowed}"
+        )
 
 
 def _check_endpoint(endpoint: str, key: str, source: str) -> None:

@@ -155,6 +155,11 @@ class Daemon:
         """Warm the kernels, open the sockets and the metrics endpoint."""
         # kernels compile or load from cache here; the runner warmed itself when built
         warmup_kernels()
+        if self.cfg.ingest.cpus:
+            # before the context exists, so ZeroMQ's I/O thread (and every thread started
+            # from here on) inherits the loop's CPUs; the inference thread then moves itself
+            os.sched_setaffinity(0, self.cfg.ingest.cpus)
+            logger.info("loop thread pinned to CPUs %s", list(self.cfg.ingest.cpus))
         if self.ctx is None:
             self.ctx = zmq.Context()
         if self.cfg.metrics.address:
@@ -163,7 +168,7 @@ class Daemon:
         self.ingest = Ingest(self.ctx, self.cfg.ingest, self.symbols, self.metrics, self.rlog)
         self.poller.register(self.ingest.sock, zmq.POLLIN)
         if self.cfg.model.overlap_batch:
-            self.worker = InferenceWorker(self.ctx)
+            self.worker = InferenceWorker(self.ctx, self.cfg.model.cpus)
             self.poller.register(self.worker.sock, zmq.POLLIN)
         self.started.set()
 

@@ -9,6 +9,7 @@ two inferences beyond the first are counted as conflated.
 
 from __future__ import annotations
 
+import os
 import threading
 
 import numpy as np
@@ -81,7 +82,8 @@ class InferenceWorker:
     must not be written while a call is in flight.
     """
 
-    def __init__(self, ctx: zmq.Context) -> None:
+    def __init__(self, ctx: zmq.Context, cpus: tuple[int, ...] = ()) -> None:
+        self.cpus = tuple(cpus)
         self.addr = f"inproc://lobstream-infer-{id(self)}"
         self.sock = ctx.socket(zmq.PAIR)
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -111,6 +113,10 @@ class InferenceWorker:
         return True
 
     def _run(self) -> None:
+        if self.cpus:
+            # pid 0 is the calling thread on Linux: only this thread (and the torch threads
+            # it starts) moves; the loop keeps its own CPUs
+            os.sched_setaffinity(0, self.cpus)
         sock = self._ctx.socket(zmq.PAIR)
         sock.setsockopt(zmq.LINGER, 0)
         sock.connect(self.addr)

@@ -153,3 +153,18 @@ def test_bad_toml_names_file(tmp_path):
     p.write_text("[model\n")
     with pytest.raises(ConfigError, match="bad.toml: not valid TOML"):
         load_config(p)
+
+
+def test_cpus_checked_against_this_process():
+    import os
+
+    if not hasattr(os, "sched_getaffinity"):
+        pytest.skip("CPU pinning is Linux-only")
+    mine = sorted(os.sched_getaffinity(0))
+    cfg = config_from_dict(_with(model={"cpus": mine[:1]}, ingest={"cpus": mine[-1:]}))
+    assert cfg.model.cpus == tuple(mine[:1]) and cfg.ingest.cpus == tuple(mine[-1:])
+    assert config_from_dict(MINIMAL).model.cpus == ()  # default: not pinned
+    with pytest.raises(ConfigError, match=r"model\.cpus .*may not use; available"):
+        config_from_dict(_with(model={"cpus": [max(mine) + 1000]}))
+    with pytest.raises(ConfigError, match=r"ingest\.cpus\[0\] must be an integer"):
+        config_from_dict(_with(ingest={"cpus": ["0"]}))
