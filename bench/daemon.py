@@ -10,9 +10,17 @@ process, and receives signals in a third process (the subscriber helper), in one
    window (both ``time.monotonic_ns()`` on this host). Bar: p50 <= model b1 p50 + 200 us;
 3. high load: ``--high-rate`` events/s (default 200,000) over ``--instruments`` (100), sent
    every ``--slice-ms`` (10) as one message per instrument; the daemon must keep up (all events taken, no
-   sequence gaps, no backlog at the end) and signals/s must reach 80% of the model's best.
+   sequence gaps, no backlog at the end) and signals/s must reach 80% of the model's best;
+4. transport floor: the low-load run again with the daemon replaced by a null daemon (a process
+   that turns each market-data message into a signal record with no book, window or model),
+   over the same sockets and processes: what two ZeroMQ hops between three processes cost on
+   this machine before the daemon does any work.
 
-``python -m bench.daemon [--json] [--model PATH] [--seconds S]``.
+``--pin`` (Linux, 2+ CPUs) gives the model a CPU of its own: the daemon's inference thread and
+the model-alone measurement run on CPU 1 (``model.cpus``), the daemon's loop thread, this
+feeder and the subscriber on CPU 0 (``ingest.cpus``), as a deployment would pin them.
+
+``python -m bench.daemon [--json] [--model PATH] [--seconds S] [--pin]``.
 """
 
 from __future__ import annotations
@@ -42,8 +50,22 @@ def default_model() -> Path | None:
     return found[0] if found else None
 
 
-def model_alone(model_path: Path, threads: int, batches=(1, 16, 64, 100, 256)) -> dict:
-    """Batch-1 latency and throughput per batch size of the runner, in this process."""
+def model_alone(
+    model_path: Path, threads: int, batches=(1, 16, 64, 100, 256), cpus: tuple[int, ...] = ()
+) -> dict:
+    """Batch-1 latency and throughput per batch size of the runner, in this process (on
+    ``cpus`` when given, as the daemon's inference thread would be)."""
+    before = os.sched_getaffinity(0) if cpus else None
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+    try:
+        return _model_alone(model_path, threads, batches)
+    finally:
+        if before is not None:
+            os.sched_setaffinity(0, before)
+
+
+def _model_alone(model_path: Path, threads: int, batches) -> dict:
     import torch
 
     from lobstream.models.artifact import load_model
@@ -107,7 +129,9 @@ def scrape_stages(port: int) -> dict:
     }
 
 
-def _config(tmp: Path, model: Path, info: dict, symbols, threads: int, max_batch: int) -> Path:
+def _config(
+    tmp: Path, model: Path, info: dict, symbols, threads: int, max_batch: int, pin: dict | None
+) -> Path:
     inst = "\n".join(
         f'[[instruments.instrument]]\nsymbol = "{s}"\ntick_size = 0.01\n' for s in symbols
     )
@@ -121,6 +145,7 @@ device = "cpu"
 threads = {threads}
 max_batch = {max_batch}
 reload_poll_s = 0.0
+cpus = {list(pin["model"]) if pin else []}
 
 [instruments]
 {inst}
@@ -129,6 +154,7 @@ endpoints = ["ipc://{tmp}/md"]
 mode = "bind"
 max_drain = 20000
 rcvhwm = 1000000
+cpus = {list(pin["loop"]) if pin else []}
 
 [publish]
 endpoint = "ipc://{tmp}/sig"
@@ -142,7 +168,7 @@ address = "127.0.0.1:{_free_port()}"
     return path
 
 
-def _subscriber(endpoint: str, out_path: str, ready, stop) -> None:
+def _subscriber(endpoint: str, out_path: str, ready, stop, cpus=()) -> None:
     """Separate process: receive signals, record receipt latency and the last status.
 
     It shares the machine's cores with the daemon, so it does the least per message: receipt
@@ -151,6 +177,8 @@ def _subscriber(endpoint: str, out_path: str, ready, stop) -> None:
     from lobstream.engine.subscriber import Subscriber
     from lobstream.kernels.dtypes import SIGNAL_DTYPE
 
+    if cpus:
+        os.sched_setaffinity(0, cpus)
     got: list[tuple[int, bytes]] = []
     last_status = None
     with Subscriber(endpoint) as sub:
@@ -189,23 +217,71 @@ def _subscriber(endpoint: str, out_path: str, ready, stop) -> None:
     Path(out_path + ".json").write_text(json.dumps({"signals": n, "status": last_status}))
 
 
+def _null_daemon(md: str, sig: str, ready, stop, cpus=()) -> None:
+    """Separate process: each market-data message becomes one signal record at once (no
+    book, window or model), with a status heartbeat so the subscriber sees it start."""
+    from lobstream.kernels.dtypes import EVENT_DTYPE, SIGNAL_DTYPE
+
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+    ctx = zmq.Context()
+    sub, pub = ctx.socket(zmq.SUB), ctx.socket(zmq.PUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"md.")
+    sub.bind(md)
+    pub.bind(sig)
+    rec = np.zeros(1, SIGNAL_DTYPE)
+    next_status = 0.0
+    while not stop.is_set():
+        if time.monotonic() >= next_status:
+            pub.send_multipart([b"status", b'{"counts": {}}'])
+            next_status = time.monotonic() + 0.25
+        if not sub.poll(50):
+            continue
+        topic, body = sub.recv_multipart()
+        ev = np.frombuffer(body, EVENT_DTYPE)
+        rec["ts_recv"] = ev["ts_recv"][-1]
+        rec["ts_publish"] = time.monotonic_ns()
+        pub.send_multipart([b"sig." + topic[3:], rec.tobytes()])
+    sub.close(0)
+    pub.close(0)
+    ctx.term()
+
+
 class Harness:
     """Daemon process + subscriber process + feeder socket."""
 
-    def __init__(self, cfg_path: Path, tmp: Path) -> None:
+    def __init__(self, cfg_path: Path, tmp: Path, pin: dict | None, null: bool = False) -> None:
         self.tmp = tmp
         text = cfg_path.read_text()
-        self.metrics_port = int(text.split('address = "127.0.0.1:')[1].split('"')[0])
-        cmd = [sys.executable, "-c", "from lobstream.engine.cli import main; main()"]
-        self.log = open(tmp / "daemon.log", "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [*cmd, "-v", "serve", "--config", str(cfg_path)], stdout=self.log, stderr=self.log
-        )
+        self.metrics_port = None if null else int(
+            text.split('address = "127.0.0.1:')[1].split('"')[0]
+        )  # fmt: skip
+        loop_cpus = tuple(pin["loop"]) if pin else ()
         ctx = mp.get_context("spawn")
         self.ready, self.stop_evt = ctx.Event(), ctx.Event()
+        self.log = open(tmp / "daemon.log", "wb")  # noqa: SIM115 - closed in stop()
+        if null:
+            self._null_ready = ctx.Event()  # kept: the child unpickles it after start()
+            self.proc = ctx.Process(
+                target=_null_daemon,
+                args=(f"ipc://{tmp}/md", f"ipc://{tmp}/sig", self._null_ready, self.stop_evt,
+                      loop_cpus),
+                daemon=True,
+            )  # fmt: skip
+            self.proc.start()
+        else:
+            cmd = [sys.executable, "-c", "from lobstream.engine.cli import main; main()"]
+            # the feeder may be pinned: the daemon starts free and pins its own threads
+            cpus = set(pin["loop"]) | set(pin["model"]) if pin else None
+            self.proc = subprocess.Popen(
+                [*cmd, "-v", "serve", "--config", str(cfg_path)],
+                stdout=self.log,
+                stderr=self.log,
+                preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
+            )
         self.sub = ctx.Process(
             target=_subscriber,
-            args=(f"ipc://{tmp}/sig", str(tmp / "sub"), self.ready, self.stop_evt),
+            args=(f"ipc://{tmp}/sig", str(tmp / "sub"), self.ready, self.stop_evt, loop_cpus),
             daemon=True,
         )
         self.sub.start()
@@ -221,7 +297,7 @@ class Harness:
 
     def stop(self) -> tuple[np.ndarray, dict]:
         try:
-            self.stages = scrape_stages(self.metrics_port)
+            self.stages = scrape_stages(self.metrics_port) if self.metrics_port else {}
         except OSError as exc:
             self.stages = {"error": str(exc)}
         if getattr(self, "pub", None) is not None:
@@ -231,7 +307,11 @@ class Harness:
         time.sleep(0.5)
         self.stop_evt.set()
         self.sub.join(30)
-        if self.proc.poll() is None:
+        if isinstance(self.proc, mp.process.BaseProcess):  # the null daemon
+            self.proc.join(10)
+            if self.proc.is_alive():
+                self.proc.kill()
+        elif self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(10)
@@ -287,10 +367,19 @@ def _send_runs(pub, events: np.ndarray, topics: list[bytes]) -> int:
     return n
 
 
-def low_load(model: Path, info: dict, threads: int, rate: float, seconds: float) -> dict:
+def low_load(
+    model: Path,
+    info: dict,
+    threads: int,
+    rate: float,
+    seconds: float,
+    pin: dict | None = None,
+    null: bool = False,
+) -> dict:
+    """One instrument, one event per message at ``rate``; ``null`` swaps in the null daemon."""
     tmp = Path(tempfile.mkdtemp(prefix="lobbench", dir="/tmp"))
     symbols = ["LOW"]
-    h = Harness(_config(tmp, model, info, symbols, threads, 64), tmp)
+    h = Harness(_config(tmp, model, info, symbols, threads, 64, pin), tmp, pin, null=null)
     try:
         n = int(rate * seconds)
         ev = _warm_events(1, info["T"] + n + 50, seed=1)
@@ -332,11 +421,12 @@ def high_load(
     n_inst: int,
     seconds: float,
     args_slice_s: float = 0.01,
+    pin: dict | None = None,
 ) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="lobbench", dir="/tmp"))
     symbols = [f"I{i:03d}" for i in range(n_inst)]
     topics = [f"md.{s}".encode() for s in symbols]
-    h = Harness(_config(tmp, model, info, symbols, threads, max(n_inst, 1)), tmp)
+    h = Harness(_config(tmp, model, info, symbols, threads, max(n_inst, 1), pin), tmp, pin)
     slice_s = args_slice_s
     per_slice = int(rate * slice_s)
     n_slices = int(seconds / slice_s)
@@ -387,6 +477,12 @@ def high_load(
     }
 
 
+def pin_plan() -> dict | None:
+    """CPU 0 for the loop, feeder and subscriber; the next CPU for the model (None if < 2)."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    return {"loop": (cpus[0],), "model": (cpus[1],)} if len(cpus) >= 2 else None
+
+
 def main(argv=None) -> int:
     ap = parser(__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, default=None, help="artifact (default: bundled)")
@@ -399,16 +495,29 @@ def main(argv=None) -> int:
     ap.add_argument("--high-rate", type=float, default=200_000.0, help="events/s at high load")
     ap.add_argument("--instruments", type=int, default=100)
     ap.add_argument("--seconds", type=float, default=5.0, help="length of each load phase")
+    ap.add_argument(
+        "--pin", action="store_true",
+        help="model on a CPU of its own; loop, feeder and subscriber on another (Linux, 2+ CPUs)",
+    )  # fmt: skip
     args = ap.parse_args(argv)
     model = args.model or default_model()
     if model is None:
         ap.error("no bundled model in models/assets/; give --model PATH")
-    info = model_alone(model, args.threads, batches=(1, 16, 64, args.instruments, 256))
-    low = low_load(model, info, args.threads, args.low_rate, args.seconds)
+    pin = pin_plan() if args.pin else None
+    if args.pin and pin is None:
+        ap.error("--pin needs Linux and at least 2 CPUs available to this process")
+    info = model_alone(
+        model, args.threads, batches=(1, 16, 64, args.instruments, 256),
+        cpus=pin["model"] if pin else (),
+    )  # fmt: skip
+    if pin:
+        os.sched_setaffinity(0, pin["loop"])  # the feeder (this process) from here on
+    low = low_load(model, info, args.threads, args.low_rate, args.seconds, pin)
     high = high_load(
         model, info, args.threads, args.high_rate, args.instruments, args.seconds,
-        args.slice_ms / 1e3,
+        args.slice_ms / 1e3, pin,
     )  # fmt: skip
+    floor = low_load(model, info, args.threads, args.low_rate, args.seconds, pin, null=True)
     bars = {
         "low_load_p50_bar_us": info["b1_p50_us"] + 200.0,
         "low_load_ok": low["e2e_p50_us"] <= info["b1_p50_us"] + 200.0,
@@ -416,12 +525,17 @@ def main(argv=None) -> int:
         "signals_ratio": high["signals_per_s"] / info["best_throughput"],
     }
     bars["throughput_ok"] = bars["signals_ratio"] >= 0.8
+    bars["low_load_above_floor_us"] = low["e2e_p50_us"] - floor["e2e_p50_us"]
     result = {
         "machine": machine(),
         "model": str(model),
+        "pin": {k: list(v) for k, v in pin.items()} if pin else None,
         "model_alone": info,
         "low_load": low,
         "high_load": high,
+        "transport_floor": {
+            k: floor[k] for k in ("messages", "signals", "e2e_p50_us", "e2e_p99_us")
+        },
         "bars": bars,
     }
     if args.json:
@@ -442,8 +556,15 @@ def main(argv=None) -> int:
             ["high load", high["e2e_p50_us"], high["e2e_p99_us"], high["signals"],
              high["signals_per_s"], f">= {0.8 * info['best_throughput']:.0f}/s",
              str(bars["throughput_ok"])],
+            ["transport floor", floor["e2e_p50_us"], floor["e2e_p99_us"], floor["signals"], "",
+             "", ""],
         ],
     )  # fmt: skip
+    print(
+        f"low load: daemon p50 {bars['low_load_above_floor_us']:.0f} us above the transport "
+        f"floor (null daemon, same sockets and processes), model batch-1 p50 "
+        f"{info['b1_p50_us']:.0f} us"
+    )
     for name, phase in (("low load", low), ("high load", high)):
         st = phase.get("stages", {})
         parts = [f"{k} {v['mean_us']:.0f}" for k, v in st.items() if isinstance(v, dict) and v["n"]]
