@@ -130,7 +130,14 @@ def scrape_stages(port: int) -> dict:
 
 
 def _config(
-    tmp: Path, model: Path, info: dict, symbols, threads: int, max_batch: int, pin: dict | None
+    tmp: Path,
+    model: Path,
+    info: dict,
+    symbols,
+    threads: int,
+    max_batch: int,
+    pin: dict | None,
+    busy_poll_us: int = 0,
 ) -> Path:
     inst = "\n".join(
         f'[[instruments.instrument]]\nsymbol = "{s}"\ntick_size = 0.01\n' for s in symbols
@@ -154,6 +161,7 @@ endpoints = ["ipc://{tmp}/md"]
 mode = "bind"
 max_drain = 20000
 rcvhwm = 1000000
+busy_poll_us = {busy_poll_us}
 cpus = {list(pin["loop"]) if pin else []}
 
 [publish]
@@ -375,11 +383,13 @@ def low_load(
     seconds: float,
     pin: dict | None = None,
     null: bool = False,
+    busy_poll_us: int = 0,
 ) -> dict:
     """One instrument, one event per message at ``rate``; ``null`` swaps in the null daemon."""
     tmp = Path(tempfile.mkdtemp(prefix="lobbench", dir="/tmp"))
     symbols = ["LOW"]
-    h = Harness(_config(tmp, model, info, symbols, threads, 64, pin), tmp, pin, null=null)
+    cfg = _config(tmp, model, info, symbols, threads, 64, pin, busy_poll_us)
+    h = Harness(cfg, tmp, pin, null=null)
     try:
         n = int(rate * seconds)
         ev = _warm_events(1, info["T"] + n + 50, seed=1)
@@ -422,11 +432,13 @@ def high_load(
     seconds: float,
     args_slice_s: float = 0.01,
     pin: dict | None = None,
+    busy_poll_us: int = 0,
 ) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="lobbench", dir="/tmp"))
     symbols = [f"I{i:03d}" for i in range(n_inst)]
     topics = [f"md.{s}".encode() for s in symbols]
-    h = Harness(_config(tmp, model, info, symbols, threads, max(n_inst, 1), pin), tmp, pin)
+    cfg = _config(tmp, model, info, symbols, threads, max(n_inst, 1), pin, busy_poll_us)
+    h = Harness(cfg, tmp, pin)
     slice_s = args_slice_s
     per_slice = int(rate * slice_s)
     n_slices = int(seconds / slice_s)
@@ -499,6 +511,10 @@ def main(argv=None) -> int:
         "--pin", action="store_true",
         help="model on a CPU of its own; loop, feeder and subscriber on another (Linux, 2+ CPUs)",
     )  # fmt: skip
+    ap.add_argument(
+        "--busy-poll-us", type=int, default=0,
+        help="the daemon's ingest.busy_poll_us (spin before blocking); 0 = block",
+    )  # fmt: skip
     args = ap.parse_args(argv)
     model = args.model or default_model()
     if model is None:
@@ -512,10 +528,11 @@ def main(argv=None) -> int:
     )  # fmt: skip
     if pin:
         os.sched_setaffinity(0, pin["loop"])  # the feeder (this process) from here on
-    low = low_load(model, info, args.threads, args.low_rate, args.seconds, pin)
+    spin = args.busy_poll_us
+    low = low_load(model, info, args.threads, args.low_rate, args.seconds, pin, busy_poll_us=spin)
     high = high_load(
         model, info, args.threads, args.high_rate, args.instruments, args.seconds,
-        args.slice_ms / 1e3, pin,
+        args.slice_ms / 1e3, pin, spin,
     )  # fmt: skip
     floor = low_load(model, info, args.threads, args.low_rate, args.seconds, pin, null=True)
     bars = {
@@ -530,6 +547,7 @@ def main(argv=None) -> int:
         "machine": machine(),
         "model": str(model),
         "pin": {k: list(v) for k, v in pin.items()} if pin else None,
+        "busy_poll_us": spin,
         "model_alone": info,
         "low_load": low,
         "high_load": high,

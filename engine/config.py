@@ -67,6 +67,7 @@ class IngestConfig:
     rcvhwm: int = 100_000  # messages queued in ZeroMQ before the publisher drops
     max_drain: int = 2048  # messages taken per round before the next inference
     cpus: tuple[int, ...] = ()  # CPUs the loop thread (ingest, book, publish) may run on
+    busy_poll_us: int = 0  # spin this long for market data before blocking; 0 = always block
     curve: CurveConfig = CurveConfig()
 
 
@@ -277,6 +278,11 @@ def _check(cfg: ServeConfig, source: str) -> None:
         raise ConfigError(
             f"{source}: model.overlap_batch = {cfg.model.overlap_batch}; expected >= 0 "
             "(0 runs every model call inline)"
+        )
+    if cfg.ingest.busy_poll_us < 0:
+        raise ConfigError(
+            f"{source}: ingest.busy_poll_us = {cfg.ingest.busy_poll_us}; expected >= 0 "
+            "(0 blocks as soon as nothing is left)"
         )
     for key, cpus in (("model.cpus", cfg.model.cpus), ("ingest.cpus", cfg.ingest.cpus)):
         _check_cpus(cpus, key, source)

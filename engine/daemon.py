@@ -183,6 +183,7 @@ class Daemon:
             self.model.sha256[:12],
             self.max_batch,
         )
+        spin_s = self.cfg.ingest.busy_poll_us * 1e-6
         next_status = time.monotonic() + self.cfg.publish.status_interval_s
         next_poll = time.monotonic() + (self.cfg.model.reload_poll_s or 1e18)
         try:
@@ -193,7 +194,7 @@ class Daemon:
                     self._inflight is None
                     and len(self.scheduler.due(self.ring.count, self.book.stale))
                 )
-                if not busy:
+                if not busy and not (spin_s and self._spin(spin_s)):
                     self.poller.poll(_IDLE_WAIT_MS)
                 self.round()
                 now = time.monotonic()
@@ -210,6 +211,20 @@ class Daemon:
         finally:
             self.shutdown()
         return 0
+
+    def _spin(self, seconds: float) -> bool:
+        """Poll without blocking for up to ``seconds``; whether something arrived.
+
+        Blocking in the poller lets this CPU go idle, and waking it again (and refilling its
+        caches) costs the first message after a quiet spell; spinning trades a CPU for that.
+        """
+        poll, end, clock = self.poller.poll, time.perf_counter() + seconds, time.perf_counter
+        while clock() < end:
+            if poll(0):
+                return True
+            if self._stop.is_set():
+                break
+        return False
 
     def round(self) -> int:
         """One round: drain and apply, then infer and publish one batch. Returns signals sent.

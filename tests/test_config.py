@@ -168,3 +168,9 @@ def test_cpus_checked_against_this_process():
         config_from_dict(_with(model={"cpus": [max(mine) + 1000]}))
     with pytest.raises(ConfigError, match=r"ingest\.cpus\[0\] must be an integer"):
         config_from_dict(_with(ingest={"cpus": ["0"]}))
+
+
+def test_busy_poll_must_not_be_negative():
+    assert config_from_dict(_with(ingest={"busy_poll_us": 500})).ingest.busy_poll_us == 500
+    with pytest.raises(ConfigError, match=r"ingest\.busy_poll_us = -1; expected >= 0"):
+        config_from_dict(_with(ingest={"busy_poll_us": -1}))

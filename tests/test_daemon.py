@@ -201,15 +201,26 @@ def backtest_probs(events: np.ndarray, module, manifest: dict, n_inst: int) -> d
     return dict(zip(keys, res.probs[ok], strict=True))
 
 
-@pytest.mark.parametrize("overlap_batch", [0, 1], ids=["inline", "inference-thread"])
-def test_signals_equal_in_process_backtest(artifact, ipc_dir, overlap_batch):
+_CPU0 = min(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+
+
+@pytest.mark.parametrize(
+    "model_t, ingest_t",
+    [
+        ({"overlap_batch": 0}, {}),
+        ({"overlap_batch": 1}, {}),
+        # the low-latency settings: spinning ingest, inference thread pinned
+        ({"overlap_batch": 1, "cpus": [_CPU0] if _CPU0 is not None else []},
+         {"busy_poll_us": 2000}),
+    ],
+    ids=["inline", "inference-thread", "busy-poll-pinned"],
+)  # fmt: skip
+def test_signals_equal_in_process_backtest(artifact, ipc_dir, model_t, ingest_t):
     symbols = ["AAA", "BBB", "CCC"]
     events = synthetic_events(4000, n_instruments=3, seed=7, levels=4, snapshot_every=300)
     events["ts_recv"] = time.monotonic_ns()
     # one message per round: many model calls with little conflation
-    cfg = make_cfg(
-        ipc_dir, artifact, symbols, ingest={"max_drain": 1}, model={"overlap_batch": overlap_batch}
-    )
+    cfg = make_cfg(ipc_dir, artifact, symbols, ingest={"max_drain": 1, **ingest_t}, model=model_t)
     run = Running(cfg, symbols)
     try:
         n_msg = run.send(events)
