@@ -16,9 +16,11 @@ process, and receives signals in a third process (the subscriber helper), in one
    over the same sockets and processes: what two ZeroMQ hops between three processes cost on
    this machine before the daemon does any work.
 
-``--pin`` (Linux, 2+ CPUs) gives the model a CPU of its own: the daemon's inference thread and
-the model-alone measurement run on CPU 1 (``model.cpus``), the daemon's loop thread, this
-feeder and the subscriber on CPU 0 (``ingest.cpus``), as a deployment would pin them.
+``--pin`` (Linux, 2+ CPUs) gives the daemon's hot path a CPU of its own, as a deployment would
+pin it: the model-alone measurement runs on CPU 1; this feeder, the subscriber (and the market
+data and signal consumers they stand for) on CPU 0. At low load the model runs inline on the
+loop thread, so the loop is pinned to CPU 1 (the null daemon too); at high load the inference
+thread has CPU 1 (``model.cpus``) and the loop shares CPU 0 (``ingest.cpus``).
 
 ``python -m bench.daemon [--json] [--model PATH] [--seconds S] [--pin]``.
 """
@@ -265,6 +267,7 @@ class Harness:
             text.split('address = "127.0.0.1:')[1].split('"')[0]
         )  # fmt: skip
         loop_cpus = tuple(pin["loop"]) if pin else ()
+        others = tuple(pin["others"]) if pin else ()
         ctx = mp.get_context("spawn")
         self.ready, self.stop_evt = ctx.Event(), ctx.Event()
         self.log = open(tmp / "daemon.log", "wb")  # noqa: SIM115 - closed in stop()
@@ -289,7 +292,7 @@ class Harness:
             )
         self.sub = ctx.Process(
             target=_subscriber,
-            args=(f"ipc://{tmp}/sig", str(tmp / "sub"), self.ready, self.stop_evt, loop_cpus),
+            args=(f"ipc://{tmp}/sig", str(tmp / "sub"), self.ready, self.stop_evt, others),
             daemon=True,
         )
         self.sub.start()
@@ -489,10 +492,13 @@ def high_load(
     }
 
 
-def pin_plan() -> dict | None:
-    """CPU 0 for the loop, feeder and subscriber; the next CPU for the model (None if < 2)."""
+def pin_plan(phase: str) -> dict | None:
+    """CPUs of the ``low`` or ``high`` load phase (see the module docstring); None if < 2."""
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    return {"loop": (cpus[0],), "model": (cpus[1],)} if len(cpus) >= 2 else None
+    if len(cpus) < 2:
+        return None
+    a, b = (cpus[0],), (cpus[1],)
+    return {"loop": b if phase == "low" else a, "model": b, "others": a}
 
 
 def main(argv=None) -> int:
@@ -519,22 +525,25 @@ def main(argv=None) -> int:
     model = args.model or default_model()
     if model is None:
         ap.error("no bundled model in models/assets/; give --model PATH")
-    pin = pin_plan() if args.pin else None
-    if args.pin and pin is None:
+    pin_low, pin_high = (pin_plan("low"), pin_plan("high")) if args.pin else (None, None)
+    if args.pin and pin_low is None:
         ap.error("--pin needs Linux and at least 2 CPUs available to this process")
     info = model_alone(
         model, args.threads, batches=(1, 16, 64, args.instruments, 256),
-        cpus=pin["model"] if pin else (),
+        cpus=pin_low["model"] if pin_low else (),
     )  # fmt: skip
-    if pin:
-        os.sched_setaffinity(0, pin["loop"])  # the feeder (this process) from here on
+    if pin_low:
+        os.sched_setaffinity(0, pin_low["others"])  # the feeder (this process) from here on
     spin = args.busy_poll_us
-    low = low_load(model, info, args.threads, args.low_rate, args.seconds, pin, busy_poll_us=spin)
+    low = low_load(
+        model, info, args.threads, args.low_rate, args.seconds, pin_low, busy_poll_us=spin
+    )  # fmt: skip
     high = high_load(
         model, info, args.threads, args.high_rate, args.instruments, args.seconds,
-        args.slice_ms / 1e3, pin, spin,
+        args.slice_ms / 1e3, pin_high, spin,
     )  # fmt: skip
-    floor = low_load(model, info, args.threads, args.low_rate, args.seconds, pin, null=True)
+    floor = low_load(model, info, args.threads, args.low_rate, args.seconds, pin_low, null=True)
+    pin = {"low": pin_low, "high": pin_high} if args.pin else None
     bars = {
         "low_load_p50_bar_us": info["b1_p50_us"] + 200.0,
         "low_load_ok": low["e2e_p50_us"] <= info["b1_p50_us"] + 200.0,
@@ -546,7 +555,7 @@ def main(argv=None) -> int:
     result = {
         "machine": machine(),
         "model": str(model),
-        "pin": {k: list(v) for k, v in pin.items()} if pin else None,
+        "pin": {ph: {k: list(v) for k, v in p.items()} for ph, p in pin.items()} if pin else None,
         "busy_poll_us": spin,
         "model_alone": info,
         "low_load": low,
