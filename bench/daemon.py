@@ -227,9 +227,10 @@ def _subscriber(endpoint: str, out_path: str, ready, stop, cpus=()) -> None:
     Path(out_path + ".json").write_text(json.dumps({"signals": n, "status": last_status}))
 
 
-def _null_daemon(md: str, sig: str, ready, stop, cpus=()) -> None:
+def _null_daemon(md: str, sig: str, ready, stop, cpus=(), busy_poll_us: int = 0) -> None:
     """Separate process: each market-data message becomes one signal record at once (no
-    book, window or model), with a status heartbeat so the subscriber sees it start."""
+    book, window or model), with a status heartbeat so the subscriber sees it start. Waits
+    for data as the daemon does (spinning first when ``busy_poll_us``)."""
     from lobstream.kernels.dtypes import EVENT_DTYPE, SIGNAL_DTYPE
 
     if cpus:
@@ -245,6 +246,10 @@ def _null_daemon(md: str, sig: str, ready, stop, cpus=()) -> None:
         if time.monotonic() >= next_status:
             pub.send_multipart([b"status", b'{"counts": {}}'])
             next_status = time.monotonic() + 0.25
+        if busy_poll_us:
+            end = time.perf_counter() + busy_poll_us * 1e-6
+            while not sub.poll(0) and time.perf_counter() < end:
+                pass
         if not sub.poll(50):
             continue
         topic, body = sub.recv_multipart()
@@ -260,7 +265,9 @@ def _null_daemon(md: str, sig: str, ready, stop, cpus=()) -> None:
 class Harness:
     """Daemon process + subscriber process + feeder socket."""
 
-    def __init__(self, cfg_path: Path, tmp: Path, pin: dict | None, null: bool = False) -> None:
+    def __init__(
+        self, cfg_path: Path, tmp: Path, pin: dict | None, null: bool = False, busy_poll_us: int = 0
+    ) -> None:
         self.tmp = tmp
         text = cfg_path.read_text()
         self.metrics_port = None if null else int(
@@ -276,7 +283,7 @@ class Harness:
             self.proc = ctx.Process(
                 target=_null_daemon,
                 args=(f"ipc://{tmp}/md", f"ipc://{tmp}/sig", self._null_ready, self.stop_evt,
-                      loop_cpus),
+                      loop_cpus, busy_poll_us),
                 daemon=True,
             )  # fmt: skip
             self.proc.start()
@@ -392,7 +399,7 @@ def low_load(
     tmp = Path(tempfile.mkdtemp(prefix="lobbench", dir="/tmp"))
     symbols = ["LOW"]
     cfg = _config(tmp, model, info, symbols, threads, 64, pin, busy_poll_us)
-    h = Harness(cfg, tmp, pin, null=null)
+    h = Harness(cfg, tmp, pin, null=null, busy_poll_us=busy_poll_us)
     try:
         n = int(rate * seconds)
         ev = _warm_events(1, info["T"] + n + 50, seed=1)
@@ -542,7 +549,10 @@ def main(argv=None) -> int:
         model, info, args.threads, args.high_rate, args.instruments, args.seconds,
         args.slice_ms / 1e3, pin_high, spin,
     )  # fmt: skip
-    floor = low_load(model, info, args.threads, args.low_rate, args.seconds, pin_low, null=True)
+    floor = low_load(
+        model, info, args.threads, args.low_rate, args.seconds, pin_low, null=True,
+        busy_poll_us=spin,
+    )  # fmt: skip
     pin = {"low": pin_low, "high": pin_high} if args.pin else None
     bars = {
         "low_load_p50_bar_us": info["b1_p50_us"] + 200.0,
