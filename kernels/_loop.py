@@ -56,6 +56,8 @@ from lobstream.kernels.dtypes import (
 # unused top-K cache entries: sorts after every real key, so the search needs no count
 KEY_NONE = np.iinfo(np.int64).max
 
+U = np.uint64  # array offsets cast to unsigned: no negative-index wraparound code
+
 MODE_BOOK = 0
 MODE_RING = 1
 MODE_FLAT = 2
@@ -247,6 +249,15 @@ def _run(
     rows_on = _prepare_row_cache(
         top_key, top_size, top_n, top_row, row_spec, mode, kind, a0, a1, a2, a3
     )
+    # flat views, indexed with precomputed offsets as uint64 (no negative-index wraparound)
+    bidf = bid.reshape(-1)
+    askf = ask.reshape(-1)
+    tkf = top_key.reshape(-1)
+    tsf = top_size.reshape(-1)
+    trf = top_row.reshape(-1)
+    tr64 = top_row.reshape(-1).view(np.int64)  # (price, size) pairs of the row cache
+    dstf = dst.reshape(-1)
+    rw = 4 * kmax  # floats per instrument in top_row
     for k in range(events.shape[0]):
         ev = events[k]
         # ---- 1-3: reject what cannot be applied; a rejected event changes nothing ----------
@@ -261,9 +272,10 @@ def _run(
         side = ev.side
         price = ev.price
         size = ev.size
-        # "not (size >= 0)" also catches NaN
+        # "not (size >= 0)" also catches NaN; size - size is 0 only for a finite size, and
+        # two plain compares are cheaper than the bit-level class test "size == inf" becomes
         if action != ACTION_CLEAR and (
-            side > SIDE_ASK or price <= 0 or not (size >= 0.0) or size == np.inf
+            side > SIDE_ASK or price <= 0 or not (size >= 0.0 and size - size == 0.0)
         ):
             _count(report, CODE_BAD_EVENT, k)
             continue
@@ -313,111 +325,108 @@ def _run(
                         _count(report, CODE_OUT_OF_RANGE, k)
                         s = -1
             if s >= 0:
-                if side == SIDE_BID:
-                    old = bid[i, s]
-                    bid[i, s] = size
+                sd = np.int64(side)
+                li = U(i * w + s)
+                if sd == SIDE_BID:
+                    old = bidf[li]
+                    bidf[li] = size
                     key = -price
                     sign = -1.0
-                    col = 2
                 else:
-                    old = ask[i, s]
-                    ask[i, s] = size
+                    old = askf[li]
+                    askf[li] = size
                     key = price
                     sign = 1.0
-                    col = 0
-                n_levels[i, side] += (size > 0.0) - (old > 0.0)
-                # keep the top-K cache (and its row cache) exact. Fixed-length loops with
-                # selects, no early exits: data-dependent branches here mispredict on most
-                # events.
-                nc = top_n[i, side]
+                col = 2 - 2 * sd  # ask price at 4j, bid price at 4j + 2
+                n_levels[i, sd] += (size > 0.0) - (old > 0.0)
+                # keep the top-K cache (and its row cache) exact. Fixed-length loops with a
+                # computed source index, no early exits: data-dependent branches here
+                # mispredict on most events.
+                nc = top_n[i, sd]
+                kb = (2 * i + sd) * kmax  # this side's cache in tkf / tsf
+                rb = i * rw + col  # this side's level 0 price in trf
+                pb = 2 * i * kmax + 1 - sd  # this side's level 0 (price, size) pair in tr64
                 pos = 0
                 for j in range(kmax):
-                    pos += top_key[i, side, j] < key
-                if pos < kmax and top_key[i, side, pos] == key:
+                    pos += tkf[U(kb + j)] < key
+                if pos < kmax and tkf[U(kb + pos)] == key:
                     if size > 0.0:
-                        top_size[i, side, pos] = size
+                        tsf[U(kb + pos)] = size
                         if rows_on:
-                            top_row[i, 4 * pos + col + 1] = _size_value(size, logsz, a2, a3)
+                            trf[U(rb + 4 * pos + 1)] = _size_value(size, logsz, a2, a3)
                     else:
-                        deepest = top_key[i, side, nc - 1]
-                        for j in range(kmax - 1):
-                            keep = j < pos
-                            top_key[i, side, j] = (
-                                top_key[i, side, j] if keep else top_key[i, side, j + 1]
-                            )
-                            top_size[i, side, j] = (
-                                top_size[i, side, j] if keep else top_size[i, side, j + 1]
-                            )
+                        deepest = tkf[U(kb + nc - 1)]
                         if rows_on:
-                            for j in range(pos, kmax - 1):
-                                c = 4 * j + col
-                                top_row[i, c] = top_row[i, c + 4]
-                                top_row[i, c + 1] = top_row[i, c + 5]
-                        top_key[i, side, kmax - 1] = KEY_NONE
-                        top_size[i, side, kmax - 1] = 0.0
+                            for j in range(kmax - 1):
+                                src = j + (j >= pos)
+                                tkf[U(kb + j)] = tkf[U(kb + src)]
+                                tsf[U(kb + j)] = tsf[U(kb + src)]
+                                tr64[U(pb + 2 * j)] = tr64[U(pb + 2 * src)]
+                        else:
+                            for j in range(kmax - 1):
+                                src = j + (j >= pos)
+                                tkf[U(kb + j)] = tkf[U(kb + src)]
+                                tsf[U(kb + j)] = tsf[U(kb + src)]
+                        tkf[U(kb + kmax - 1)] = KEY_NONE
+                        tsf[U(kb + kmax - 1)] = 0.0
                         nc -= 1
-                        if nc + 1 == kmax and n_levels[i, side] > nc:
+                        if nc + 1 == kmax and n_levels[i, sd] > nc:
                             # the cache was full: the next level beyond it moves in
-                            if side == SIDE_BID:
+                            if sd == SIDE_BID:
                                 t = -deepest - base[i] - 1
-                                while bid[i, t] == 0.0:  # n_levels says one exists
+                                while bidf[U(i * w + t)] == 0.0:  # n_levels says one exists
                                     t -= 1
-                                top_key[i, side, nc] = -(base[i] + t)
-                                top_size[i, side, nc] = bid[i, t]
+                                tkf[U(kb + nc)] = -(base[i] + t)
+                                tsf[U(kb + nc)] = bidf[U(i * w + t)]
                             else:
                                 t = deepest - base[i] + 1
-                                while ask[i, t] == 0.0:
+                                while askf[U(i * w + t)] == 0.0:
                                     t += 1
-                                top_key[i, side, nc] = base[i] + t
-                                top_size[i, side, nc] = ask[i, t]
+                                tkf[U(kb + nc)] = base[i] + t
+                                tsf[U(kb + nc)] = askf[U(i * w + t)]
                             if rows_on:
-                                c = 4 * nc + col
-                                top_row[i, c] = _px_value(top_key[i, side, nc], sign, a0, a1)
-                                top_row[i, c + 1] = _size_value(
-                                    top_size[i, side, nc], logsz, a2, a3
-                                )
+                                c = rb + 4 * nc
+                                trf[U(c)] = _px_value(tkf[U(kb + nc)], sign, a0, a1)
+                                trf[U(c + 1)] = _size_value(tsf[U(kb + nc)], logsz, a2, a3)
                             nc += 1
-                        top_n[i, side] = nc
+                        top_n[i, sd] = nc
                         if rows_on and 0 < nc < kmax:
-                            last = top_key[i, side, nc - 1]
+                            last = tkf[U(kb + nc - 1)]
                             for j in range(nc, kmax):
-                                c = 4 * j + col
-                                top_row[i, c] = _px_value(last + (j - nc + 1), sign, a0, a1)
-                                top_row[i, c + 1] = vs0
+                                c = rb + 4 * j
+                                trf[U(c)] = _px_value(last + (j - nc + 1), sign, a0, a1)
+                                trf[U(c + 1)] = vs0
                 elif size > 0.0 and pos < kmax:
-                    for j in range(kmax - 1, 0, -1):
-                        keep = j < pos
-                        top_key[i, side, j] = (
-                            top_key[i, side, j] if keep else top_key[i, side, j - 1]
-                        )
-                        top_size[i, side, j] = (
-                            top_size[i, side, j] if keep else top_size[i, side, j - 1]
-                        )
-                    top_key[i, side, pos] = key
-                    top_size[i, side, pos] = size
-                    top_n[i, side] = min(nc + 1, kmax)
                     if rows_on:
-                        for j in range(kmax - 1, pos, -1):
-                            c = 4 * j + col
-                            top_row[i, c] = top_row[i, c - 4]
-                            top_row[i, c + 1] = top_row[i, c - 3]
-                        c = 4 * pos + col
-                        # zscore/raw prices are normalised here once; ticks-from-mid prices
-                        # are recomputed per row from top_key (they move with the mid)
-                        top_row[i, c] = _px_value(key, sign, a0, a1)
-                        top_row[i, c + 1] = _size_value(size, logsz, a2, a3)
-                        nc = top_n[i, side]
+                        for j in range(kmax - 1, 0, -1):
+                            src = j - (j > pos)
+                            tkf[U(kb + j)] = tkf[U(kb + src)]
+                            tsf[U(kb + j)] = tsf[U(kb + src)]
+                            tr64[U(pb + 2 * j)] = tr64[U(pb + 2 * src)]
+                    else:
+                        for j in range(kmax - 1, 0, -1):
+                            src = j - (j > pos)
+                            tkf[U(kb + j)] = tkf[U(kb + src)]
+                            tsf[U(kb + j)] = tsf[U(kb + src)]
+                    tkf[U(kb + pos)] = key
+                    tsf[U(kb + pos)] = size
+                    nc = min(nc + 1, kmax)
+                    top_n[i, sd] = nc
+                    if rows_on:
+                        c = rb + 4 * pos
+                        trf[U(c)] = _px_value(key, sign, a0, a1)
+                        trf[U(c + 1)] = _size_value(size, logsz, a2, a3)
                         if nc < kmax:
-                            last = top_key[i, side, nc - 1]
+                            last = tkf[U(kb + nc - 1)]
                             for j in range(nc, kmax):
-                                c = 4 * j + col
-                                top_row[i, c] = _px_value(last + (j - nc + 1), sign, a0, a1)
-                                top_row[i, c + 1] = vs0
+                                c = rb + 4 * j
+                                trf[U(c)] = _px_value(last + (j - nc + 1), sign, a0, a1)
+                                trf[U(c + 1)] = vs0
                 # the touch is the first cached level (KEY_NONE when the side is empty)
-                if side == SIDE_BID:
-                    best_bid[i] = -top_key[i, 0, 0] - base[i] if top_n[i, 0] > 0 else -1
+                if sd == SIDE_BID:
+                    best_bid[i] = -tkf[U(kb)] - base[i] if nc > 0 else -1
                 else:
-                    best_ask[i] = top_key[i, 1, 0] - base[i] if top_n[i, 1] > 0 else -1
+                    best_ask[i] = tkf[U(kb)] - base[i] if nc > 0 else -1
         # ---- 7: end of packet ------------------------------------------------------------
         if not (ev.flags & FLAG_LAST):
             continue
@@ -437,29 +446,31 @@ def _run(
             continue
         # ---- the feature row (rules in lobstream.kernels.features) ----------------------
         if mode == MODE_RING:
-            di = i
             r1 = count[i] % t_ring
-            r2 = r1 + t_ring
+            d1 = (i * m_max + r1) * f
+            d2 = d1 + t_ring * f
             mi = i
         else:
-            di = 0
-            r1 = m
-            r2 = m  # written twice: cheaper than a branch per value
+            d1 = m * f
+            d2 = d1  # written twice: cheaper than a branch per value
             mi = m
         b0 = base[i]
         mid = 0.5 * (np.float64(b0 + bb) + np.float64(b0 + ba))
+        so = i * rw
         for c in range(f):
-            v = top_row[i, c]
-            dst[di, r1, c] = v
-            dst[di, r2, c] = v
+            v = trf[U(so + c)]
+            dstf[U(d1 + c)] = v
+            dstf[U(d2 + c)] = v
         if logsz:
+            kb1 = (2 * i + 1) * kmax
+            kb0 = 2 * i * kmax
             for lvl in range(nlev):
-                vp = _px_value(top_key[i, 1, lvl], 1.0, mid, a1)
-                dst[di, r1, 4 * lvl] = vp
-                dst[di, r2, 4 * lvl] = vp
-                vp = _px_value(top_key[i, 0, lvl], -1.0, mid, a1)
-                dst[di, r1, 4 * lvl + 2] = vp
-                dst[di, r2, 4 * lvl + 2] = vp
+                vp = _px_value(tkf[U(kb1 + lvl)], 1.0, mid, a1)
+                dstf[U(d1 + 4 * lvl)] = vp
+                dstf[U(d2 + 4 * lvl)] = vp
+                vp = _px_value(tkf[U(kb0 + lvl)], -1.0, mid, a1)
+                dstf[U(d1 + 4 * lvl + 2)] = vp
+                dstf[U(d2 + 4 * lvl + 2)] = vp
             # missing levels (thin books only): one tick beyond the previous one; their
             # sizes are in the cache, their prices move with the mid too
             for sd in range(2):
@@ -468,11 +479,11 @@ def _run(
                     continue
                 sign = 1.0 if sd == SIDE_ASK else -1.0
                 col = 0 if sd == SIDE_ASK else 2
-                last = top_key[i, sd, nc - 1]
+                last = tkf[U((2 * i + sd) * kmax + nc - 1)]
                 for lvl in range(nc, nlev):
                     vp = _px_value(last + (lvl - nc + 1), sign, mid, a1)
-                    dst[di, r1, 4 * lvl + col] = vp
-                    dst[di, r2, 4 * lvl + col] = vp
+                    dstf[U(d1 + 4 * lvl + col)] = vp
+                    dstf[U(d2 + 4 * lvl + col)] = vp
         rec = meta[mi]
         rec.ts_event = ts
         rec.ts_recv = ev.ts_recv
