@@ -257,6 +257,8 @@ class StreamingTrader:
         k = _close_all(self._state, self._last, out)
         if k:
             self._kept.append(out[:k])
+        # one array from here on: trades() selects from it without joining the pieces again
+        self._kept = [np.concatenate(self._kept)] if self._kept else []
         self._closed = True
 
     @property
@@ -280,7 +282,7 @@ class StreamingTrader:
         """
         if not self._closed:
             raise RuntimeError("trades() before finish(): positions still open")
-        rec = np.concatenate(self._kept) if self._kept else np.empty((0, _N_COLS), np.int64)
+        rec = self._kept[0] if self._kept else np.empty((0, _N_COLS), np.int64)
         rec = rec[rec[:, _C_THR] == k]
         if len(rec) == 0:
             return _empty()
