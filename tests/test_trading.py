@@ -215,3 +215,28 @@ def test_invariants(sig, gaps, latency, horizon):
     assert np.all(t.exit_px[~long_] == ask[t.exit_row[~long_]])
     # with no costs, the gross P&L is the signed price change
     assert np.allclose(t.net, t.side * (t.exit_px - t.entry_px))
+
+
+def test_streaming_trader_order_in_flight_across_chunks():
+    """The hand-worked latency case, with chunk boundaries between decisions and fills."""
+    from lobstream.replay.stream_trading import StreamingTrader
+
+    bid, ask = _ladder(7)
+    ts = np.arange(0, 70, 10, dtype=np.int64)
+    meta = _meta(np.zeros(7), ts, bid, ask)
+    probs = np.full((7, 3), np.nan)
+    probs[0] = [0.1, 0.1, 0.8]  # long at row 0
+    probs[1] = [0.8, 0.1, 0.1]  # short while the long is in flight: ignored
+    trader = StreamingTrader(TradingConfig(horizon=2, latency_ns=15), (0.5,))
+    for a, b in ((0, 1), (1, 2), (2, 5), (5, 7)):
+        trader.add(meta[a:b], probs[a:b])
+    trader.finish()
+    t = trader.trades(0)
+    assert list(t.entry_row) == [2] and list(t.exit_row) == [6]
+    assert (t.entry_px[0], t.exit_px[0], t.reason[0]) == (103, 106, EXIT_HORIZON)
+    # an exit still in flight when the data ends closes at the last row
+    trader = StreamingTrader(TradingConfig(horizon=2, latency_ns=25), (0.5,))
+    trader.add(meta, probs)
+    trader.finish()
+    t = trader.trades(0)
+    assert list(t.entry_row) == [3] and list(t.exit_row) == [6] and list(t.reason) == [EXIT_END]
