@@ -249,9 +249,9 @@ def _run(
     rows_on = _prepare_row_cache(
         top_key, top_size, top_n, top_row, row_spec, mode, kind, a0, a1, a2, a3
     )
-    # flat views, indexed with precomputed offsets as uint64 (no negative-index wraparound)
-    bidf = bid.reshape(-1)
-    askf = ask.reshape(-1)
+    # flat views of the top-K, row cache and row destination, indexed with precomputed
+    # offsets cast to uint64 (no negative-index wraparound code). The ladders keep 2-d
+    # indexing: measured faster there (book-only 20.5 vs 19.1 M events/s).
     tkf = top_key.reshape(-1)
     tsf = top_size.reshape(-1)
     trf = top_row.reshape(-1)
@@ -326,15 +326,14 @@ def _run(
                         s = -1
             if s >= 0:
                 sd = np.int64(side)
-                li = U(i * w + s)
                 if sd == SIDE_BID:
-                    old = bidf[li]
-                    bidf[li] = size
+                    old = bid[i, s]
+                    bid[i, s] = size
                     key = -price
                     sign = -1.0
                 else:
-                    old = askf[li]
-                    askf[li] = size
+                    old = ask[i, s]
+                    ask[i, s] = size
                     key = price
                     sign = 1.0
                 col = 2 - 2 * sd  # ask price at 4j, bid price at 4j + 2
@@ -374,16 +373,16 @@ def _run(
                             # the cache was full: the next level beyond it moves in
                             if sd == SIDE_BID:
                                 t = -deepest - base[i] - 1
-                                while bidf[U(i * w + t)] == 0.0:  # n_levels says one exists
+                                while bid[i, t] == 0.0:  # n_levels says one exists
                                     t -= 1
                                 tkf[U(kb + nc)] = -(base[i] + t)
-                                tsf[U(kb + nc)] = bidf[U(i * w + t)]
+                                tsf[U(kb + nc)] = bid[i, t]
                             else:
                                 t = deepest - base[i] + 1
-                                while askf[U(i * w + t)] == 0.0:
+                                while ask[i, t] == 0.0:
                                     t += 1
                                 tkf[U(kb + nc)] = base[i] + t
-                                tsf[U(kb + nc)] = askf[U(i * w + t)]
+                                tsf[U(kb + nc)] = ask[i, t]
                             if rows_on:
                                 c = rb + 4 * nc
                                 trf[U(c)] = _px_value(tkf[U(kb + nc)], sign, a0, a1)
