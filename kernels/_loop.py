@@ -23,7 +23,8 @@ instrument's cache first, and a book-only call, which does not maintain it, sets
 The rules are documented in :mod:`lobstream.kernels.book` and :mod:`lobstream.kernels.features`.
 
 Row destination: ``dst`` is 3-d. In ring mode it is the ring ``(N, 2T, F)`` and a row of
-instrument ``i`` goes to ``dst[i, c % T]`` and ``dst[i, c % T + T]``; in flat mode it is
+instrument ``i`` goes to ``dst[i, c % T]`` and ``dst[i, c % T + T]``, ``c % T`` being the
+ring's ``slot[i]`` (advanced with ``count``); in flat mode it is
 ``rows_out[None]`` ``(1, M, F)`` and row ``m`` goes to ``dst[0, m]``. ``meta`` is indexed by
 ``i`` (ring: the newest row's meta) or ``m`` (flat).
 """
@@ -232,7 +233,7 @@ def _prepare_row_cache(top_key, top_size, top_n, top_row, row_spec, mode, kind, 
 def _run(
     bid, ask, base, best_bid, best_ask, last_seq, last_ts, stale, healing,
     top_key, top_size, top_n, n_levels, top_row, row_spec,
-    events, report, mode, dst, count, meta, kind, nlev, a0, a1, a2, a3,
+    events, report, mode, dst, count, meta, slot, kind, nlev, a0, a1, a2, a3,
 ):  # fmt: skip
     """Consume ``events``; return the number of rows written (flat mode: stops when full)."""
     n = bid.shape[0]
@@ -445,7 +446,7 @@ def _run(
             continue
         # ---- the feature row (rules in lobstream.kernels.features) ----------------------
         if mode == MODE_RING:
-            r1 = count[i] % t_ring
+            r1 = slot[i]  # count % T, kept beside count: no division per row
             d1 = (i * m_max + r1) * f
             d2 = d1 + t_ring * f
             mi = i
@@ -494,6 +495,8 @@ def _run(
         rec.instrument = ev.instrument
         if mode == MODE_RING:
             count[i] += 1
+            r1 += 1
+            slot[i] = 0 if r1 == t_ring else r1
         else:
             m += 1
             if m == m_max:

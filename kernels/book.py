@@ -227,6 +227,7 @@ def _no_rows():
         np.zeros((1, 2, 4), np.float32),
         np.zeros(1, np.int64),
         np.zeros(1, ROW_META_DTYPE),
+        np.zeros(1, np.int64),
         0,
         1,
         0.0,

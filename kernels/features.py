@@ -197,7 +197,7 @@ def events_to_rows(
             f"meta_out must be C-contiguous ROW_META_DTYPE of shape ({rows_out.shape[0]},), got "
             f"{meta_out.dtype} {meta_out.shape}"
         )
-    dummy_count = np.zeros(1, np.int64)
+    unused = np.zeros(1, np.int64)  # the ring's count and slot: flat mode has none
     return int(
         _run(
             *book,
@@ -205,8 +205,9 @@ def events_to_rows(
             report,
             MODE_FLAT,
             rows_out[None],
-            dummy_count,
+            unused,
             meta_out,
+            unused,
             kind,
             nlev,
             a0,

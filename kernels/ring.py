@@ -65,11 +65,16 @@ class RingState(NamedTuple):
         Rows written so far per instrument.
     meta : ndarray (N,) ROW_META_DTYPE
         Meta of the newest row of each instrument (valid once ``count > 0``).
+    slot : ndarray (N,) int64
+        ``count % T``, advanced by the kernel with ``count``, so writing a row needs no
+        64-bit division (measured ~10% of the book + row + ring rate here). Anything that
+        sets ``count`` by hand must set ``slot = count % T`` too.
     """
 
     rows: np.ndarray
     count: np.ndarray
     meta: np.ndarray
+    slot: np.ndarray
 
     @property
     def window(self) -> int:
@@ -96,6 +101,7 @@ def new_ring(
         rows=np.zeros((int(n_instruments), 2 * int(window), 4 * int(levels)), np.float32),
         count=np.zeros(int(n_instruments), np.int64),
         meta=np.zeros(int(n_instruments), ROW_META_DTYPE),
+        slot=np.zeros(int(n_instruments), np.int64),
     )
 
 

@@ -50,6 +50,7 @@ def test_window_is_last_t_rows_oldest_first_after_many_wraps(window, n_rows):
     for start in range(0, len(ev), 3):
         apply_events_rows(book, ring, raw_spec(1), ev[start : start + 3], new_report())
     assert ring.count[0] == n_rows
+    assert ring.slot[0] == n_rows % window  # the kernel's division-free slot keeps up
     win = window_view(ring, 0)
     assert win.shape == (window, 4)
     expected = [float(r) for r in range(max(1, n_rows - window + 1), n_rows + 1)]
