@@ -40,15 +40,17 @@ from bench._common import emit_json, machine, parser, print_table
 DAY_NS = 86_400 * 10**9
 
 
-def _days(path: Path, days: int, registry, events_per_day: int | None) -> Iterator:
+def _days(
+    path: Path, days: int, registry, events_per_day: int | None, batch_rows: int | None = None
+) -> Iterator:
     """Event batches of ``path`` replayed ``days`` times, each copy a day later."""
-    from lobstream.replay.readers import read_events
+    from lobstream.replay.readers import DEFAULT_BATCH_ROWS, read_events
 
     seq_shift = 0
     for d in range(days):
         n = 0
         top = 0
-        for ev in read_events([path], registry):
+        for ev in read_events([path], registry, batch_rows=batch_rows or DEFAULT_BATCH_ROWS):
             if events_per_day is not None:
                 ev = ev[: max(0, events_per_day - n)]
                 if len(ev) == 0:
@@ -60,6 +62,7 @@ def _days(path: Path, days: int, registry, events_per_day: int | None) -> Iterat
             seq[seq > 0] += seq_shift
             n += len(ev)
             yield ev
+            del ev  # one batch alive at a time, as a reader's own generator does
         seq_shift += top
 
 
@@ -69,7 +72,13 @@ def _maxrss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: kB
 
 
-def child(mode: str, days: int, model: str | None, events_per_day: int | None) -> dict:
+def child(
+    mode: str,
+    days: int,
+    model: str | None,
+    events_per_day: int | None,
+    batch_rows: int | None = None,
+) -> dict:
     """One measured run in this process; returns its figures."""
     import time
 
@@ -105,7 +114,7 @@ def child(mode: str, days: int, model: str | None, events_per_day: int | None) -
     before = _maxrss_mb()
     reg = Registry()
     t0 = time.perf_counter()
-    res, summary = run(_days(path, days, reg, events_per_day), reg)
+    res, summary = run(_days(path, days, reg, events_per_day, batch_rows), reg)
     seconds = time.perf_counter() - t0
     peak = _maxrss_mb()
     return {
@@ -118,6 +127,7 @@ def child(mode: str, days: int, model: str | None, events_per_day: int | None) -
         "peak_mb": peak,
         "growth_mb": peak - before,
         "seconds": seconds,
+        "batch_rows": batch_rows,
     }
 
 
@@ -127,6 +137,8 @@ def _run_child(mode: str, days: int, args) -> dict:
         cmd += ["--model", args.model]
     if args.events_per_day:
         cmd += ["--events-per-day", str(args.events_per_day)]
+    if args.batch_rows:
+        cmd += ["--batch-rows", str(args.batch_rows)]
     env = dict(os.environ)
     if not args.glibc_default:
         env["MALLOC_MMAP_THRESHOLD_"] = "262144"
@@ -143,12 +155,22 @@ def main(argv: list[str] | None = None) -> None:
         "--events-per-day", type=int, default=None, help="cut each copy of the day (quick runs)"
     )
     ap.add_argument(
+        "--batch-rows",
+        type=int,
+        default=None,
+        help="events per read batch (default: the readers' DEFAULT_BATCH_ROWS, as the CLI)",
+    )
+    ap.add_argument(
         "--glibc-default", action="store_true", help="keep glibc's dynamic mmap threshold"
     )
     ap.add_argument("--child", choices=["keep_rows", "streaming"], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        print(json.dumps(child(args.child, args.days, args.model, args.events_per_day)))
+        print(
+            json.dumps(
+                child(args.child, args.days, args.model, args.events_per_day, args.batch_rows)
+            )
+        )
         return
     cases = {}
     for mode in ("keep_rows", "streaming"):
@@ -175,6 +197,7 @@ def main(argv: list[str] | None = None) -> None:
                 "days": args.days,
                 "repeat": args.repeat,
                 "malloc_mmap_threshold": None if args.glibc_default else 262144,
+                "batch_rows": args.batch_rows,
                 "machine": machine(),
             }
         )
@@ -192,7 +215,8 @@ def main(argv: list[str] | None = None) -> None:
         for c in cases.values()
     ]
     print_table(
-        f"backtest peak RSS, GOOG day x1 vs x{args.days} (median of {args.repeat} processes)",
+        f"backtest peak RSS, GOOG day x1 vs x{args.days} (median of {args.repeat} processes, "
+        f"read batches of {args.batch_rows or 'the default'} events)",
         ("path", "days", "rows", "trades", "peak MB", "growth MB", "seconds"),
         rows,
     )

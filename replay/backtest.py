@@ -228,6 +228,7 @@ def rows_from_events(
         if top >= book.n_instruments:
             book = _grow(book, top + 1)
         m = events_to_rows(book, spec, ev, rows, meta, report)
+        del ev  # not kept alive while the consumer asks the source for the next batch
         yield rows[:m], meta[:m], n
 
 
@@ -302,6 +303,8 @@ def run_backtest(
             metas.append(meta)
         n_events += n
         n_rows += len(meta)
+        # without keep_rows this chunk is the sink's now: not alive while the next is scored
+        del rows, meta, p
         if on_progress is not None:
             on_progress(n_events, n_rows, scorer.n_windows)
         if max_rows is not None and n_rows >= max_rows:
