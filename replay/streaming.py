@@ -50,6 +50,8 @@ from lobstream.replay.trading import (
 
 logger = logging.getLogger(__name__)
 
+_SLICE_ROWS = 16_384  # rows per step of add(): ~1 MB of temporaries per step
+
 
 class StreamingEvaluator:
     """Classification report, trading simulation and plot data of a stream of scored rows.
@@ -107,17 +109,18 @@ class StreamingEvaluator:
         """
         if self._finished:
             raise RuntimeError("StreamingEvaluator.add after finish(): start a new evaluator")
-        if len(meta) == 0:
-            return
-        self.trader.add(meta, probs)
-        has = ~np.isnan(probs[:, 0])
-        self.signal_counts += signal_counts_by_bin(
-            meta["ts_event"][has],
-            signals_from_probs(probs[has], self.config.threshold),
-            self.signal_bin_minutes,
-        )
-        self._score(*self.labels.add(meta["instrument"], meta["mid"], meta["ts_event"], probs))
-        self.n_rows += len(meta)
+        # slices of a bounded size: the temporaries stay small whatever the reader's batch
+        for s in range(0, len(meta), _SLICE_ROWS):
+            m, p = meta[s : s + _SLICE_ROWS], probs[s : s + _SLICE_ROWS]
+            self.trader.add(m, p)
+            has = ~np.isnan(p[:, 0])
+            self.signal_counts += signal_counts_by_bin(
+                m["ts_event"][has],
+                signals_from_probs(p[has], self.config.threshold),
+                self.signal_bin_minutes,
+            )
+            self._score(*self.labels.add(m["instrument"], m["mid"], m["ts_event"], p))
+            self.n_rows += len(m)
 
     def finish(self) -> None:
         """End of the stream: the last rows get label -1, open positions close at the end."""
