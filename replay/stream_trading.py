@@ -262,10 +262,6 @@ class StreamingTrader:
         self._closed = True
 
     @property
-    def n_trades_kept(self) -> int:
-        return sum(len(a) for a in self._kept)
-
-    @property
     def instruments(self) -> np.ndarray:
         """(n,) sorted ids of the instruments that had rows."""
         return np.flatnonzero(self._last[:, _L_COUNT] > 0)
