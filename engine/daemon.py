@@ -4,12 +4,13 @@ One loop thread owns the ingest and publish sockets (sockets never cross threads
 rounds: wait for market data (bounded), drain what has arrived (at most ``max_drain``
 messages), apply it with one kernel call, then infer every instrument whose window changed
 since its last inference (up to ``max_batch``, newest window only) and publish. At low load
-a signal costs one inline model call. A batch of ``model.overlap_batch`` windows or more goes
-to an inference thread (:class:`~lobstream.engine.scheduler.InferenceWorker`; TorchScript
-releases the GIL) while the loop keeps draining and applying; it is published by the first
-round after it finishes, and the next batch is chosen then, on the newest windows. So under
-load the batch grows instead of the queue, and what waits does so in ZeroMQ's bounded queue
-(``ingest.rcvhwm``) or as conflated windows (counted).
+a signal costs one inline model call. Once ``model.overlap_batch`` windows or more are due,
+the inference thread (:class:`~lobstream.engine.scheduler.InferenceWorker`) takes over: it
+chooses and gathers each next batch itself the moment a call ends, on the newest windows
+(under a lock shared with the loop's book updates), while the loop keeps draining, applying
+and publishing what it finished; it goes back to sleep when fewer are due. So under load the
+model never waits for the loop, the batch grows instead of the queue, and what waits does so
+in ZeroMQ's bounded queue (``ingest.rcvhwm``) or as conflated windows (counted).
 
 Signal handlers only request: :meth:`Daemon.request_stop` and :meth:`Daemon.request_reload`.
 Shutdown runs in a fixed, logged order: stop intake, finish the batch in flight (published),
@@ -34,6 +35,7 @@ import zmq
 
 from lobstream.engine.config import ServeConfig
 from lobstream.engine.ingest import Ingest
+from lobstream.engine.malloc import hold_freed_memory
 from lobstream.engine.metrics import Metrics, RateLimitedLog
 from lobstream.engine.publisher import Publisher
 from lobstream.engine.scheduler import InferenceWorker, Scheduler
@@ -138,7 +140,13 @@ class Daemon:
         self._loader: threading.Thread | None = None
         self.metrics_port: int | None = None
         self.worker: InferenceWorker | None = None
-        self._inflight: tuple | None = None  # (ids, meta, conflated, t_gather, t_model) of a job
+        # Guards the book, rings and scheduler between the loop and the inference thread.
+        # ``_pulling``: the inference thread owns the runner and takes batches itself (set by
+        # the loop, cleared by the thread, both under the lock); ``_hold``: it must stop
+        # taking them (a model swap or shutdown waits for that).
+        self._lock = threading.Lock()
+        self._pulling = False
+        self._hold = False
         self.poller = zmq.Poller()
         self.started = threading.Event()  # set once sockets are open (tests wait on it)
         self.t_start = time.monotonic()
@@ -155,6 +163,8 @@ class Daemon:
         """Warm the kernels, open the sockets and the metrics endpoint."""
         # kernels compile or load from cache here; the runner warmed itself when built
         warmup_kernels()
+        if self.cfg.model.overlap_batch and hold_freed_memory():  # the inference thread's
+            logger.info("glibc keeps freed memory: no page faults per model call")
         if self.cfg.ingest.cpus:
             # before the context exists, so ZeroMQ's I/O thread (and every thread started
             # from here on) inherits the loop's CPUs; the inference thread then moves itself
@@ -168,7 +178,7 @@ class Daemon:
         self.ingest = Ingest(self.ctx, self.cfg.ingest, self.symbols, self.metrics, self.rlog)
         self.poller.register(self.ingest.sock, zmq.POLLIN)
         if self.cfg.model.overlap_batch:
-            self.worker = InferenceWorker(self.ctx, self.cfg.model.cpus)
+            self.worker = InferenceWorker(self.ctx, self._next_job, self.cfg.model.cpus)
             self.poller.register(self.worker.sock, zmq.POLLIN)
         self.started.set()
 
@@ -188,12 +198,9 @@ class Daemon:
         next_poll = time.monotonic() + (self.cfg.model.reload_poll_s or 1e18)
         try:
             while not self._stop.is_set():
-                if self._pending is not None and self._inflight is None:
+                if self._pending is not None and self._worker_parked():
                     self._swap_model()
-                busy = self.ingest.backlog or (
-                    self._inflight is None
-                    and len(self.scheduler.due(self.ring.count, self.book.stale))
-                )
+                busy = self.ingest.backlog or self._inline_due()
                 if not busy and not (spin_s and self._spin(spin_s)):
                     self.poller.poll(_IDLE_WAIT_MS)
                 self.round()
@@ -227,38 +234,99 @@ class Daemon:
         return False
 
     def round(self) -> int:
-        """One round: drain and apply, then infer and publish one batch. Returns signals sent.
+        """One round: drain and apply, publish what the inference thread finished, then start
+        it on a large batch or infer a small one inline. Returns signals sent.
 
         Accounting of the drain (message and event counts, receive latency) and of the applied
         batch (kernel conditions, stale changes, gauges) runs after the signals are out, so it
         never sits between an event and its signal.
         """
-        sent = self._turn_over()
+        sent = self._publish_finished()
         events, _ = self.ingest.drain()
         applied = self._apply_kernel(events) if events is not None else None
-        # a job that finished during the drain and apply is turned over now, not a round later
-        sent += self._turn_over()
-        if self._inflight is None:
-            sent += self.infer_and_publish(overlap=True)
+        # a call that finished during the drain and apply is published now, not a round later
+        sent += self._publish_finished()
+        sent += self._dispatch()
         self.ingest.account()
         if applied is not None:
             self._account(*applied)
         return sent
 
-    def _turn_over(self) -> int:
-        """If the inference thread finished, publish its batch; returns signals sent.
+    def _dispatch(self) -> int:
+        """Start the inference thread when a large batch is due, else infer inline."""
+        if self.worker is not None:
+            with self._lock:
+                if self._pulling:
+                    return 0
+                due = len(self.scheduler.due(self.ring.count, self.book.stale))
+                if due == 0:
+                    return 0
+                big = min(due, self.max_batch) >= self.cfg.model.overlap_batch
+                if big and not self._hold:
+                    self._pulling = True
+                    self.worker.kick()
+                    return 0
+        # the thread is idle and only this thread starts it: no lock needed from here. Its
+        # last results go out first, so an instrument's signals stay in order.
+        return self._publish_finished() + self.infer_and_publish()
 
-        Keeps the model busy: the next large batch (windows applied while the last one ran) is
-        handed over before the finished one is published. A small next batch would run inline
-        and could overtake it, so then it waits for its usual place in the round.
-        """
-        if self.worker is None or not self.worker.done():
+    def _next_job(self) -> tuple | None:
+        """The inference thread's next batch, ``(runner, n, tag)``; None parks the thread.
+
+        Runs on the inference thread. The lock keeps the loop's kernel off the rings while the
+        windows are copied out."""
+        with self._lock:
+            ids, conflated = (
+                self.scheduler.select(
+                    self.ring.count, self.book.stale, self.cfg.model.overlap_batch
+                )
+                if not self._hold
+                else (None, 0)
+            )
+            if ids is None or len(ids) == 0:
+                self._pulling = False
+                return None
+            runner = self.model.runner
+            t0 = time.perf_counter_ns()
+            gather_windows(self.ring, ids, runner.input)
+            meta = self.ring.meta[ids]  # a copy: rows applied meanwhile do not change it
+            t1 = time.perf_counter_ns()
+        return runner, len(ids), (ids, meta, conflated, t0, t1)
+
+    def _publish_finished(self) -> int:
+        """Publish the calls the inference thread finished; returns signals sent."""
+        if self.worker is None:
             return 0
-        finished = self._collect_inflight()
-        due = len(self.scheduler.due(self.ring.count, self.book.stale))
-        if min(due, self.max_batch) >= max(self.cfg.model.overlap_batch, 1):
-            self.infer_and_publish(overlap=True)
-        return self._publish(*finished)
+        sent = 0
+        for tag, probs, err, t2 in self.worker.take():
+            if err is not None:
+                raise RuntimeError("model call on the inference thread failed") from err
+            ids, meta, conflated, t0, t1 = tag
+            sent += self._publish(ids, meta, probs, conflated, t0, t1, t2)
+        return sent
+
+    def _inline_due(self) -> bool:
+        """Whether the loop itself has windows to infer (the inference thread is parked)."""
+        with self._lock:
+            if self._pulling:
+                return False
+            return len(self.scheduler.due(self.ring.count, self.book.stale)) > 0
+
+    def _worker_parked(self, timeout_s: float = 0.0) -> bool:
+        """Hold the inference thread and wait up to ``timeout_s`` for it to park; whether it
+        is parked (then the runner is the loop's; :meth:`_unhold` lets it run again)."""
+        with self._lock:
+            self._hold = True
+            if not self._pulling:
+                return True
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            self.worker.wait(10)
+            self._publish_finished()
+            with self._lock:
+                if not self._pulling:
+                    return True
+        return False
 
     def apply(self, events: np.ndarray) -> None:
         """Apply an event batch to the books and rings, and count the kernel's conditions.
@@ -271,10 +339,11 @@ class Daemon:
         self._account(*self._apply_kernel(events))
 
     def _apply_kernel(self, events: np.ndarray) -> tuple[np.ndarray, int]:
-        stale_before = self.book.stale.copy()
-        t0 = time.perf_counter_ns()
-        apply_events_rows(self.book, self.ring, self.spec, events, self.report)
-        return stale_before, time.perf_counter_ns() - t0
+        with self._lock:
+            stale_before = self.book.stale.copy()
+            t0 = time.perf_counter_ns()
+            apply_events_rows(self.book, self.ring, self.spec, events, self.report)
+            return stale_before, time.perf_counter_ns() - t0
 
     def _account(self, stale_before: np.ndarray, book_ns: int) -> None:
         rep = self.report
@@ -285,7 +354,8 @@ class Daemon:
                 self._log_stale_changes(stale_before, rep)
             rep[0] = 0
             rep[1] = -1
-        self.scheduler.forget_stale(self.ring.count, self.book.stale)
+        with self._lock:
+            self.scheduler.forget_stale(self.ring.count, self.book.stale)
         self.metrics.stale.set(int(np.count_nonzero(self.book.stale)))
 
     def _log_stale_changes(self, before: np.ndarray, rep: np.ndarray) -> None:
@@ -299,13 +369,10 @@ class Daemon:
         for i in np.flatnonzero(before & ~now):
             self.rlog.warning("healed", "%s healed by a snapshot", self.symbols[i])
 
-    def infer_and_publish(self, overlap: bool = False) -> int:
-        """Infer the due instruments (at most ``max_batch``) and publish their signals.
+    def infer_and_publish(self) -> int:
+        """Infer the due instruments (at most ``max_batch``) inline and publish their signals.
 
-        With ``overlap`` and a batch of at least ``model.overlap_batch`` windows, the model
-        call is handed to the inference thread and published by a later round (returns 0);
-        smaller batches (low load) run inline, the lowest-latency path.
-        """
+        Only while the inference thread is parked (it owns the runner when it runs)."""
         ids, conflated = self.scheduler.select(self.ring.count, self.book.stale)
         b = len(ids)
         if b == 0:
@@ -315,24 +382,8 @@ class Daemon:
         gather_windows(self.ring, ids, runner.input)
         meta = self.ring.meta[ids]  # a copy: rows applied meanwhile do not change it
         t1 = time.perf_counter_ns()
-        if overlap and self.worker is not None and b >= self.cfg.model.overlap_batch:
-            self._inflight = (ids, meta, conflated, t0, t1)
-            self.worker.submit(runner, b)
-            return 0
         probs = runner.infer(b)
         return self._publish(ids, meta, probs, conflated, t0, t1, time.perf_counter_ns())
-
-    def _collect_inflight(self) -> tuple:
-        """The finished job's ``_publish`` arguments (the worker reported done)."""
-        t2 = time.perf_counter_ns()
-        ids, meta, conflated, t0, t1 = self._inflight
-        self._inflight = None
-        if self.worker.error is not None:
-            raise RuntimeError("model call on the inference thread failed") from self.worker.error
-        return ids, meta, self.worker.result, conflated, t0, t1, t2
-
-    def _finish_inflight(self) -> int:
-        return self._publish(*self._collect_inflight())
 
     def _publish(self, ids, meta, probs, conflated: int, t0: int, t1: int, t2: int) -> int:
         tp = time.perf_counter_ns()
@@ -450,6 +501,8 @@ class Daemon:
         self.model = new
         self.records["model_id"] = new.model_id
         self._loader = None
+        with self._lock:
+            self._hold = False  # the inference thread may take batches again
         self.metrics.reloads.labels("ok").inc()
         logger.info("model reloaded: %s -> %s", old.sha256[:12], new.sha256[:12])
 
@@ -460,13 +513,18 @@ class Daemon:
         if self.ingest is not None:
             self.ingest.close()
             self.ingest = None
-        if self._inflight is not None and self.worker.done(timeout_ms=1000):
-            self._finish_inflight()  # the batch in flight
+        parked = True
         if self.worker is not None:
+            # the batch in flight finishes and is published; no new one starts
+            parked = self._worker_parked(timeout_s=1.0)
+            if not parked:
+                logger.warning("shutdown: the model call in flight did not end within 1 s")
+            self._publish_finished()
             self.worker.close()
             self.worker = None
         if self.publisher is not None:
-            sent = self.infer_and_publish()  # windows already applied but not yet inferred
+            # windows already applied but not yet inferred (the runner is free only if parked)
+            sent = self.infer_and_publish() if parked else 0
             logger.info("shutdown: published %s signals in flight; final heartbeat", sent)
             self.send_status()
             self.publisher.close()

@@ -1,4 +1,5 @@
-"""The inference thread: results handed back over its inproc socket, and its CPU pinning."""
+"""The inference thread: batches it takes itself, results handed back over its inproc socket,
+errors passed on, and its CPU pinning."""
 
 from __future__ import annotations
 
@@ -24,12 +25,15 @@ class _Recorder:
 
 def _run_one(cpus: tuple[int, ...]) -> tuple[_Recorder, np.ndarray]:
     ctx = zmq.Context()
-    worker = InferenceWorker(ctx, cpus)
+    rec = _Recorder()
+    jobs = [(rec, 4, "tag")]
+    worker = InferenceWorker(ctx, lambda: jobs.pop() if jobs else None, cpus)
     try:
-        rec = _Recorder()
-        worker.submit(rec, 4)
-        assert worker.done(timeout_ms=10_000)
-        return rec, worker.result
+        worker.kick()
+        assert worker.wait(10_000)
+        ((tag, probs, err, _),) = worker.take()
+        assert tag == "tag" and err is None
+        return rec, probs
     finally:
         worker.close()
         ctx.term()
@@ -47,3 +51,50 @@ def test_worker_pins_only_its_own_thread():
     rec, _ = _run_one((target,))
     assert rec.cpus == {target}
     assert os.sched_getaffinity(0) == mine  # the calling (loop) thread is not moved
+
+
+def test_worker_takes_batches_until_none_then_parks():
+    ctx = zmq.Context()
+    rec = _Recorder()
+    jobs = [(rec, n, n) for n in (3, 2, 1)]
+    worker = InferenceWorker(ctx, lambda: jobs.pop() if jobs else None)
+    try:
+        worker.kick()
+        got = []
+        for _ in range(100):
+            if len(got) == 3:
+                break
+            worker.wait(100)
+            got += worker.take()
+        assert [g[0] for g in got] == [1, 2, 3]  # in the order taken
+        assert [len(g[1]) for g in got] == [1, 2, 3]
+        jobs.append((rec, 5, "again"))  # parked: only a kick starts it again
+        assert not worker.wait(200) and worker.take() == []
+        worker.kick()
+        assert worker.wait(10_000)
+        assert [g[0] for g in worker.take()] == ["again"]
+    finally:
+        worker.close()
+        ctx.term()
+
+
+def test_worker_hands_errors_to_the_loop():
+    class Boom:
+        def infer(self, n):
+            raise ValueError("bad batch")
+
+    def bad_job():
+        raise KeyError("no batch")
+
+    ctx = zmq.Context()
+    jobs = [(Boom(), 2, "t")]
+    for next_job, err in ((lambda: jobs.pop() if jobs else None, ValueError), (bad_job, KeyError)):
+        worker = InferenceWorker(ctx, next_job)
+        try:
+            worker.kick()
+            assert worker.wait(10_000)
+            (res,) = worker.take()
+            assert res[1] is None and isinstance(res[2], err)
+        finally:
+            worker.close()
+    ctx.term()
