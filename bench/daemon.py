@@ -15,7 +15,9 @@ process, and receives signals in a third process (the subscriber helper), in one
    ``instruments * 1000 / slice_ms`` (the "update cap" printed): at the 10 ms slice of earlier
    runs that was 10,000/s, 0.58 of the model's best, whatever the daemon did. 5 ms lifts the
    cap above the model's best; finer slices cost more per event in the feeder and the loop
-   than they add (2 ms measured worse here: 50,000 messages/s on the 2-core machine);
+   than they add (2 ms measured worse here: 50,000 messages/s on the 2-core machine). The
+   phase runs ``--high-repeat`` (3) times, each against the model's best measured just
+   before it, and the median run is judged: this VM's speed drifts by tens of percent;
 4. transport floor: the low-load run again with the daemon replaced by a null daemon (a process
    that turns each market-data message into a signal record with no book, window or model),
    over the same sockets and processes: what two ZeroMQ hops between three processes cost on
@@ -527,6 +529,10 @@ def main(argv=None) -> int:
     ap.add_argument("--instruments", type=int, default=100)
     ap.add_argument("--seconds", type=float, default=5.0, help="length of each load phase")
     ap.add_argument(
+        "--high-repeat", type=int, default=3,
+        help="high-load runs, each after a fresh model-alone best; the median ratio is judged",
+    )  # fmt: skip
+    ap.add_argument(
         "--pin", action="store_true",
         help="model on a CPU of its own; loop, feeder and subscriber on another (Linux, 2+ CPUs)",
     )  # fmt: skip
@@ -551,10 +557,22 @@ def main(argv=None) -> int:
     low = low_load(
         model, info, args.threads, args.low_rate, args.seconds, pin_low, busy_poll_us=spin
     )  # fmt: skip
-    high = high_load(
-        model, info, args.threads, args.high_rate, args.instruments, args.seconds,
-        args.slice_ms / 1e3, pin_high, spin,
-    )  # fmt: skip
+    highs = []
+    for k in range(max(1, args.high_repeat)):
+        # this VM's speed drifts by tens of percent over minutes: each run is judged against
+        # the model's best measured just before it, and the median run is reported
+        best = info["best_throughput"] if k == 0 else model_alone(
+            model, args.threads, batches=(64, args.instruments, 256),
+            cpus=pin_low["model"] if pin_low else (),
+        )["best_throughput"]  # fmt: skip
+        h = high_load(
+            model, info, args.threads, args.high_rate, args.instruments, args.seconds,
+            args.slice_ms / 1e3, pin_high, spin,
+        )  # fmt: skip
+        h["model_best"] = best
+        h["signals_ratio"] = h["signals_per_s"] / best
+        highs.append(h)
+    high = sorted(highs, key=lambda h: h["signals_ratio"])[len(highs) // 2]
     floor = low_load(
         model, info, args.threads, args.low_rate, args.seconds, pin_low, null=True,
         busy_poll_us=spin,
@@ -563,8 +581,11 @@ def main(argv=None) -> int:
     bars = {
         "low_load_p50_bar_us": info["b1_p50_us"] + 200.0,
         "low_load_ok": low["e2e_p50_us"] <= info["b1_p50_us"] + 200.0,
-        "keeps_up": high["events_taken"] == high["events_sent"] and high["seq_gaps"] == 0,
-        "signals_ratio": high["signals_per_s"] / info["best_throughput"],
+        "keeps_up": all(
+            h["events_taken"] == h["events_sent"] and h["seq_gaps"] == 0 for h in highs
+        ),
+        "signals_ratio": high["signals_ratio"],  # the median run's
+        "signals_ratios": [h["signals_ratio"] for h in highs],
         # the most signals/s the feed allows: one new window per instrument per message
         "update_cap_per_s": args.instruments * 1e3 / args.slice_ms,
     }
@@ -578,6 +599,7 @@ def main(argv=None) -> int:
         "model_alone": info,
         "low_load": low,
         "high_load": high,
+        "high_load_runs": highs,
         "transport_floor": {
             k: floor[k] for k in ("messages", "signals", "e2e_p50_us", "e2e_p99_us")
         },
@@ -598,9 +620,9 @@ def main(argv=None) -> int:
         [
             ["low load", low["e2e_p50_us"], low["e2e_p99_us"], low["signals"], "",
              f"p50 <= {bars['low_load_p50_bar_us']:.0f}", str(bars["low_load_ok"])],
-            ["high load", high["e2e_p50_us"], high["e2e_p99_us"], high["signals"],
-             high["signals_per_s"], f">= {0.8 * info['best_throughput']:.0f}/s",
-             str(bars["throughput_ok"])],
+            *[[f"high load {k + 1}", h["e2e_p50_us"], h["e2e_p99_us"], h["signals"],
+               h["signals_per_s"], f">= {0.8 * h['model_best']:.0f}/s",
+               str(h["signals_ratio"] >= 0.8)] for k, h in enumerate(highs)],
             ["transport floor", floor["e2e_p50_us"], floor["e2e_p99_us"], floor["signals"], "",
              "", ""],
         ],
@@ -610,14 +632,16 @@ def main(argv=None) -> int:
         f"floor (null daemon, same sockets and processes), model batch-1 p50 "
         f"{info['b1_p50_us']:.0f} us"
     )
-    for name, phase in (("low load", low), ("high load", high)):
+    for name, phase in (("low load", low), ("high load (median run)", high)):
         st = phase.get("stages", {})
         parts = [f"{k} {v['mean_us']:.0f}" for k, v in st.items() if isinstance(v, dict) and v["n"]]
         print(f"{name} daemon stages, mean us: " + ", ".join(parts))
     print(
         f"high load: fed {high['achieved_feed_events_per_s']:.0f} events/s, taken "
         f"{high['events_taken']}/{high['events_sent']}, seq gaps {high['seq_gaps']}, "
-        f"conflated {high['conflated']}, keeps up: {bars['keeps_up']}; update cap "
+        f"conflated {high['conflated']}, keeps up (all runs): {bars['keeps_up']}; signals/s of "
+        f"the model's best per run {', '.join(f'{r:.2f}' for r in bars['signals_ratios'])}, "
+        f"median {bars['signals_ratio']:.2f} (bar 0.80); update cap "
         f"{bars['update_cap_per_s']:.0f} signals/s ({args.instruments} instruments, one message "
         f"each per {args.slice_ms:g} ms)"
     )
