@@ -4,6 +4,7 @@ errors passed on, and its CPU pinning."""
 from __future__ import annotations
 
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -57,7 +58,15 @@ def test_worker_takes_batches_until_none_then_parks():
     ctx = zmq.Context()
     rec = _Recorder()
     jobs = [(rec, n, n) for n in (3, 2, 1)]
-    worker = InferenceWorker(ctx, lambda: jobs.pop() if jobs else None)
+    parked = threading.Event()
+
+    def next_job():
+        if jobs:
+            return jobs.pop()
+        parked.set()
+        return None
+
+    worker = InferenceWorker(ctx, next_job)
     try:
         worker.kick()
         got = []
@@ -68,6 +77,7 @@ def test_worker_takes_batches_until_none_then_parks():
             got += worker.take()
         assert [g[0] for g in got] == [1, 2, 3]  # in the order taken
         assert [len(g[1]) for g in got] == [1, 2, 3]
+        assert parked.wait(10)
         jobs.append((rec, 5, "again"))  # parked: only a kick starts it again
         assert not worker.wait(200) and worker.take() == []
         worker.kick()
