@@ -163,7 +163,8 @@ class Daemon:
         """Warm the kernels, open the sockets and the metrics endpoint."""
         # kernels compile or load from cache here; the runner warmed itself when built
         warmup_kernels()
-        if self.cfg.model.overlap_batch and hold_freed_memory():  # the inference thread's
+        # the inference thread would otherwise fault its activations in on every call
+        if self.cfg.model.overlap_batch and hold_freed_memory():
             logger.info("glibc keeps freed memory: no page faults per model call")
         if self.cfg.ingest.cpus:
             # before the context exists, so ZeroMQ's I/O thread (and every thread started
@@ -313,8 +314,9 @@ class Daemon:
             return len(self.scheduler.due(self.ring.count, self.book.stale)) > 0
 
     def _worker_parked(self, timeout_s: float = 0.0) -> bool:
-        """Hold the inference thread and wait up to ``timeout_s`` for it to park; whether it
-        is parked (then the runner is the loop's; :meth:`_unhold` lets it run again)."""
+        """Hold the inference thread and wait up to ``timeout_s`` for it to park, publishing
+        what it finishes meanwhile; whether it is parked (then the runner is the loop's).
+        The hold lasts until a model swap releases it, or for good at shutdown."""
         with self._lock:
             self._hold = True
             if not self._pulling:
