@@ -287,12 +287,16 @@ class Daemon:
             if ids is None or len(ids) == 0:
                 self._pulling = False
                 return None
-            runner = self.model.runner
-            t0 = time.perf_counter_ns()
-            gather_windows(self.ring, ids, runner.input)
-            meta = self.ring.meta[ids]  # a copy: rows applied meanwhile do not change it
-            t1 = time.perf_counter_ns()
+            runner, meta, t0, t1 = self._gather(ids)
         return runner, len(ids), (ids, meta, conflated, t0, t1)
+
+    def _gather(self, ids: np.ndarray) -> tuple:
+        """Copy the windows of ``ids`` into the runner's input: ``(runner, meta, t0, t1)``."""
+        runner = self.model.runner
+        t0 = time.perf_counter_ns()
+        gather_windows(self.ring, ids, runner.input)
+        meta = self.ring.meta[ids]  # a copy: rows applied meanwhile do not change it
+        return runner, meta, t0, time.perf_counter_ns()
 
     def _publish_finished(self) -> int:
         """Publish the calls the inference thread finished; returns signals sent."""
@@ -379,11 +383,7 @@ class Daemon:
         b = len(ids)
         if b == 0:
             return 0
-        runner = self.model.runner
-        t0 = time.perf_counter_ns()
-        gather_windows(self.ring, ids, runner.input)
-        meta = self.ring.meta[ids]  # a copy: rows applied meanwhile do not change it
-        t1 = time.perf_counter_ns()
+        runner, meta, t0, t1 = self._gather(ids)
         probs = runner.infer(b)
         return self._publish(ids, meta, probs, conflated, t0, t1, time.perf_counter_ns())
 
