@@ -285,11 +285,13 @@ def test_slow_and_absent_subscriber_never_block_ingest(artifact, ipc_dir):
         run.stop()
 
 
-def test_hot_reload_swaps_model_without_losing_events(artifact, ipc_dir, tmp_path):
+@pytest.mark.parametrize("overlap_batch", [16, 1], ids=["inline", "inference-thread"])
+def test_hot_reload_swaps_model_without_losing_events(artifact, ipc_dir, tmp_path, overlap_batch):
     model_path = tmp_path / "live.pt"
     shutil.copy(artifact, model_path)
     symbols = ["AAA", "BBB"]
-    cfg = make_cfg(ipc_dir, model_path, symbols)
+    # overlap_batch 1: the inference thread takes every batch, so the swap must park it first
+    cfg = make_cfg(ipc_dir, model_path, symbols, model={"overlap_batch": overlap_batch})
     events = synthetic_events(3000, n_instruments=2, seed=11, levels=4)
     run = Running(cfg, symbols)
     try:
