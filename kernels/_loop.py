@@ -13,7 +13,7 @@ Row cache: ``top_row (N, 4K) f4`` holds, in row column order, the normalised val
 top-K cache's levels (ask price and size of level j at columns ``4j, 4j+1``, bid at ``4j+2,
 4j+3``): exact for the cached levels ``j < top_n`` of each side, and beyond them the missing
 levels by the features rule (while the side has a level; undefined when it is empty). It moves
-in the same shifts as ``top_key`` / ``top_size``, and a level is normalised once, when it
+in the same shifts as ``top_key``, and a level is normalised once, when it
 enters the cache or changes size (missing levels when the side's count or deepest level
 changes), so writing a row is a plain copy of ``4L`` floats (plus, for ticks-from-mid, the
 ``2L`` prices, which move with the mid). ``row_spec (5,) f8`` names
@@ -23,10 +23,14 @@ instrument's cache first, and a book-only call, which does not maintain it, sets
 The rules are documented in :mod:`lobstream.kernels.book` and :mod:`lobstream.kernels.features`.
 
 Row destination: ``dst`` is 3-d. In ring mode it is the ring ``(N, 2T, F)`` and a row of
-instrument ``i`` goes to ``dst[i, c % T]`` and ``dst[i, c % T + T]``, ``c % T`` being the
-ring's ``slot[i]`` (advanced with ``count``); in flat mode it is
-``rows_out[None]`` ``(1, M, F)`` and row ``m`` goes to ``dst[0, m]``. ``meta`` is indexed by
-``i`` (ring: the newest row's meta) or ``m`` (flat).
+instrument ``i`` goes to ``dst[i, c % T]``, ``c % T`` being the ring's ``slot[i]`` (advanced
+with ``count``); its mirror copy ``dst[i, c % T + T]`` is written once per call, at the end
+(:func:`_mirror`), and only for the rows that the window at the call's final count shows
+there: in a long replay most rows are overwritten a lap later before any reader could see
+their mirror, so this halves the row bytes written. ``first[i]`` is ``count[i]`` at the
+instrument's first row of the call (-1 before), and ``touched`` lists those instruments. In
+flat mode ``dst`` is ``rows_out[None]`` ``(1, M, F)`` and row ``m`` goes to ``dst[0, m]``.
+``meta`` is indexed by ``i`` (ring: the newest row's meta) or ``m`` (flat).
 """
 
 from __future__ import annotations
@@ -114,9 +118,9 @@ def _size_value(size, logsz, off, scale):
 
 
 @njit
-def _fill_top_row(top_key, top_size, top_n, top_row, i, logsz, a0, a1, a2, a3):
+def _fill_top_row(bid, ask, base, top_key, top_n, top_row, i, logsz, a0, a1, a2, a3):
     """Normalise instrument i's cached levels, and its missing ones, into its row cache
-    (rare paths only)."""
+    (rare paths only; sizes are read from the ladder)."""
     vs0 = _size_value(0.0, logsz, a2, a3)
     kmax = top_key.shape[2]
     for sd in range(2):
@@ -125,7 +129,9 @@ def _fill_top_row(top_key, top_size, top_n, top_row, i, logsz, a0, a1, a2, a3):
         nc = top_n[i, sd]
         for j in range(nc):
             top_row[i, 4 * j + col] = _px_value(top_key[i, sd, j], sign, a0, a1)
-            top_row[i, 4 * j + col + 1] = _size_value(top_size[i, sd, j], logsz, a2, a3)
+            key = top_key[i, sd, j]
+            size = bid[i, -key - base[i]] if sd == SIDE_BID else ask[i, key - base[i]]
+            top_row[i, 4 * j + col + 1] = _size_value(size, logsz, a2, a3)
         if nc > 0:
             last = top_key[i, sd, nc - 1]
             for j in range(nc, kmax):
@@ -134,7 +140,7 @@ def _fill_top_row(top_key, top_size, top_n, top_row, i, logsz, a0, a1, a2, a3):
 
 
 @njit
-def _rebuild_top(bid, ask, base, best_bid, best_ask, top_key, top_size, top_n, n_levels, i):
+def _rebuild_top(bid, ask, base, best_bid, best_ask, top_key, top_n, n_levels, i):
     """Recompute instrument i's touch slots, level counts and top-K cache from its ladder
     (rare paths only: a full scan)."""
     w = bid.shape[1]
@@ -149,8 +155,6 @@ def _rebuild_top(bid, ask, base, best_bid, best_ask, top_key, top_size, top_n, n
     for j in range(kmax):
         top_key[i, 0, j] = KEY_NONE
         top_key[i, 1, j] = KEY_NONE
-        top_size[i, 0, j] = 0.0
-        top_size[i, 1, j] = 0.0
     b0 = base[i]
     n = 0
     best_bid[i] = -1
@@ -159,7 +163,6 @@ def _rebuild_top(bid, ask, base, best_bid, best_ask, top_key, top_size, top_n, n
             if n == 0:
                 best_bid[i] = s
             top_key[i, 0, n] = -(b0 + s)
-            top_size[i, 0, n] = bid[i, s]
             n += 1
             if n == kmax:
                 break
@@ -171,7 +174,6 @@ def _rebuild_top(bid, ask, base, best_bid, best_ask, top_key, top_size, top_n, n
             if n == 0:
                 best_ask[i] = s
             top_key[i, 1, n] = b0 + s
-            top_size[i, 1, n] = ask[i, s]
             n += 1
             if n == kmax:
                 break
@@ -179,7 +181,7 @@ def _rebuild_top(bid, ask, base, best_bid, best_ask, top_key, top_size, top_n, n
 
 
 @njit
-def _recentre(bid, ask, base, best_bid, best_ask, top_key, top_size, top_n, n_levels, i,
+def _recentre(bid, ask, base, best_bid, best_ask, top_key, top_n, n_levels, i,
               new_base, k, report):  # fmt: skip
     """Move instrument i's window so slot 0 is ``new_base``; levels off the edge are lost.
     The caller refills the row cache."""
@@ -208,7 +210,7 @@ def _recentre(bid, ask, base, best_bid, best_ask, top_key, top_size, top_n, n_le
             ask[i, s] = 0.0
     base[i] = new_base
     # Re-centring is rare: a full rescan is simpler than tracking which levels survived.
-    _rebuild_top(bid, ask, base, best_bid, best_ask, top_key, top_size, top_n, n_levels, i)
+    _rebuild_top(bid, ask, base, best_bid, best_ask, top_key, top_n, n_levels, i)
     _count(report, CODE_RECENTRED, k)
     if dropped > 0:
         report[0, CODE_DROPPED_LEVELS] += dropped
@@ -234,7 +236,8 @@ def _clear(bid, ask, best_bid, best_ask, top_key, top_n, n_levels, i):
 
 
 @njit
-def _prepare_row_cache(top_key, top_size, top_n, top_row, row_spec, mode, kind, a0, a1, a2, a3):
+def _prepare_row_cache(bid, ask, base, top_key, top_n, top_row, row_spec, mode, kind,
+                       a0, a1, a2, a3):  # fmt: skip
     """Make the row cache hold this call's normalisation; False in book-only mode, which
     does not maintain it."""
     if mode == MODE_BOOK:
@@ -249,7 +252,7 @@ def _prepare_row_cache(top_key, top_size, top_n, top_row, row_spec, mode, kind, 
     ):
         logsz = kind == FEATURE_TICKS_FROM_MID
         for i in range(top_key.shape[0]):
-            _fill_top_row(top_key, top_size, top_n, top_row, i, logsz, a0, a1, a2, a3)
+            _fill_top_row(bid, ask, base, top_key, top_n, top_row, i, logsz, a0, a1, a2, a3)
         row_spec[0] = kind
         row_spec[1] = a0
         row_spec[2] = a1
@@ -259,10 +262,23 @@ def _prepare_row_cache(top_key, top_size, top_n, top_row, row_spec, mode, kind, 
 
 
 @njit
+def _mirror(dst, count, slot, first, touched, nt):
+    """Copy each touched instrument's rows of the current lap, written in this call, to their
+    mirror slots, so its last ``T`` rows are again one block (see the module docstring)."""
+    t_ring = dst.shape[1] // 2
+    for q in range(nt):
+        i = touched[q]
+        r = slot[i]
+        lo = max(0, r - (count[i] - first[i]))
+        dst[i, t_ring + lo : t_ring + r] = dst[i, lo:r]
+        first[i] = -1
+
+
+@njit
 def _run(
     bid, ask, base, best_bid, best_ask, last_seq, last_ts, stale, healing,
-    top_key, top_size, top_n, n_levels, top_row, row_spec,
-    events, report, mode, dst, count, meta, slot, kind, nlev, a0, a1, a2, a3,
+    top_key, top_n, n_levels, top_row, row_spec,
+    events, report, mode, dst, count, meta, slot, first, kind, nlev, a0, a1, a2, a3,
 ):  # fmt: skip
     """Consume ``events``; return the number of rows written (flat mode: stops when full)."""
     n = bid.shape[0]
@@ -274,31 +290,29 @@ def _run(
     kmax = top_key.shape[2]
     f = 4 * nlev
     m = 0
+    nev = events.shape[0]
     if mode == MODE_FLAT and m_max == 0:
         return 0
     rows_on = _prepare_row_cache(
-        top_key, top_size, top_n, top_row, row_spec, mode, kind, a0, a1, a2, a3
+        bid, ask, base, top_key, top_n, top_row, row_spec, mode, kind, a0, a1, a2, a3
     )
     # flat views of the top-K, row cache and row destination, indexed with precomputed
     # offsets cast to uint64 (no negative-index wraparound code). The ladders keep 2-d
     # indexing: measured faster there (book-only 20.5 vs 19.1 M events/s).
     tkf = top_key.reshape(-1)
-    tsf = top_size.reshape(-1)
     trf = top_row.reshape(-1)
     tr64 = top_row.reshape(-1).view(np.int64)  # (price, size) pairs of the row cache
     dstf = dst.reshape(-1)
+    # instruments with rows in this call, for the mirror copy at the end (ring mode)
+    touched = np.empty(min(n, nev) if mode == MODE_RING else 0, np.int64)
+    nt = 0
     rw = 4 * kmax  # floats per instrument in top_row
-    nev = events.shape[0]
     for k in range(nev):
         if mode == MODE_RING:
             kp = min(k + PREFETCH_AHEAD, nev - 1)
             ip = min(np.int64(events[kp].instrument), n - 1)
-            # both copies of its next row: 160 bytes each at F = 40, so first, middle, last
+            # its next row: 160 bytes at F = 40, so first, middle, last
             fo = (ip * m_max + slot[ip]) * f
-            _prefetch_write(dstf, fo)
-            _prefetch_write(dstf, fo + f // 2)
-            _prefetch_write(dstf, fo + f - 1)
-            fo += t_ring * f
             _prefetch_write(dstf, fo)
             _prefetch_write(dstf, fo + f // 2)
             _prefetch_write(dstf, fo + f - 1)
@@ -359,9 +373,9 @@ def _run(
                     else:
                         improves = best_ask[i] < 0 or s < best_ask[i]
                     if improves:
-                        _recentre(bid, ask, base, best_bid, best_ask, top_key, top_size, top_n,
+                        _recentre(bid, ask, base, best_bid, best_ask, top_key, top_n,
                                   n_levels, i, price - w // 2, k, report)  # fmt: skip
-                        _fill_top_row(top_key, top_size, top_n, top_row, i, logsz,
+                        _fill_top_row(bid, ask, base, top_key, top_n, top_row, i, logsz,
                                       a0, a1, a2, a3)  # fmt: skip
                         s = w // 2
                     else:
@@ -385,7 +399,7 @@ def _run(
                 # computed source index, no early exits: data-dependent branches here
                 # mispredict on most events.
                 nc = top_n[i, sd]
-                kb = (2 * i + sd) * kmax  # this side's cache in tkf / tsf
+                kb = (2 * i + sd) * kmax  # this side's cache in tkf
                 rb = i * rw + col  # this side's level 0 price in trf
                 pb = 2 * i * kmax + 1 - sd  # this side's level 0 (price, size) pair in tr64
                 pos = 0
@@ -393,7 +407,6 @@ def _run(
                     pos += tkf[U(kb + j)] < key
                 if pos < kmax and tkf[U(kb + pos)] == key:
                     if size > 0.0:
-                        tsf[U(kb + pos)] = size
                         if rows_on:
                             trf[U(rb + 4 * pos + 1)] = _size_value(size, logsz, a2, a3)
                     else:
@@ -402,15 +415,12 @@ def _run(
                             for j in range(kmax - 1):
                                 src = j + (j >= pos)
                                 tkf[U(kb + j)] = tkf[U(kb + src)]
-                                tsf[U(kb + j)] = tsf[U(kb + src)]
                                 tr64[U(pb + 2 * j)] = tr64[U(pb + 2 * src)]
                         else:
                             for j in range(kmax - 1):
                                 src = j + (j >= pos)
                                 tkf[U(kb + j)] = tkf[U(kb + src)]
-                                tsf[U(kb + j)] = tsf[U(kb + src)]
                         tkf[U(kb + kmax - 1)] = KEY_NONE
-                        tsf[U(kb + kmax - 1)] = 0.0
                         nc -= 1
                         if nc + 1 == kmax and n_levels[i, sd] > nc:
                             # the cache was full: the next level beyond it moves in
@@ -419,17 +429,17 @@ def _run(
                                 while bid[i, t] == 0.0:  # n_levels says one exists
                                     t -= 1
                                 tkf[U(kb + nc)] = -(base[i] + t)
-                                tsf[U(kb + nc)] = bid[i, t]
+                                sz_in = bid[i, t]
                             else:
                                 t = deepest - base[i] + 1
                                 while ask[i, t] == 0.0:
                                     t += 1
                                 tkf[U(kb + nc)] = base[i] + t
-                                tsf[U(kb + nc)] = ask[i, t]
+                                sz_in = ask[i, t]
                             if rows_on:
                                 c = rb + 4 * nc
                                 trf[U(c)] = _px_value(tkf[U(kb + nc)], sign, a0, a1)
-                                trf[U(c + 1)] = _size_value(tsf[U(kb + nc)], logsz, a2, a3)
+                                trf[U(c + 1)] = _size_value(sz_in, logsz, a2, a3)
                             nc += 1
                         top_n[i, sd] = nc
                         if rows_on and 0 < nc < kmax:
@@ -443,15 +453,12 @@ def _run(
                         for j in range(kmax - 1, 0, -1):
                             src = j - (j > pos)
                             tkf[U(kb + j)] = tkf[U(kb + src)]
-                            tsf[U(kb + j)] = tsf[U(kb + src)]
                             tr64[U(pb + 2 * j)] = tr64[U(pb + 2 * src)]
                     else:
                         for j in range(kmax - 1, 0, -1):
                             src = j - (j > pos)
                             tkf[U(kb + j)] = tkf[U(kb + src)]
-                            tsf[U(kb + j)] = tsf[U(kb + src)]
                     tkf[U(kb + pos)] = key
-                    tsf[U(kb + pos)] = size
                     nc = min(nc + 1, kmax)
                     top_n[i, sd] = nc
                     if rows_on:
@@ -490,29 +497,25 @@ def _run(
         if mode == MODE_RING:
             r1 = slot[i]  # count % T, kept beside count: no division per row
             d1 = (i * m_max + r1) * f
-            d2 = d1 + t_ring * f
             mi = i
+            if first[i] < 0:
+                first[i] = count[i]
+                touched[nt] = i
+                nt += 1
         else:
             d1 = m * f
-            d2 = d1  # written twice: cheaper than a branch per value
             mi = m
         b0 = base[i]
         mid = 0.5 * (np.float64(b0 + bb) + np.float64(b0 + ba))
         so = i * rw
         for c in range(f):
-            v = trf[U(so + c)]
-            dstf[U(d1 + c)] = v
-            dstf[U(d2 + c)] = v
+            dstf[U(d1 + c)] = trf[U(so + c)]
         if logsz:
             kb1 = (2 * i + 1) * kmax
             kb0 = 2 * i * kmax
             for lvl in range(nlev):
-                vp = _px_value(tkf[U(kb1 + lvl)], 1.0, mid, a1)
-                dstf[U(d1 + 4 * lvl)] = vp
-                dstf[U(d2 + 4 * lvl)] = vp
-                vp = _px_value(tkf[U(kb0 + lvl)], -1.0, mid, a1)
-                dstf[U(d1 + 4 * lvl + 2)] = vp
-                dstf[U(d2 + 4 * lvl + 2)] = vp
+                dstf[U(d1 + 4 * lvl)] = _px_value(tkf[U(kb1 + lvl)], 1.0, mid, a1)
+                dstf[U(d1 + 4 * lvl + 2)] = _px_value(tkf[U(kb0 + lvl)], -1.0, mid, a1)
             # missing levels (thin books only): one tick beyond the previous one; their
             # sizes are in the cache, their prices move with the mid too
             for sd in range(2):
@@ -523,9 +526,7 @@ def _run(
                 col = 0 if sd == SIDE_ASK else 2
                 last = tkf[U((2 * i + sd) * kmax + nc - 1)]
                 for lvl in range(nc, nlev):
-                    vp = _px_value(last + (lvl - nc + 1), sign, mid, a1)
-                    dstf[U(d1 + 4 * lvl + col)] = vp
-                    dstf[U(d2 + 4 * lvl + col)] = vp
+                    dstf[U(d1 + 4 * lvl + col)] = _px_value(last + (lvl - nc + 1), sign, mid, a1)
         rec = meta[mi]
         rec.ts_event = ts
         rec.ts_recv = ev.ts_recv
@@ -543,4 +544,6 @@ def _run(
             m += 1
             if m == m_max:
                 break
+    if mode == MODE_RING:
+        _mirror(dst, count, slot, first, touched, nt)
     return m

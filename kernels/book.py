@@ -82,8 +82,6 @@ class BookState(NamedTuple):
         ask price, or minus the bid price (so both sides sort ascending and share one code
         path); unused entries hold int64 max. Kept exact by every update, so a feature row reads ``K`` contiguous entries
         instead of scanning the ladder.
-    top_size : ndarray (N, 2, K) float64
-        Sizes of the cached levels.
     top_n : ndarray (N, 2) int64
         Number of valid cached levels per side: ``min(K, n_levels)``.
     n_levels : ndarray (N, 2) int64
@@ -109,7 +107,6 @@ class BookState(NamedTuple):
     stale: np.ndarray
     healing: np.ndarray
     top_key: np.ndarray
-    top_size: np.ndarray
     top_n: np.ndarray
     n_levels: np.ndarray
     top_row: np.ndarray
@@ -155,7 +152,6 @@ def new_book(
         stale=np.zeros(n, np.uint8),
         healing=np.zeros(n, np.uint8),
         top_key=np.full((n, 2, int(levels)), KEY_NONE, np.int64),
-        top_size=np.zeros((n, 2, int(levels)), np.float64),
         top_n=np.zeros((n, 2), np.int64),
         n_levels=np.zeros((n, 2), np.int64),
         top_row=np.zeros((n, 4 * int(levels)), np.float32),
@@ -227,6 +223,7 @@ def _no_rows():
         np.zeros((1, 2, 4), np.float32),
         np.zeros(1, np.int64),
         np.zeros(1, ROW_META_DTYPE),
+        np.zeros(1, np.int64),
         np.zeros(1, np.int64),
         0,
         1,

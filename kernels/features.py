@@ -197,7 +197,7 @@ def events_to_rows(
             f"meta_out must be C-contiguous ROW_META_DTYPE of shape ({rows_out.shape[0]},), got "
             f"{meta_out.dtype} {meta_out.shape}"
         )
-    unused = np.zeros(1, np.int64)  # the ring's count and slot: flat mode has none
+    unused = np.zeros(1, np.int64)  # the ring's count, slot and first: flat mode has none
     return int(
         _run(
             *book,
@@ -207,6 +207,7 @@ def events_to_rows(
             rows_out[None],
             unused,
             meta_out,
+            unused,
             unused,
             kind,
             nlev,

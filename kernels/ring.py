@@ -69,12 +69,17 @@ class RingState(NamedTuple):
         ``count % T``, advanced by the kernel with ``count``, so writing a row needs no
         64-bit division (measured ~10% of the book + row + ring rate here). Anything that
         sets ``count`` by hand must set ``slot = count % T`` too.
+    first : ndarray (N,) int64
+        Scratch of the row kernel: ``count`` at the instrument's first row of the current call,
+        -1 between calls. The kernel writes each row once and its mirror copy at the end of
+        the call, only where the final window shows it (half the bytes in a long replay).
     """
 
     rows: np.ndarray
     count: np.ndarray
     meta: np.ndarray
     slot: np.ndarray
+    first: np.ndarray
 
     @property
     def window(self) -> int:
@@ -102,6 +107,7 @@ def new_ring(
         count=np.zeros(int(n_instruments), np.int64),
         meta=np.zeros(int(n_instruments), ROW_META_DTYPE),
         slot=np.zeros(int(n_instruments), np.int64),
+        first=np.full(int(n_instruments), -1, np.int64),
     )
 
 

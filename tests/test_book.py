@@ -65,9 +65,9 @@ def assert_same(book, ref: RefBook, report) -> None:
             # the top-K cache and level counts are exact, not approximate
             n = int(book.top_n[i, side])
             top = [
-                (int(book.top_key[i, side, j]) * (1 if side == ASK else -1),
-                 float(book.top_size[i, side, j]))
-                for j in range(n)
+                (px, float((book.ask if side == ASK else book.bid)[i, px - int(book.base[i])]))
+                for px in (int(book.top_key[i, side, j]) * (1 if side == ASK else -1)
+                           for j in range(n))
             ]  # fmt: skip
             assert top == st_.levels(side, book.cached_levels), (i, side)
             assert int(book.n_levels[i, side]) == len(st_.levels(side, book.width))

@@ -46,21 +46,23 @@ def counting_events(n_rows: int, n_instruments: int = 1) -> np.ndarray:
 def test_window_is_last_t_rows_oldest_first_after_many_wraps(window, n_rows):
     book, ring = new_book(1, 64, levels=1), new_ring(1, window, levels=1)
     ev = counting_events(n_rows)
-    # many small batches: the ring state must carry across calls
-    for start in range(0, len(ev), 3):
-        apply_events_rows(book, ring, raw_spec(1), ev[start : start + 3], new_report())
+    # small batches of every size up to a few laps: the ring state must carry across calls,
+    # and the window must be whole after each call (the mirror copy is made at its end)
+    start, size = 0, 1
+    while start < len(ev):
+        apply_events_rows(book, ring, raw_spec(1), ev[start : start + size], new_report())
+        start += size
+        size = size % (3 * window + 2) + 1
+        c = int(ring.count[0])
+        assert ring.slot[0] == c % window  # the kernel's division-free slot keeps up
+        assert ring.first[0] == -1  # the per-call scratch is reset
+        win = window_view(ring, 0)
+        assert win.shape == (window, 4)
+        expected = [float(r) for r in range(max(1, c - window + 1), c + 1)]
+        assert [v for v in win[:, 3] if v != 0] == expected
+        # the block is a view into the ring, contiguous, no copy
+        assert np.shares_memory(win, ring.rows) and win.flags.c_contiguous
     assert ring.count[0] == n_rows
-    assert ring.slot[0] == n_rows % window  # the kernel's division-free slot keeps up
-    win = window_view(ring, 0)
-    assert win.shape == (window, 4)
-    expected = [float(r) for r in range(max(1, n_rows - window + 1), n_rows + 1)]
-    got = [v for v in win[:, 3] if v != 0]
-    assert got == expected
-    # the block is a view into the ring, contiguous, no copy
-    assert np.shares_memory(win, ring.rows) and win.flags.c_contiguous
-    # both mirror halves agree
-    t = window
-    np.testing.assert_array_equal(ring.rows[0, :t], ring.rows[0, t:])
 
 
 def test_gather_copies_windows_of_listed_instruments():
