@@ -36,10 +36,6 @@ flat mode ``dst`` is ``rows_out[None]`` ``(1, M, F)`` and row ``m`` goes to ``ds
 from __future__ import annotations
 
 import numpy as np
-from llvmlite import ir
-from numba import types
-from numba.core import cgutils
-from numba.extending import intrinsic
 
 from lobstream.kernels._jit import njit
 from lobstream.kernels.dtypes import (
@@ -61,31 +57,6 @@ from lobstream.kernels.dtypes import (
     SIDE_ASK,
     SIDE_BID,
 )
-
-# Ring rows of the event this many events ahead are prefetched: a ring row is written to
-# lines last touched a whole window ago (out of L2, often out of a shared L3), and the
-# prefetch lets those misses overlap the book work of the events in between.
-PREFETCH_AHEAD = 8
-
-
-@intrinsic
-def _prefetch_write(typingctx, arr, idx):
-    """Hint the CPU to fetch, for writing, the cache line of ``arr.flat[idx]`` (1-d C array).
-    No effect on results; an index past the end is harmless (a prefetch never faults)."""
-    sig = types.void(arr, types.intp)
-
-    def codegen(context, builder, signature, args):
-        ary = context.make_array(signature.args[0])(context, builder, args[0])
-        ptr = builder.bitcast(builder.gep(ary.data, [args[1]]), ir.IntType(8).as_pointer())
-        i32 = ir.IntType(32)
-        fnty = ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
-        # rw = 1 (write), locality = 3 (keep in all levels), cache type = 1 (data)
-        builder.call(fn, [ptr, i32(1), i32(3), i32(1)])
-        return context.get_dummy_value()
-
-    return sig, codegen
-
 
 # unused top-K cache entries: sorts after every real key, so the search needs no count
 KEY_NONE = np.iinfo(np.int64).max
@@ -308,14 +279,6 @@ def _run(
     nt = 0
     rw = 4 * kmax  # floats per instrument in top_row
     for k in range(nev):
-        if mode == MODE_RING:
-            kp = min(k + PREFETCH_AHEAD, nev - 1)
-            ip = min(np.int64(events[kp].instrument), n - 1)
-            # its next row: 160 bytes at F = 40, so first, middle, last
-            fo = (ip * m_max + slot[ip]) * f
-            _prefetch_write(dstf, fo)
-            _prefetch_write(dstf, fo + f // 2)
-            _prefetch_write(dstf, fo + f - 1)
         ev = events[k]
         # ---- 1-3: reject what cannot be applied; a rejected event changes nothing ----------
         i = np.int64(ev.instrument)
