@@ -30,7 +30,8 @@ there: in a long replay most rows are overwritten a lap later before any reader 
 their mirror, so this halves the row bytes written. ``first[i]`` is ``count[i]`` at the
 instrument's first row of the call (-1 before), and ``touched`` lists those instruments. In
 flat mode ``dst`` is ``rows_out[None]`` ``(1, M, F)`` and row ``m`` goes to ``dst[0, m]``.
-``meta`` is indexed by ``i`` (ring: the newest row's meta) or ``m`` (flat).
+``meta`` is indexed by ``i`` (ring: the newest row's meta) or ``m`` (flat); the loop writes
+its event index and touch, and :func:`_finish_meta` the rest at the end of the call.
 """
 
 from __future__ import annotations
@@ -243,6 +244,22 @@ def _mirror(dst, count, slot, first, touched, nt):
         lo = max(0, r - (count[i] - first[i]))
         dst[i, t_ring + lo : t_ring + r] = dst[i, lo:r]
         first[i] = -1
+
+
+@njit
+def _finish_meta(meta, events, rows, nr):
+    """Complete the meta records ``meta[rows[:nr]]`` from the events they name. The row loop
+    stores only what the event cannot give back later (its index and the touch then): every
+    store there waits behind the ring row's cache misses, and the full record per row
+    measured ~8% of the book + row rate."""
+    for q in range(nr):
+        rec = meta[rows[q]]
+        ev = events[rec.event_index]
+        rec.ts_event = ev.ts_event
+        rec.ts_recv = ev.ts_recv
+        rec.seq = ev.seq
+        rec.mid = 0.5 * (np.float64(rec.best_bid) + np.float64(rec.best_ask))
+        rec.instrument = ev.instrument
 
 
 @njit
@@ -491,14 +508,9 @@ def _run(
                 for lvl in range(nc, nlev):
                     dstf[U(d1 + 4 * lvl + col)] = _px_value(last + (lvl - nc + 1), sign, mid, a1)
         rec = meta[mi]
-        rec.ts_event = ts
-        rec.ts_recv = ev.ts_recv
-        rec.seq = seq
         rec.event_index = k
         rec.best_bid = b0 + bb
         rec.best_ask = b0 + ba
-        rec.mid = mid
-        rec.instrument = ev.instrument
         if mode == MODE_RING:
             count[i] += 1
             r1 += 1
@@ -509,4 +521,7 @@ def _run(
                 break
     if mode == MODE_RING:
         _mirror(dst, count, slot, first, touched, nt)
+        _finish_meta(meta, events, touched, nt)
+    elif mode == MODE_FLAT:
+        _finish_meta(meta, events, np.arange(m), m)
     return m
