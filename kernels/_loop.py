@@ -37,6 +37,10 @@ its event index and touch, and :func:`_finish_meta` the rest at the end of the c
 from __future__ import annotations
 
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from lobstream.kernels._jit import njit
 from lobstream.kernels.dtypes import (
@@ -53,11 +57,39 @@ from lobstream.kernels.dtypes import (
     CODE_SEQ_GAP,
     CODE_STALE_SKIPPED,
     CODE_TIME_BACKWARDS,
+    DEFAULT_LEVELS,
     FEATURE_TICKS_FROM_MID,
     FLAG_LAST,
     SIDE_ASK,
     SIDE_BID,
 )
+
+# Row width copied by a fixed-size memcpy (the default 10 levels): LLVM lowers it to five
+# 32-byte moves with no loop, trip-count or overlap checks; the generic loop that other widths
+# take measured ~3% slower on the whole book + row + ring kernel.
+FAST_F = 4 * DEFAULT_LEVELS
+
+
+@intrinsic
+def _copy_fast_row(typingctx, dst, doff, src, soff):
+    """``dst.flat[doff : doff + FAST_F] = src.flat[soff : soff + FAST_F]`` (1-d float32 C arrays,
+    not overlapping, in range: the caller's offsets are row starts)."""
+    sig = types.void(dst, types.intp, src, types.intp)
+
+    def codegen(context, builder, signature, args):
+        i8p = ir.IntType(8).as_pointer()
+        ptrs = []
+        for arr, off, ty in ((args[0], args[1], signature.args[0]),
+                             (args[2], args[3], signature.args[2])):  # fmt: skip
+            data = context.make_array(ty)(context, builder, arr).data
+            ptrs.append(builder.bitcast(builder.gep(data, [off]), i8p))
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, i8p, ir.IntType(64), ir.IntType(1)])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.memcpy.p0.p0.i64")
+        builder.call(fn, [ptrs[0], ptrs[1], ir.IntType(64)(4 * FAST_F), ir.IntType(1)(0)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
 
 # unused top-K cache entries: sorts after every real key, so the search needs no count
 KEY_NONE = np.iinfo(np.int64).max
@@ -488,8 +520,11 @@ def _run(
         b0 = base[i]
         mid = 0.5 * (np.float64(b0 + bb) + np.float64(b0 + ba))
         so = i * rw
-        for c in range(f):
-            dstf[U(d1 + c)] = trf[U(so + c)]
+        if f == FAST_F:
+            _copy_fast_row(dstf, d1, trf, so)
+        else:
+            for c in range(f):
+                dstf[U(d1 + c)] = trf[U(so + c)]
         if logsz:
             kb1 = (2 * i + 1) * kmax
             kb0 = 2 * i * kmax
