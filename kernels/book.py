@@ -131,8 +131,8 @@ def new_book(
     """An empty book for ``n_instruments`` instruments, ``width`` ticks per side each, caching
     the best ``levels`` levels per side (feature rows can use at most that many).
 
-    Memory is about ``16 * n_instruments * (width + 3 * levels)`` bytes (e.g. 333 MB for
-    10,000 x 2,048 x 10, 169 MB at width 1,024).
+    Memory is about ``16 * n_instruments * (width + 2 * levels)`` bytes (e.g. 331 MB for
+    10,000 x 2,048 x 10, 167 MB at width 1,024).
     """
     if levels < 1:
         raise ValueError(f"levels must be >= 1, got {levels}")

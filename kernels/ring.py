@@ -1,10 +1,15 @@
 """Mirrored ring buffers of feature rows, the live book+row kernel, and the window gather.
 
-Each instrument owns ``2T`` rows. Row number ``c`` (0, 1, 2, ...) is written at slot ``c % T``
-and again at ``c % T + T``, so after any write the last ``T`` rows are the contiguous block
+Each instrument owns ``2T`` rows. Row number ``c`` (0, 1, 2, ...) lives at slot ``c % T`` and
+again at ``c % T + T``, so after every kernel call the last ``T`` rows are the contiguous block
 ``rows[i, count % T : count % T + T]``, oldest first: a window is always one ``(T, F)`` slice,
 ready to copy into a ``(B, 1, T, F)`` batch with no reordering. Before ``T`` rows have been
 written the block starts with zero rows (never written), then the rows so far, oldest first.
+
+Within a call the kernel writes each row once, at ``c % T``, and at the end copies to the upper
+half only the rows of the current lap that the call wrote: the only mirror copies a window can
+show. Nothing reads the ring during a call, so readers see the same ring as if every row had
+been written twice; a long replay writes half the bytes.
 """
 
 from __future__ import annotations
@@ -60,7 +65,8 @@ class RingState(NamedTuple):
     Attributes
     ----------
     rows : ndarray (N, 2T, F) float32
-        Each row stored twice (slots ``c % T`` and ``c % T + T``).
+        Each row stored twice (slots ``c % T`` and ``c % T + T``; the second copy is made at
+        the end of the kernel call, see the module docstring).
     count : ndarray (N,) int64
         Rows written so far per instrument.
     meta : ndarray (N,) ROW_META_DTYPE
