@@ -79,31 +79,34 @@ def test_flat_rows_match_reference(events, spec, width):
     event_streams(n_instruments=2, clean=True, max_events=150),
     st.sampled_from(SPECS),
     st.integers(1, 5),
+    st.lists(st.integers(0, 150), max_size=4),
 )
-def test_ring_windows_match_reference(events, spec, window):
+def test_ring_windows_match_reference(events, spec, window, cuts):
+    """Windows and meta equal the reference after every call, whatever the call boundaries
+    (the mirror copy and the meta are completed at the end of each call)."""
     book, ring, rep = new_book(2, 64, levels=10), new_ring(2, window, spec.levels), new_report()
-    cut = len(events) // 2
-    apply_events_rows(book, ring, spec, events[:cut], rep)
-    apply_events_rows(book, ring, spec, events[cut:], rep)
     ref = RefBook(2, 64)
-    exp, exp_meta = [], []
-    for batch in (events[:cut], events[cut:]):
+    exp, exp_meta = np.zeros((0, 4 * spec.levels), np.float32), []
+    bounds = [0, *sorted(min(c, len(events)) for c in cuts), len(events)]
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+        batch = events[lo:hi]
+        apply_events_rows(book, ring, spec, batch, rep)
         r, m = ref_rows(ref, batch, spec.kind, spec.levels, spec.params)
-        exp.append(r)
+        exp = np.concatenate([exp, np.asarray(r, np.float32).reshape(-1, 4 * spec.levels)])
         exp_meta += m
-    exp = np.concatenate(exp)
-    np.testing.assert_array_equal(rep, ref.report)
-    for i in range(2):
-        mine = [k for k, m in enumerate(exp_meta) if m["instrument"] == i]
-        assert ring.count[i] == len(mine)
-        last = exp[mine[-window:]]
-        win = window_view(ring, i)
-        assert win.shape == (window, 4 * spec.levels)
-        # before T rows the window starts with never-written (zero) rows
-        pad = np.zeros((window - len(last), 4 * spec.levels), np.float32)
-        np.testing.assert_allclose(win, np.concatenate([pad, last]), rtol=RTOL, atol=ATOL)
-        if mine:  # meta of the newest row (event_index is within its batch in both)
-            assert_meta(ring.meta[i : i + 1], [exp_meta[mine[-1]]])
+        np.testing.assert_array_equal(rep, ref.report)
+        assert (ring.first == -1).all()  # the kernel's per-call scratch is reset
+        for i in range(2):
+            mine = [k for k, mm in enumerate(exp_meta) if mm["instrument"] == i]
+            assert ring.count[i] == len(mine)
+            last = exp[mine[-window:]] if mine else exp[:0]
+            win = window_view(ring, i)
+            assert win.shape == (window, 4 * spec.levels)
+            # before T rows the window starts with never-written (zero) rows
+            pad = np.zeros((window - len(last), 4 * spec.levels), np.float32)
+            np.testing.assert_allclose(win, np.concatenate([pad, last]), rtol=RTOL, atol=ATOL)
+            if mine:  # meta of the newest row (event_index is within its batch in both)
+                assert_meta(ring.meta[i : i + 1], [exp_meta[mine[-1]]])
 
 
 def ev_rows(*rows):
