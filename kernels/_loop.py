@@ -132,8 +132,8 @@ def _fill_top_row(bid, ask, base, top_key, top_n, top_row, i, logsz, a0, a1, a2,
         col = 0 if sd == SIDE_ASK else 2
         nc = top_n[i, sd]
         for j in range(nc):
-            top_row[i, 4 * j + col] = _px_value(top_key[i, sd, j], sign, a0, a1)
             key = top_key[i, sd, j]
+            top_row[i, 4 * j + col] = _px_value(key, sign, a0, a1)
             size = bid[i, -key - base[i]] if sd == SIDE_BID else ask[i, key - base[i]]
             top_row[i, 4 * j + col + 1] = _size_value(size, logsz, a2, a3)
         if nc > 0:
