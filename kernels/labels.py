@@ -1,19 +1,34 @@
-"""Smoothed mid-price labels (DeepLOB / FI-2010 / LOBCAST).
+"""Mid-price labels: the leak-free future label (default), the smoothed label of the
+literature (DeepLOB / FI-2010 / LOBCAST) and a TLOB-style spread threshold.
 
 Convention, for the feature row ``t`` of one instrument's stream (rows in time order):
 
-- ``m_minus(t)``: mean of the mids of the *previous* window, which ends at and includes row
-  ``t`` (the book the model sees last): rows ``t-k+1 .. t`` (horizon ``k`` in events), or every
-  row ``j <= t`` with ``ts[j] > ts[t] - h`` (horizon ``h`` in nanoseconds).
 - ``m_plus(t)``: mean of the mids of the *next* window, strictly after row ``t``: rows
-  ``t+1 .. t+k``, or every row ``j > t`` with ``ts[j] <= ts[t] + h``.
-- ``change(t) = (m_plus - m_minus) / m_minus``; the label is down (0) if
-  ``change < -alpha``, up (2) if ``change > alpha``, else flat (1).
+  ``t+1 .. t+k`` (horizon ``k`` in events), or every row ``j > t`` with ``ts[j] <= ts[t] + h``
+  (horizon ``h`` in nanoseconds).
+- ``m_minus(t)``: mean of the mids of the *previous* window, which ends at and includes row
+  ``t`` (the book the model sees last): rows ``t-k+1 .. t``, or every row ``j <= t`` with
+  ``ts[j] > ts[t] - h``.
 
-A row without a full horizon gets label -1 (excluded from training and scoring): in events,
-fewer than ``k`` rows before (including ``t``) or after it; in time, no row at or before
-``ts[t] - h`` (the past window may be cut by the start of the stream), no row after
-``ts[t] + h`` (the future window may be cut by its end), or an empty future window.
+Label kinds (``LABEL_KINDS``), each a relative change ``change(t)``:
+
+- ``"future"``: ``(m_plus - mid[t]) / mid[t]``. Depends on the past only through the current
+  mid, so nothing of it can be read off the window's own mid path: leak-free.
+- ``"smoothed"``: ``(m_plus - m_minus) / m_minus``. ``m_minus`` lies inside the model's window,
+  so a model (or the trend baseline) that sees the mid path scores on it without predicting
+  anything. Kept for comparison with the literature, and the kind of manifests without one.
+- ``"spread"``: the change of ``"future"``; only the threshold differs: alpha is the mean
+  relative spread ``(best_ask - best_bid) / mid`` of the training rows (:func:`spread_alpha`),
+  so "up" and "down" mean moves of the mean future mid larger than about one typical spread
+  (Berti & Kasneci 2025, TLOB, choose the threshold from the average spread).
+
+The label is down (0) if ``change < -alpha``, up (2) if ``change > alpha``, else flat (1).
+
+A row without a full horizon gets label -1 (excluded from training and scoring). In events:
+fewer than ``k`` rows after ``t`` (and, for ``"smoothed"``, fewer than ``k`` rows before it,
+``t`` included). In time: no row after ``ts[t] + h`` (the future window may be cut by the end
+of the stream) or an empty future window; for ``"smoothed"`` also no row at or before
+``ts[t] - h`` (the past window may be cut by the start of the stream).
 
 Mids are in ticks (``ROW_META_DTYPE['mid']``); the relative change does not depend on the
 tick size. Sums are taken over ``mid - mid[0]`` so that half-tick mids add up exactly.
@@ -29,6 +44,14 @@ LABEL_DOWN = 0
 LABEL_FLAT = 1
 LABEL_UP = 2
 LABEL_NONE = -1  # no full horizon: excluded
+LABEL_KINDS = ("future", "smoothed", "spread")
+# what each kind means, in words, for manifests and reports
+LABEL_DEFINITIONS = {
+    "future": "mean of next k mids vs current mid, relative to current mid (leak-free)",
+    "smoothed": "mean of next k mids vs mean of previous k mids (incl. current), relative to past",
+    "spread": "mean of next k mids vs current mid, relative to current mid; alpha = mean "
+    "relative spread (ask - bid) / mid of the training rows",
+}
 
 
 @njit
@@ -54,6 +77,37 @@ def _change_events(mid, k, out):
         past = (ps[t + 1] - ps[t + 1 - k]) / k + base
         fut = (ps[t + 1 + k] - ps[t + 1]) / k + base
         out[t] = (fut - past) / past
+
+
+@njit
+def _future_events(mid, k, out):
+    m = mid.shape[0]
+    ps = _prefix(mid)
+    base = mid[0] if m > 0 else 0.0
+    for t in range(m):
+        out[t] = np.nan
+        if t + k > m - 1:
+            continue
+        fut = (ps[t + 1 + k] - ps[t + 1]) / k + base
+        out[t] = (fut - mid[t]) / mid[t]
+
+
+@njit
+def _future_time(mid, ts, h, out):
+    m = mid.shape[0]
+    ps = _prefix(mid)
+    base = mid[0] if m > 0 else 0.0
+    hi = 0  # last row with ts <= ts[t] + h
+    for t in range(m):
+        out[t] = np.nan
+        if hi < t:
+            hi = t
+        while hi + 1 < m and ts[hi + 1] <= ts[t] + h:
+            hi += 1
+        if hi >= m - 1 or hi == t:
+            continue  # cut by the end of the stream, or an empty future window
+        fut = (ps[hi + 1] - ps[t + 1]) / (hi - t) + base
+        out[t] = (fut - mid[t]) / mid[t]
 
 
 @njit
@@ -97,10 +151,14 @@ def _classify(change, alpha, out):
             out[t] = 1
 
 
-def smoothed_change(
-    mid: np.ndarray, horizon: int, ts: np.ndarray | None = None, unit: str = "events"
+def label_change(
+    mid: np.ndarray,
+    horizon: int,
+    ts: np.ndarray | None = None,
+    unit: str = "events",
+    kind: str = "future",
 ) -> np.ndarray:
-    """Relative change of the smoothed mid over ``horizon``, per row (convention above).
+    """Relative change of the mid over ``horizon``, per row, for a label ``kind``.
 
     Parameters
     ----------
@@ -111,12 +169,16 @@ def smoothed_change(
     ts : ndarray (M,) int64, optional
         ``ts_event`` of each row, non-decreasing; required when ``unit="ns"``.
     unit : {"events", "ns"}
+    kind : {"future", "smoothed", "spread"}
+        See the module docstring; ``"spread"`` has the change of ``"future"``.
 
     Returns
     -------
     ndarray (M,) float64
-        ``(m_plus - m_minus) / m_minus``; NaN where the row has no full horizon.
+        ``change(t)``; NaN where the row has no full horizon.
     """
+    if kind not in LABEL_KINDS:
+        raise ValueError(f"label kind must be one of {LABEL_KINDS}, got {kind!r}")
     mid = np.ascontiguousarray(mid, dtype=np.float64)
     if mid.ndim != 1:
         raise ValueError(f"mid must be 1-D, got shape {mid.shape}")
@@ -125,8 +187,9 @@ def smoothed_change(
     if mid.size and not (np.all(np.isfinite(mid)) and mid.min() > 0):
         raise ValueError("mid prices must be finite and positive (ticks); check the rows' meta")
     out = np.empty(mid.shape[0], dtype=np.float64)
+    smoothed = kind == "smoothed"
     if unit == "events":
-        _change_events(mid, int(horizon), out)
+        (_change_events if smoothed else _future_events)(mid, int(horizon), out)
     elif unit == "ns":
         if ts is None:
             raise ValueError("a time horizon (unit='ns') needs ts, the rows' ts_event")
@@ -137,10 +200,17 @@ def smoothed_change(
             row = int(np.argmax(np.diff(ts) < 0)) + 1
             raise ValueError(f"ts decreases at row {row}: rows must be in time order")
         if mid.size:
-            _change_time(mid, ts, int(horizon), out)
+            (_change_time if smoothed else _future_time)(mid, ts, int(horizon), out)
     else:
         raise ValueError(f"unit must be 'events' or 'ns', got {unit!r}")
     return out
+
+
+def smoothed_change(
+    mid: np.ndarray, horizon: int, ts: np.ndarray | None = None, unit: str = "events"
+) -> np.ndarray:
+    """:func:`label_change` of kind ``"smoothed"``: ``(m_plus - m_minus) / m_minus``, (M,) f8."""
+    return label_change(mid, horizon, ts, unit, "smoothed")
 
 
 def classify_change(change: np.ndarray, alpha: float) -> np.ndarray:
@@ -149,7 +219,7 @@ def classify_change(change: np.ndarray, alpha: float) -> np.ndarray:
     Parameters
     ----------
     change : ndarray (M,) float64
-        From :func:`smoothed_change`. Not modified.
+        From :func:`label_change`. Not modified.
     alpha : float
         Non-negative threshold on the relative change.
 
@@ -186,6 +256,37 @@ def balanced_alpha(change: np.ndarray) -> float:
     return float(np.quantile(a, 1.0 / 3.0, method="lower"))
 
 
+def spread_alpha(best_bid: np.ndarray, best_ask: np.ndarray) -> float:
+    """Threshold of the ``"spread"`` label: mean relative spread ``(ask - bid) / mid``.
+
+    Parameters
+    ----------
+    best_bid, best_ask : ndarray (M,) int64
+        The touch in ticks of the rows given (pass the *training* rows only). Not modified.
+    """
+    bid = np.asarray(best_bid, dtype=np.float64)
+    ask = np.asarray(best_ask, dtype=np.float64)
+    if bid.size == 0:
+        raise ValueError("no rows: cannot choose alpha from the spread")
+    mid = (bid + ask) / 2.0
+    if not (np.all(np.isfinite(mid)) and mid.min() > 0 and np.all(ask >= bid)):
+        raise ValueError("the touch must be finite, positive and not crossed to take a spread")
+    return float(np.mean((ask - bid) / mid))
+
+
+def mid_labels(
+    mid: np.ndarray,
+    horizon: int,
+    alpha: float,
+    ts: np.ndarray | None = None,
+    unit: str = "events",
+    kind: str = "future",
+) -> np.ndarray:
+    """Labels (M,) int8 in {-1, 0, 1, 2} of one stream: :func:`label_change` then
+    :func:`classify_change`."""
+    return classify_change(label_change(mid, horizon, ts, unit, kind), alpha)
+
+
 def smoothed_labels(
     mid: np.ndarray,
     horizon: int,
@@ -204,4 +305,6 @@ def warm_up() -> None:
     ts = np.arange(4, dtype=np.int64)
     c = smoothed_change(mid, 1)
     smoothed_change(mid, 1, ts, "ns")
+    label_change(mid, 1)
+    label_change(mid, 1, ts, "ns")
     classify_change(c, 0.0)

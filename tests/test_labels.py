@@ -1,4 +1,4 @@
-"""Smoothed mid-price labels: kernel == slow reference (tests/reference/labels.py)."""
+"""Mid-price labels of every kind: kernel == slow reference (tests/reference/labels.py)."""
 
 from __future__ import annotations
 
@@ -55,6 +55,63 @@ def test_time_horizon_matches_reference(data, h, alpha):
     _labels_agree(L.classify_change(got, alpha), ref.classify(want, alpha), want, alpha)
 
 
+@given(mid=mids(), k=st.integers(1, 12), alpha=st.sampled_from([0.0, 1e-5, 1e-4, 1e-3]))
+def test_future_event_horizon_matches_reference(mid, k, alpha):
+    want = ref.future_events(mid, k)
+    for kind in ("future", "spread"):  # the same change; only the choice of alpha differs
+        got = L.label_change(mid, k, kind=kind)
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+        np.testing.assert_allclose(got, want, rtol=RTOL, atol=1e-15)
+        lab = L.mid_labels(mid, k, alpha, kind=kind)
+        _labels_agree(lab, ref.classify(want, alpha), want, alpha)
+
+
+@given(data=st.data(), h=st.integers(1, 30), alpha=st.sampled_from([0.0, 1e-4]))
+def test_future_time_horizon_matches_reference(data, h, alpha):
+    mid = data.draw(mids())
+    ts = data.draw(times(len(mid)))
+    got = L.label_change(mid, h, ts, "ns", "future")
+    want = ref.future_time(mid, ts, h)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=1e-15)
+    _labels_agree(L.classify_change(got, alpha), ref.classify(want, alpha), want, alpha)
+
+
+def test_smoothed_kind_is_smoothed_change():
+    mid = np.array([100.0, 100.0, 101.0, 103.0, 103.0, 99.0, 98.5])
+    ts = np.array([0, 3, 3, 9, 12, 20, 31])
+    np.testing.assert_array_equal(
+        L.label_change(mid, 2, kind="smoothed"), L.smoothed_change(mid, 2)
+    )
+    np.testing.assert_array_equal(
+        L.label_change(mid, 5, ts, "ns", "smoothed"), L.smoothed_change(mid, 5, ts, "ns")
+    )
+
+
+def test_future_known_values_need_no_past():
+    mid = np.array([100.0, 100.0, 101.0, 103.0, 103.0, 99.0])
+    ch = L.label_change(mid, 2)
+    # t=0: next (100, 101) vs 100; t=1: (101, 103) vs 100; the last 2 rows have no future
+    assert ch[0] == pytest.approx(100.5 / 100 - 1)
+    assert ch[1] == pytest.approx(0.02)
+    assert ch[3] == pytest.approx(101 / 103 - 1)
+    assert np.isnan(ch[4]) and np.isnan(ch[5])
+    # the smoothed label of a steady climb is "up" from the past alone; the future one is not
+    climb_then_flat = np.array([100.0, 101.0, 102.0, 103.0, 103.0, 103.0, 103.0])
+    assert L.smoothed_labels(climb_then_flat, 3, 1e-3)[3] == L.LABEL_UP
+    assert L.mid_labels(climb_then_flat, 3, 1e-3)[3] == L.LABEL_FLAT
+
+
+def test_spread_alpha_is_the_mean_relative_spread():
+    bid = np.array([100, 100, 101, 99])
+    ask = np.array([101, 102, 102, 100])
+    assert L.spread_alpha(bid, ask) == pytest.approx(ref.spread_alpha(bid, ask), rel=1e-15)
+    with pytest.raises(ValueError, match="no rows"):
+        L.spread_alpha(bid[:0], ask[:0])
+    with pytest.raises(ValueError, match="crossed"):
+        L.spread_alpha(np.array([101]), np.array([100]))
+
+
 def test_known_values_and_edges():
     mid = np.array([100.0, 100.0, 101.0, 103.0, 103.0, 99.0])
     ch = L.smoothed_change(mid, 2)
@@ -102,3 +159,5 @@ def test_bad_input_messages():
         L.smoothed_change(np.array([1.0, 0.0]), 1)
     with pytest.raises(ValueError, match="alpha"):
         L.classify_change(np.zeros(2), -1.0)
+    with pytest.raises(ValueError, match="label kind must be one of"):
+        L.label_change(np.ones(3), 1, kind="mean")
