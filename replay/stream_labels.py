@@ -1,6 +1,7 @@
-"""Smoothed labels of a row stream, computed as the rows arrive (bounded lookahead).
+"""Mid-price labels of a row stream, computed as the rows arrive (bounded lookahead).
 
-:func:`lobstream.kernels.labels.smoothed_labels` labels a whole stream at once. A backtest over
+:func:`lobstream.kernels.labels.mid_labels` labels a whole stream at once, for every label kind
+(``"future"``, ``"smoothed"``, ``"spread"``). A backtest over
 a year of data cannot hold the whole stream, so :class:`StreamingLabels` keeps, per instrument,
 only what a label still needs: the rows of the past window of the oldest unlabelled row, the
 unlabelled ("pending") rows themselves and their payload (the model's probabilities). A row is
@@ -11,7 +12,7 @@ still pending when the stream ends have no full horizon (label -1), as in the fu
 The arithmetic is the full-array path's, term for term: the same running prefix sum of
 ``mid - mid[0]`` from the instrument's first row, the same differences and divisions, then
 :func:`~lobstream.kernels.labels.classify_change` itself. Labels are therefore equal, not
-merely close, to ``smoothed_labels`` of each instrument's whole stream.
+merely close, to ``mid_labels`` of each instrument's whole stream, for every kind.
 
 Memory per instrument: events, ``2k`` rows; ns, the rows within ``h`` before the oldest pending
 row plus those after it (about two horizons of rows).
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lobstream.kernels._jit import njit
-from lobstream.kernels.labels import classify_change
+from lobstream.kernels.labels import LABEL_KINDS, classify_change
 
 logger = logging.getLogger(__name__)
 
@@ -43,12 +44,14 @@ def _extend_prefix(last, mid, base, out):
 
 
 @njit
-def _changes(mid, ts, ps, g0, start, base, k, h, unit_ns, out):
+def _changes(mid, ts, ps, g0, start, base, k, h, unit_ns, smoothed, out):
     """Relative changes of tail rows ``start..`` while their horizon is complete.
 
     The tail holds rows ``g0..g0+m-1`` of one instrument's stream; ``ps[j]`` is the prefix sum
-    of the rows before tail row ``j`` (length m + 1). Returns how many rows were decided;
-    ``out[:n]`` gets their changes (NaN: no full horizon or an empty future window).
+    of the rows before tail row ``j`` (length m + 1). ``smoothed``: the past mean is the
+    reference (kind "smoothed"), else the current mid ("future", "spread"). Returns how many
+    rows were decided; ``out[:n]`` gets their changes (NaN: no full horizon or an empty future
+    window).
     """
     m = mid.shape[0]
     n = 0
@@ -66,14 +69,20 @@ def _changes(mid, ts, ps, g0, start, base, k, h, unit_ns, out):
                 hi = p
             while hi + 1 < m and ts[hi + 1] <= ts[p] + h:
                 hi += 1
-            if g0 + lo != 0 and hi != p:
+            if hi != p and not smoothed:
+                fut = (ps[hi + 1] - ps[p + 1]) / (hi - p) + base
+                c = (fut - mid[p]) / mid[p]
+            elif hi != p and g0 + lo != 0:
                 past = (ps[p + 1] - ps[lo]) / (p + 1 - lo) + base
                 fut = (ps[hi + 1] - ps[p + 1]) / (hi - p) + base
                 c = (fut - past) / past
         else:
             if p + k > m - 1:
                 break
-            if t - k + 1 >= 0:
+            if not smoothed:
+                fut = (ps[p + 1 + k] - ps[p + 1]) / k + base
+                c = (fut - mid[p]) / mid[p]
+            elif t - k + 1 >= 0:
                 past = (ps[p + 1] - ps[p + 1 - k]) / k + base
                 fut = (ps[p + 1 + k] - ps[p + 1]) / k + base
                 c = (fut - past) / past
@@ -111,9 +120,15 @@ class StreamingLabels:
     unit : ``"events"`` or ``"ns"``.
     alpha : threshold of the flat class (see :mod:`lobstream.kernels.labels`).
     width : payload columns carried with each row until it is finalised.
+    kind : label kind, ``"future"``, ``"smoothed"`` or ``"spread"`` (the change of "future";
+        its alpha was chosen from the spread at training and is given here).
     """
 
-    def __init__(self, horizon: int, unit: str, alpha: float, width: int = 3) -> None:
+    def __init__(
+        self, horizon: int, unit: str, alpha: float, width: int = 3, kind: str = "future"
+    ) -> None:
+        if kind not in LABEL_KINDS:
+            raise ValueError(f"label kind must be one of {LABEL_KINDS}, got {kind!r}")
         if unit not in ("events", "ns"):
             raise ValueError(f"unit must be 'events' or 'ns', got {unit!r}")
         if horizon <= 0:
@@ -124,6 +139,7 @@ class StreamingLabels:
         self.unit_ns = unit == "ns"
         self.alpha = float(alpha)
         self.width = int(width)
+        self.kind = kind
         self._tails: dict[int, _Tail] = {}
         self.n_pending_max = 0  # largest pending buffer seen (rows), for reports and tests
 
@@ -216,6 +232,7 @@ class StreamingLabels:
             self.horizon,
             self.horizon,
             self.unit_ns,
+            self.kind == "smoothed",
             change,
         )
         done_p = tail.payload[:n]

@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lobstream.kernels.dtypes import ROW_META_DTYPE
-from lobstream.kernels.labels import smoothed_labels
+from lobstream.kernels.labels import mid_labels
 from lobstream.models.metrics import classification_report, confusion_matrix, report_from_confusion
 from lobstream.replay.backtest import evaluate, run_backtest, trading_config_for
 from lobstream.replay.plots import calibration_counts, calibration_table, signal_counts_by_bin
@@ -54,11 +54,12 @@ def _stream(data, n: int, n_inst: int):
     unit=st.sampled_from(["events", "ns"]),
     horizon=st.integers(1, 12),
     alpha=st.sampled_from([0.0, 1e-4, 2e-3]),
+    kind=st.sampled_from(["future", "smoothed", "spread"]),
 )
-def test_streaming_labels_equal_full_array_labels(data, n, n_inst, unit, horizon, alpha):
+def test_streaming_labels_equal_full_array_labels(data, n, n_inst, unit, horizon, alpha, kind):
     meta = _stream(data, n, n_inst)
     row_id = np.arange(n, dtype=np.float32)[:, None].repeat(3, axis=1)
-    lab = StreamingLabels(horizon, unit, alpha)
+    lab = StreamingLabels(horizon, unit, alpha, kind=kind)
     got = np.full(n, -9, np.int8)
     cuts = _cuts(data, n)
     outs = [
@@ -73,8 +74,8 @@ def test_streaming_labels_equal_full_array_labels(data, n, n_inst, unit, horizon
     for i in range(n_inst):
         idx = np.flatnonzero(meta["instrument"] == i)
         if len(idx):
-            expected[idx] = smoothed_labels(
-                meta["mid"][idx], horizon, alpha, meta["ts_event"][idx], unit
+            expected[idx] = mid_labels(
+                meta["mid"][idx], horizon, alpha, meta["ts_event"][idx], unit, kind
             )
     np.testing.assert_array_equal(got, expected)
     assert lab.n_pending == 0
