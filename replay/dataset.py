@@ -13,7 +13,9 @@ runs, so a model learns exactly what it will see live. Steps:
    to neither: ``T + k`` rows for a horizon of ``k`` events, and for a horizon of ``h`` seconds
    ``T`` rows more than those within ``h`` of the cut. Labels are computed on each part's own
    rows, so a label never looks into another part, and a window's rows lie inside its part.
-3. Labels (:mod:`lobstream.kernels.labels`): alpha given, or chosen on the training part only.
+3. Labels (:mod:`lobstream.kernels.labels`, the kind of :class:`LabelDef`): alpha given, or
+   chosen on the training part only (balanced classes; for kind ``"spread"`` the training rows'
+   mean relative spread).
 4. Normalisation statistics (z-score) from the training part's RAW rows only: prices (ticks)
    and sizes over the top ``L`` levels of both sides; then the events are run again through
    ``events_to_rows`` with the resulting spec to build the normalised rows.
@@ -40,7 +42,14 @@ from lobstream.kernels.features import (
     ticks_from_mid_spec,
     zscore_spec,
 )
-from lobstream.kernels.labels import balanced_alpha, classify_change, smoothed_change
+from lobstream.kernels.labels import (
+    LABEL_DEFINITIONS,
+    LABEL_KINDS,
+    balanced_alpha,
+    classify_change,
+    label_change,
+    spread_alpha,
+)
 from lobstream.kernels.registry import Registry
 from lobstream.models.train import Windows
 from lobstream.replay.readers import read_events
@@ -48,7 +57,7 @@ from lobstream.replay.readers import read_events
 logger = logging.getLogger(__name__)
 
 PARTS = ("train", "val", "test")
-SMOOTHING = "mean of next k mids vs mean of previous k mids (incl. current), relative to past"
+SMOOTHING = LABEL_DEFINITIONS["smoothed"]  # the definition string of manifests before kinds
 NS_PER_SECOND = 1_000_000_000
 # Conditions that mean the input does not describe a valid book; the others are routine.
 _SERIOUS = ("crossed", "seq_gap", "bad_event", "bad_instrument", "time_backwards")
@@ -57,13 +66,22 @@ _SERIOUS = ("crossed", "seq_gap", "bad_event", "bad_instrument", "time_backwards
 @dataclass(frozen=True)
 class LabelDef:
     """What a label means: horizon ``k`` in ``unit`` ("events" or "seconds"), threshold
-    ``alpha`` (None: balanced on the training part)."""
+    ``alpha`` (None: chosen on the training part) and ``kind`` (see
+    :mod:`lobstream.kernels.labels`).
+
+    ``kind`` defaults to ``"smoothed"`` so that a LabelDef built from an old manifest's horizon,
+    unit and alpha keeps its meaning; ``lobstream train`` and :func:`~lobstream.replay.
+    train_cli.run_training` default to the leak-free ``"future"``.
+    """
 
     horizon: float
     unit: str = "events"
     alpha: float | None = None
+    kind: str = "smoothed"
 
     def __post_init__(self) -> None:
+        if self.kind not in LABEL_KINDS:
+            raise ValueError(f"label kind must be one of {LABEL_KINDS}, got {self.kind!r}")
         if self.unit not in ("events", "seconds"):
             raise ValueError(f"horizon unit must be 'events' or 'seconds', got {self.unit!r}")
         if not self.horizon > 0:
@@ -116,12 +134,19 @@ class LobDataset:
 
     def label_dict(self) -> dict:
         """The manifest's ``label`` entry."""
+        if self.label.alpha is not None:
+            rule = "given"
+        elif self.label.kind == "spread":
+            rule = "mean relative spread of train"
+        else:
+            rule = "balanced on train"
         return {
+            "kind": self.label.kind,
             "horizon": self.label.horizon,
             "unit": self.label.unit,
             "alpha": self.alpha,
-            "alpha_rule": "given" if self.label.alpha is not None else "balanced on train",
-            "smoothing": SMOOTHING,
+            "alpha_rule": rule,
+            "smoothing": LABEL_DEFINITIONS[self.label.kind],
             "classes": ["down", "flat", "up"],
         }
 
@@ -314,11 +339,14 @@ def dataset_from_events(
         for p, (a, b) in s.parts.items():
             if b - a < window:
                 continue
-            ch = smoothed_change(meta["mid"][a:b], k, meta["ts_event"][a:b], unit)
+            ch = label_change(meta["mid"][a:b], k, meta["ts_event"][a:b], unit, label.kind)
             ends = np.arange(a + window - 1, b, dtype=np.int64)
             changes[p].append((ends, ch[window - 1 :]))
     if label.alpha is not None:
         alpha = float(label.alpha)
+    elif label.kind == "spread":
+        tr = np.concatenate([meta[a:b] for s in streams for a, b in [s.parts["train"]]])
+        alpha = spread_alpha(tr["best_bid"], tr["best_ask"])
     else:
         train_ch = [c for _, c in changes["train"]]
         if not train_ch:
@@ -361,7 +389,8 @@ def dataset_from_events(
         rows, raw, meta, spec, window, levels, label, alpha, streams, parts, paths, n_events, report
     )
     logger.info(
-        "dataset: alpha %.3g, windows %s, balance %s",
+        "dataset: %s label, alpha %.3g, windows %s, balance %s",
+        label.kind,
         alpha,
         {p: len(w) for p, w in parts.items()},
         ds.class_balance(),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lobstream.kernels.labels import classify_change, smoothed_change
+from lobstream.kernels.labels import classify_change, label_change, smoothed_change, spread_alpha
 from lobstream.replay.dataset import LabelDef, dataset_from_events
 from lobstream.replay.synthetic import synthetic_events
 
@@ -104,7 +104,51 @@ def test_time_horizon_and_given_alpha(events):
     assert all(len(w) > 0 for w in ds.parts.values())
 
 
+@pytest.mark.parametrize("kind", ["future", "spread"])
+def test_label_kinds_and_their_alpha(events, ds, kind):
+    dk = dataset_from_events(
+        [("synthetic", events)], LabelDef(K, kind=kind), window=T, levels=LEVELS
+    )
+    # the split does not depend on the kind; the labels and alpha do
+    assert [s.parts for s in dk.streams] == [s.parts for s in ds.streams]
+    tr = np.concatenate([dk.meta[a:b] for s in dk.streams for a, b in [s.parts["train"]]])
+    if kind == "spread":
+        assert dk.alpha == spread_alpha(tr["best_bid"], tr["best_ask"])
+    else:
+        assert dk.class_balance()["train"] == pytest.approx([1 / 3] * 3, abs=0.05)
+    for s in dk.streams:
+        a, b = s.parts["test"]
+        want = classify_change(label_change(dk.meta["mid"][a:b], K, kind=kind), dk.alpha)
+        w = dk.parts["test"]
+        sel = (w.ends >= a) & (w.ends < b)
+        np.testing.assert_array_equal(w.labels[sel], want[w.ends[sel] - a])
+    lab = dk.label_dict()
+    assert lab["kind"] == kind and "current mid" in lab["smoothing"]
+    assert lab["alpha_rule"] == (
+        "mean relative spread of train" if kind == "spread" else "balanced on train"
+    )
+    assert ds.label_dict()["kind"] == "smoothed"  # LabelDef's default keeps old callers' meaning
+
+
+def test_time_horizon_future_label(events):
+    dt = float(np.mean(np.diff(events["ts_event"])))
+    h = 20 * dt / 1e9
+    dk = dataset_from_events(
+        [("s", events)], LabelDef(h, "seconds", kind="future"), window=T, levels=LEVELS
+    )
+    assert all(len(w) > 0 for w in dk.parts.values())
+    s = dk.streams[0]
+    a, b = s.parts["val"]
+    hn = int(round(h * 1e9))
+    ch = label_change(dk.meta["mid"][a:b], hn, dk.meta["ts_event"][a:b], "ns", "future")
+    w = dk.parts["val"]
+    sel = (w.ends >= a) & (w.ends < b)
+    np.testing.assert_array_equal(w.labels[sel], classify_change(ch, dk.alpha)[w.ends[sel] - a])
+
+
 def test_bad_arguments():
+    with pytest.raises(ValueError, match="label kind"):
+        LabelDef(10, kind="mean")
     with pytest.raises(ValueError, match="unit"):
         LabelDef(10, "minutes")
     with pytest.raises(ValueError, match="whole number"):
