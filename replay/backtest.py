@@ -36,7 +36,7 @@ import numpy as np
 from lobstream.kernels.book import BookState, new_book, new_report
 from lobstream.kernels.dtypes import CODE_NAMES, ROW_META_DTYPE
 from lobstream.kernels.features import FeatureSpec, events_to_rows
-from lobstream.kernels.labels import LABEL_NONE, smoothed_labels
+from lobstream.kernels.labels import LABEL_KINDS, LABEL_NONE, mid_labels
 from lobstream.kernels.registry import Registry
 from lobstream.replay.trading import (
     DEFAULT_SWEEP,
@@ -58,11 +58,13 @@ RowsFn = Callable[[np.ndarray, np.ndarray], None]
 
 @dataclass(frozen=True)
 class LabelDef:
-    """The artifact's label definition: horizon (rows or ns), unit, threshold alpha."""
+    """The artifact's label definition: horizon (rows or ns), unit, threshold alpha, kind
+    (:data:`lobstream.kernels.labels.LABEL_KINDS`; manifests without one are "smoothed")."""
 
     horizon: int
     unit: str  # "events" | "ns"
     alpha: float
+    kind: str = "smoothed"
 
     @property
     def horizon_seconds(self) -> float:
@@ -118,17 +120,25 @@ def spec_from_manifest(manifest: dict) -> FeatureSpec:
 
 
 def label_def_from_manifest(manifest: dict) -> LabelDef:
-    """The label definition stored in an artifact manifest (horizon, unit, alpha)."""
+    """The label definition stored in an artifact manifest (horizon, unit, alpha, kind).
+
+    A manifest written before label kinds existed has no ``kind``: its labels were the smoothed
+    ones (the only kind then), so it reads as ``"smoothed"``."""
     d = manifest.get("label")
     if not d or "horizon" not in d or "alpha" not in d:
         raise ValueError(
             f"model manifest has no usable label definition (found {d!r}); expected "
             "{'horizon', 'unit', 'alpha'}: re-export the model with lobstream train"
         )
+    kind = d.get("kind", "smoothed")
+    if kind not in LABEL_KINDS:
+        raise ValueError(
+            f"model manifest has label kind {kind!r}; this version knows {LABEL_KINDS}"
+        )
     unit = d.get("unit", "events")
     if unit in ("s", "seconds"):
-        return LabelDef(int(round(float(d["horizon"]) * 1e9)), "ns", float(d["alpha"]))
-    return LabelDef(int(d["horizon"]), unit, float(d["alpha"]))
+        return LabelDef(int(round(float(d["horizon"]) * 1e9)), "ns", float(d["alpha"]), kind)
+    return LabelDef(int(d["horizon"]), unit, float(d["alpha"]), kind)
 
 
 class WindowScorer:
@@ -247,7 +257,7 @@ def labels_for_rows(meta: np.ndarray, label: LabelDef) -> np.ndarray:
         idx = np.flatnonzero(inst == i)
         mid = np.ascontiguousarray(meta["mid"][idx], np.float64)
         ts = np.ascontiguousarray(meta["ts_event"][idx], np.int64)
-        out[idx] = smoothed_labels(mid, label.horizon, label.alpha, ts, label.unit)
+        out[idx] = mid_labels(mid, label.horizon, label.alpha, ts, label.unit, label.kind)
     return out
 
 

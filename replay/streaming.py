@@ -80,7 +80,9 @@ class StreamingEvaluator:
         self.config = config
         self.sweep = tuple(float(t) for t in thresholds)
         label = label_def_from_manifest(manifest)
-        self.labels = StreamingLabels(label.horizon, label.unit, label.alpha, width=3)
+        self.labels = StreamingLabels(
+            label.horizon, label.unit, label.alpha, width=3, kind=label.kind
+        )
         sim = list(self.sweep)
         if float(config.threshold) not in sim:
             sim.append(float(config.threshold))

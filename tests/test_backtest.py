@@ -120,8 +120,13 @@ def test_manifest_readers():
     assert isinstance(spec, FeatureSpec) and spec.kind == FEATURE_ZSCORE and spec.levels == L
     lab = label_def_from_manifest(MANIFEST)
     assert (lab.horizon, lab.unit) == (3, "events")
+    assert lab.kind == "smoothed"  # an old manifest without a kind: its labels were smoothed
+    fut = label_def_from_manifest({"label": {**MANIFEST["label"], "kind": "future"}})
+    assert fut.kind == "future" and fut.alpha == 1e-5
+    with pytest.raises(ValueError, match="label kind 'mean'"):
+        label_def_from_manifest({"label": {**MANIFEST["label"], "kind": "mean"}})
     secs = label_def_from_manifest({"label": {"horizon": 1.5, "unit": "seconds", "alpha": 0}})
-    assert (secs.horizon, secs.unit) == (1_500_000_000, "ns")
+    assert (secs.horizon, secs.unit, secs.kind) == (1_500_000_000, "ns", "smoothed")
     cfg = trading_config_for(MANIFEST, threshold=0.7, cost_bps=None)
     assert (cfg.horizon, cfg.horizon_unit, cfg.threshold, cfg.cost_bps) == (3, "events", 0.7, 0)
     with pytest.raises(ValueError, match="label definition"):

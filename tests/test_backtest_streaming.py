@@ -232,8 +232,13 @@ def _both_paths(batches, runner, manifest, cfg, ticks, thresholds, n_inst, max_r
             {"horizon": 2e-5, "unit": "seconds", "alpha": 2e-5},
             {"threshold": 0.45, "latency_ns": 7_000, "cost_bps": 0.3},
         ),
+        ({"horizon": 4, "unit": "events", "alpha": 1e-5, "kind": "future"}, {"threshold": 0.5}),
+        (
+            {"horizon": 2e-5, "unit": "seconds", "alpha": 2e-4, "kind": "spread"},
+            {"threshold": 0.45},
+        ),
     ],
-    ids=["events", "seconds-latency"],
+    ids=["events", "seconds-latency", "future-events", "spread-seconds"],
 )
 def test_synthetic_multi_instrument_summary_equals_full_path(label, overrides):
     from lobstream.replay.synthetic import synthetic_events
