@@ -1,6 +1,6 @@
-"""Baselines that need no deep learning: the majority class and a logistic regression on
-order-flow and level imbalances. A deep model is worth shipping only where it beats both on
-the same split and the same metrics.
+"""Baselines that need no deep learning: the majority class, a logistic regression on
+order-flow and level imbalances, and a trend rule on the window's own mid path. A deep model is
+worth shipping only where it beats all three on the same split and the same metrics.
 
 Features are computed from RAW feature rows (``FEATURE_RAW``: prices in ticks, sizes as they
 are; column order ask px 1, ask sz 1, bid px 1, bid sz 1, ask px 2, ...) at the last row ``t``
@@ -19,6 +19,13 @@ of each window, using only rows of that window, so they see exactly what a deep 
 The logistic regression is multinomial (3 classes), L2-penalised, class-weighted (inverse class
 frequency of the training labels), on features standardised with training statistics, fitted
 by full-batch L-BFGS in float64 (torch), deterministic.
+
+The trend baseline (:class:`TrendBaseline`) sees only the mids of the window's last ``k`` rows
+(row meta ``mid``): ``s = (mid_t - mean(mid_{t-k+1..t})) / mean(mid_{t-k+1..t})``, classified
+with the label's own alpha as a label is (down ``s < -alpha``, up ``s > alpha``). Whether
+momentum (``+s``) or reversal (``-s``) is used is fitted on the training windows (the better
+macro-F1). It predicts nothing about the book: against the smoothed label, whose past mean is
+inside the window, it measures how much of a score the label itself gives away.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
+from lobstream.kernels.labels import classify_change
 
 logger = logging.getLogger(__name__)
 
@@ -202,6 +211,73 @@ class LogisticBaseline:
         return np.argmax(self.predict_proba(x), axis=1)
 
 
+@dataclass
+class TrendBaseline:
+    """Sign of the mid against its mean over the window's last ``lookback`` rows.
+
+    ``direction`` +1 (momentum: up when the mid is above its recent mean) or -1 (reversal).
+    """
+
+    lookback: int
+    alpha: float
+    direction: int = 1
+    train_f1_macro: dict = field(default_factory=dict)  # direction name -> training macro-F1
+
+    def signal(self, mid: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        """``s`` (N,) float64 at each window end (module docstring).
+
+        Parameters
+        ----------
+        mid : ndarray (M,) float64
+            Mids in ticks of the flat rows (row meta ``mid``). Not modified.
+        ends : ndarray (N,) int64
+            Last row of each window; rows ``end - lookback + 1 .. end`` must be in the window.
+        """
+        k = int(self.lookback)
+        mid = np.asarray(mid, dtype=np.float64)
+        ends = np.asarray(ends, dtype=np.int64)
+        if ends.size and (ends.min() < k - 1 or ends.max() >= mid.shape[0]):
+            raise ValueError(
+                f"window ends must lie in [{k - 1}, {mid.shape[0] - 1}] for a lookback of {k}"
+            )
+        # sums of mid - mid[0]: half-tick mids add up exactly whatever the price level
+        base = mid[0] if mid.size else 0.0
+        cs = np.concatenate([[0.0], np.cumsum(mid - base)])
+        mean = (cs[ends + 1] - cs[ends + 1 - k]) / k + base
+        return (mid[ends] - mean) / mean
+
+    def predict(self, mid: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        """Predicted classes (N,) int64: :func:`classify_change` of ``direction * s``."""
+        s = self.direction * self.signal(mid, ends)
+        return classify_change(s, self.alpha).astype(np.int64)
+
+    def fit(self, mid: np.ndarray, ends: np.ndarray, labels: np.ndarray) -> TrendBaseline:
+        """Choose momentum or reversal by macro-F1 on training windows (ties: momentum)."""
+        from lobstream.models.metrics import classification_report
+
+        y = np.asarray(labels, dtype=np.int64)
+        if y.size == 0:
+            raise ValueError("the trend baseline needs training windows, got none")
+        s = self.signal(mid, ends)
+        scores = {}
+        for name, d in (("momentum", 1), ("reversal", -1)):
+            pred = classify_change(d * s, self.alpha).astype(np.int64)
+            scores[name] = classification_report(y, pred)["f1_macro"]
+        self.direction = 1 if scores["momentum"] >= scores["reversal"] else -1
+        self.train_f1_macro = scores
+        return self
+
+    def rule(self) -> dict:
+        """What was fitted, for reports."""
+        return {
+            "direction": "momentum" if self.direction > 0 else "reversal",
+            "lookback_rows": int(self.lookback),
+            "alpha": float(self.alpha),
+            "train_f1_macro": self.train_f1_macro,
+            "signal": "(mid_t - mean of the window's last k mids incl. t) / that mean",
+        }
+
+
 def baseline_reports(
     raw_rows: np.ndarray,
     levels: int,
@@ -209,8 +285,12 @@ def baseline_reports(
     train: tuple[np.ndarray, np.ndarray],
     evaluate_on: dict[str, tuple[np.ndarray, np.ndarray]],
     l2: float = 1e-3,
+    *,
+    mid: np.ndarray | None = None,
+    alpha: float | None = None,
+    trend_lookback: int | None = None,
 ) -> dict[str, dict[str, dict]]:
-    """Fit both baselines on ``train`` and score them on each part of ``evaluate_on``.
+    """Fit the baselines on ``train`` and score them on each part of ``evaluate_on``.
 
     Parameters
     ----------
@@ -221,12 +301,20 @@ def baseline_reports(
     train : (ends (N,) int64, labels (N,) int)
         Training windows' last-row indices and labels.
     evaluate_on : dict name -> (ends, labels)
+    mid : ndarray (M,) float64, optional
+        Mids (row meta ``mid``) of the same rows: with ``alpha`` and ``trend_lookback``, the
+        trend baseline is fitted and scored too.
+    alpha : float, optional
+        The label's threshold (the trend rule classifies with it).
+    trend_lookback : int, optional
+        ``k`` rows of the trend rule; clipped to ``window`` (it sees only the window).
 
     Returns
     -------
     dict
         ``{"majority": {name: report}, "logistic": {name: report}}`` with
-        :func:`lobstream.models.metrics.classification_report` reports.
+        :func:`lobstream.models.metrics.classification_report` reports, plus ``"trend": {name:
+        report, ..., "rule": TrendBaseline.rule()}`` when ``mid`` is given.
     """
     from lobstream.models.metrics import classification_report
 
@@ -236,15 +324,28 @@ def baseline_reports(
     logit = LogisticBaseline(l2=l2).fit(
         imbalance_features(raw_rows, ends, levels, window, ofi=ofi), y
     )
+    trend = None
+    if mid is not None:
+        if alpha is None or trend_lookback is None:
+            raise ValueError("the trend baseline needs the label's alpha and a lookback")
+        k = max(1, min(int(trend_lookback), window))
+        trend = TrendBaseline(k, float(alpha)).fit(mid, ends, y)
     out: dict[str, dict[str, dict]] = {"majority": {}, "logistic": {}}
+    if trend is not None:
+        out["trend"] = {}
     for name, (e, lab) in evaluate_on.items():
         lab = np.asarray(lab, dtype=np.int64)
         out["majority"][name] = classification_report(lab, maj.predict(len(lab)))
         x = imbalance_features(raw_rows, e, levels, window, ofi=ofi)
         out["logistic"][name] = classification_report(lab, logit.predict(x))
+        if trend is not None:
+            out["trend"][name] = classification_report(lab, trend.predict(mid, e))
+    if trend is not None:
+        out["trend"]["rule"] = trend.rule()
     logger.info(
-        "baselines: majority class %d; logistic coef norm %.3g",
+        "baselines: majority class %d; logistic coef norm %.3g; trend %s",
         maj.label,
         float(np.linalg.norm(logit.coef)),
+        trend.rule() if trend is not None else "not fitted",
     )
     return out
