@@ -42,10 +42,31 @@ def _split(value: str) -> tuple[float, float]:
 def _summary_rows(result: dict[str, Any]) -> list[tuple[str, str, float, float, float, float]]:
     rows = []
     for name, part in (("model", result["metrics"]), *result["baselines"].items()):
+        if "rule" in part:  # the trend baseline: say which rule was fitted
+            name = f"{name} ({part['rule']['direction']}, k={part['rule']['lookback_rows']})"
         for split in ("validation", "test"):
             m = part[split]
             rows.append((name, split, m["f1_macro"], m["f1_weighted"], m["accuracy"], m["mcc"]))
     return rows
+
+
+def _trend_lookback(ds: Any) -> int:
+    """Rows of the trend baseline's mean: the label horizon, in rows.
+
+    In events that is ``k``; in seconds, ``h`` times the training part's rows per second
+    (the smoothed label's past window holds about that many rows). Clipped to ``[1, T]``.
+    """
+    if ds.label.unit == "events":
+        k = int(ds.label.horizon)
+    else:
+        rows, secs = 0, 0.0
+        for s in ds.streams:
+            a, b = s.parts["train"]
+            if b - a > 1:
+                rows += b - a - 1
+                secs += float(ds.meta["ts_event"][b - 1] - ds.meta["ts_event"][a]) / 1e9
+        k = int(round(ds.label.horizon * rows / secs)) if secs > 0 else 1
+    return max(1, min(k, ds.window))
 
 
 def run_training(
@@ -55,6 +76,7 @@ def run_training(
     horizon: float,
     horizon_unit: str = "events",
     alpha: float | None = None,
+    label_kind: str = "future",
     window: int = 100,
     levels: int = 10,
     features: str = "zscore",
@@ -72,6 +94,8 @@ def run_training(
 
     Returns a JSON-ready summary (what goes into the manifest, plus the artifact's SHA-256).
     ``progress`` receives each epoch's history entry; ``status`` short phase messages.
+    ``label_kind``: ``"future"`` (leak-free, the default), ``"smoothed"`` (the literature's) or
+    ``"spread"`` (see :mod:`lobstream.kernels.labels`).
     """
     from lobstream.models.artifact import export_model
     from lobstream.models.baselines import baseline_reports
@@ -91,7 +115,7 @@ def run_training(
     say(f"reading {len(files)} file(s) and building rows, labels, windows")
     ds = build_dataset(
         files,
-        LabelDef(horizon, horizon_unit, alpha),
+        LabelDef(horizon, horizon_unit, alpha, label_kind),
         window=window,
         levels=levels,
         fractions=split,
@@ -100,21 +124,29 @@ def run_training(
     )
     say(
         f"{ds.rows.shape[0]} rows; windows {[len(w) for w in ds.parts.values()]} "
-        f"(train/val/test); alpha {ds.alpha:.3g}; balance {ds.class_balance()}"
+        f"(train/val/test); {label_kind} label, alpha {ds.alpha:.3g}; "
+        f"balance {ds.class_balance()}"
     )
     tr, va, te = ds.parts["train"], ds.parts["val"], ds.parts["test"]
     if eval_stride > 1:
         # neighbouring windows share T - 1 rows: a strided subset scores almost the same
         va = va.subset(np.arange(0, len(va), eval_stride))
         te = te.subset(np.arange(0, len(te), eval_stride))
-    say("fitting baselines (majority class, logistic regression on OFI + imbalances)")
+    say(
+        "fitting baselines (majority class, logistic regression on OFI + imbalances, "
+        "trend of the window's mids)"
+    )
     base = baseline_reports(
         ds.raw,
         levels,
         window,
         (tr.ends, tr.labels),
         {"validation": (va.ends, va.labels), "test": (te.ends, te.labels)},
+        mid=ds.meta["mid"],
+        alpha=ds.alpha,
+        trend_lookback=_trend_lookback(ds),
     )
+    say(f"trend baseline: {base['trend']['rule']}")
     seed_everything(tc.seed)
     model = build_model(arch, T=window, levels=levels, **(model_config or {}))
     n_params = sum(p.numel() for p in model.parameters())
@@ -161,10 +193,24 @@ def run_training(
     help="k counts feature rows (events) or seconds.",
 )
 @click.option(
+    "--label",
+    type=click.Choice(["future", "smoothed", "spread"]),
+    default="future",
+    show_default=True,
+    help=(
+        "future: mean of the next k mids vs the current mid (leak-free); smoothed: vs the mean "
+        "of the previous k (the literature's; its past half is inside the window); spread: "
+        "future with alpha = the training rows' mean relative spread."
+    ),
+)
+@click.option(
     "--alpha",
     default="auto",
     show_default=True,
-    help="Threshold on the relative smoothed change, or 'auto': balanced on train.",
+    help=(
+        "Threshold on the label's relative change, or 'auto': balanced on train "
+        "(--label spread: the mean relative spread)."
+    ),
 )
 @click.option("--window", "-T", type=int, default=100, show_default=True, help="Rows per window.")
 @click.option("--levels", "-L", type=int, default=10, show_default=True)
@@ -245,6 +291,7 @@ def train(
     arch,
     horizon,
     horizon_unit,
+    label,
     alpha,
     window,
     levels,
@@ -301,6 +348,7 @@ def train(
             horizon=horizon,
             horizon_unit=horizon_unit,
             alpha=_alpha(alpha),
+            label_kind=label,
             window=window,
             levels=levels,
             features=features,
@@ -315,7 +363,13 @@ def train(
         )
     except (DataError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
-    table = Table(title=f"{arch}: macro-F1 etc. on the chronological split")
+    lab = summary["label"]
+    table = Table(
+        title=(
+            f"{arch}: macro-F1 etc. on the chronological split; label {lab['kind']} "
+            f"(k = {lab['horizon']:g} {lab['unit']}, alpha {lab['alpha']:.3g})"
+        )
+    )
     for h in ("model", "split", "macro-F1", "weighted-F1", "accuracy", "MCC"):
         table.add_column(h, justify="right" if h not in ("model", "split") else "left")
     for r in _summary_rows(summary):

@@ -115,16 +115,57 @@ def test_train_cli_end_to_end_on_goog_slice(data_dir, tmp_path):
     model, manifest = load_model(out, expect={"T": 20, "L": 10, "arch": "binctabl"})
     assert manifest["label"]["horizon"] == 10 and manifest["label"]["unit"] == "events"
     assert manifest["label"]["alpha"] > 0
+    assert manifest["label"]["kind"] == "future"  # the leak-free label is the default
+    assert "current mid" in manifest["label"]["smoothing"]
     assert manifest["feature"]["kind"] == "zscore"
-    assert set(manifest["baselines"]) == {"majority", "logistic"}
+    assert set(manifest["baselines"]) == {"majority", "logistic", "trend"}
+    assert manifest["baselines"]["trend"]["rule"]["lookback_rows"] == 10
+    assert "label future" in result.output and "trend (" in result.output
     assert set(manifest["metrics"]) == {"validation", "test"}
     sizes = manifest["trained_on"]["split_windows"]
     assert all(sizes[p] > 0 for p in ("train", "val", "test"))
     assert manifest["training"]["history"][0]["windows"] == 500
     assert "--max-events 6000" in manifest["reproduce"]
+    assert "--label future" in manifest["reproduce"]
     assert json.loads(rep.read_text())["sha256"] in result.output
     x = torch.zeros(2, 1, 20, 40)
     assert model(x).shape == (2, 3)
+
+
+@pytest.mark.parametrize("kind", ["smoothed", "spread"])
+def test_train_cli_label_kinds_on_bundled_slice(tmp_path, kind):
+    """``--label`` picks the kind; the manifest and the JSON report name it, and the backtest's
+    reading of the manifest gives the same label definition back."""
+    import json
+
+    from click.testing import CliRunner
+
+    from lobstream.kernels.labels import spread_alpha
+    from lobstream.models.artifact import load_model
+    from lobstream.replay.backtest import label_def_from_manifest
+    from lobstream.replay.dataset import LabelDef, build_dataset
+    from lobstream.replay.samples import GOOG_MESSAGE_10
+    from lobstream.replay.train_cli import train
+
+    out, rep = tmp_path / "m.pt", tmp_path / "m.json"
+    args = [str(GOOG_MESSAGE_10), "--arch", "binctabl", "--horizon", "5", "--label", kind]
+    args += ["--max-events", "4000", "--window", "10", "--levels", "2", "--epochs", "1"]
+    args += ["--max-train-windows", "200", "--device", "cpu", "--out", str(out)]
+    args += ["--report-json", str(rep)]
+    result = CliRunner().invoke(train, args)
+    assert result.exit_code == 0, result.output
+    _, manifest = load_model(out)
+    assert manifest["label"]["kind"] == kind
+    assert json.loads(rep.read_text())["label"]["kind"] == kind
+    assert label_def_from_manifest(manifest).kind == kind
+    assert f"label {kind}" in result.output
+    if kind == "spread":
+        ds = build_dataset(
+            [GOOG_MESSAGE_10], LabelDef(5, kind=kind), window=10, levels=2, max_events=4000
+        )
+        tr = np.concatenate([ds.meta[a:b] for s in ds.streams for a, b in [s.parts["train"]]])
+        assert manifest["label"]["alpha"] == spread_alpha(tr["best_bid"], tr["best_ask"])
+        assert manifest["label"]["alpha_rule"] == "mean relative spread of train"
 
 
 def test_train_cli_refuses_bad_alpha(tmp_path):
