@@ -240,11 +240,24 @@ class TrendBaseline:
             raise ValueError(
                 f"window ends must lie in [{k - 1}, {mid.shape[0] - 1}] for a lookback of {k}"
             )
-        # sums of mid - mid[0]: half-tick mids add up exactly whatever the price level
-        base = mid[0] if mid.size else 0.0
-        cs = np.concatenate([[0.0], np.cumsum(mid - base)])
-        mean = (cs[ends + 1] - cs[ends + 1 - k]) / k + base
+        # k passes over the ends, in a fixed order: mids are half-ticks, so each window's sum
+        # is exact and the signal is the same float whichever rows around it are at hand
+        # (the streaming backtest computes it from a carry of k - 1 rows; no long cumsum)
+        acc = np.zeros(ends.shape[0], dtype=np.float64)
+        for j in range(k):
+            acc += mid[ends - j]
+        mean = acc / k
         return (mid[ends] - mean) / mean
+
+    def predict_rows(self, mid: np.ndarray) -> np.ndarray:
+        """Prediction (m,) int8 at every row of one instrument's mids; -1 where fewer than
+        ``lookback`` rows are at hand (row ``j < lookback - 1``)."""
+        mid = np.asarray(mid, dtype=np.float64)
+        out = np.full(mid.shape[0], -1, np.int8)
+        k = int(self.lookback)
+        if mid.shape[0] >= k:
+            out[k - 1 :] = self.predict(mid, np.arange(k - 1, mid.shape[0]))
+        return out
 
     def predict(self, mid: np.ndarray, ends: np.ndarray) -> np.ndarray:
         """Predicted classes (N,) int64: :func:`classify_change` of ``direction * s``."""

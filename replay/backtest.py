@@ -38,6 +38,7 @@ from lobstream.kernels.dtypes import CODE_NAMES, ROW_META_DTYPE
 from lobstream.kernels.features import FeatureSpec, events_to_rows
 from lobstream.kernels.labels import LABEL_KINDS, LABEL_NONE, mid_labels
 from lobstream.kernels.registry import Registry
+from lobstream.models.baselines import TrendBaseline
 from lobstream.replay.trading import (
     DEFAULT_SWEEP,
     Trades,
@@ -139,6 +140,65 @@ def label_def_from_manifest(manifest: dict) -> LabelDef:
     if unit in ("s", "seconds"):
         return LabelDef(int(round(float(d["horizon"]) * 1e9)), "ns", float(d["alpha"]), kind)
     return LabelDef(int(d["horizon"]), unit, float(d["alpha"]), kind)
+
+
+def majority_from_manifest(manifest: dict) -> int | None:
+    """The majority baseline's class: the most frequent training label (None: not recorded)."""
+    bal = ((manifest.get("trained_on") or {}).get("class_balance") or {}).get("train")
+    return int(np.argmax(bal)) if bal else None
+
+
+def trend_from_manifest(manifest: dict) -> tuple[TrendBaseline | None, dict]:
+    """The trend baseline of an artifact and how it was chosen.
+
+    The rule fitted at training (``baselines.trend.rule``: direction, lookback) when the
+    manifest has one; else momentum over the label horizon (horizon in events, capped at T),
+    for manifests from before the trend baseline; else (time horizon) none.
+
+    Returns
+    -------
+    (baseline or None, rule dict for the report, with ``source``).
+    """
+    label = label_def_from_manifest(manifest)
+    rule = ((manifest.get("baselines") or {}).get("trend") or {}).get("rule")
+    if rule:
+        d = 1 if rule["direction"] == "momentum" else -1
+        tb = TrendBaseline(int(rule["lookback_rows"]), label.alpha, d)
+        return tb, {**tb.rule(), "source": "fitted at training (manifest)"}
+    if label.unit == "events":
+        tb = TrendBaseline(max(1, min(label.horizon, int(manifest["T"]))), label.alpha, 1)
+        return tb, {**tb.rule(), "source": "momentum over the label horizon (none in manifest)"}
+    return None, {"source": "none: the manifest has no trend rule and the horizon is in time"}
+
+
+def trend_predictions(meta: np.ndarray, trend: TrendBaseline) -> np.ndarray:
+    """Trend predictions (n,) int8 of rows of any instruments, each stream on its own; -1
+    where an instrument has fewer than ``lookback`` rows so far."""
+    out = np.full(len(meta), -1, np.int8)
+    inst = meta["instrument"]
+    for i in np.unique(inst):
+        idx = np.flatnonzero(inst == i)
+        out[idx] = trend.predict_rows(meta["mid"][idx])
+    return out
+
+
+def baselines_summary(
+    majority: int | None,
+    cm_majority: np.ndarray,
+    trend_rule: dict,
+    cm_trend: np.ndarray | None,
+) -> dict:
+    """The backtest's baseline reports from their confusion matrices (3, 3), on the model's
+    scored rows. The logistic baseline needs RAW-row imbalance features and coefficients that
+    the manifest does not keep: its training-time scores are in the manifest's ``baselines``."""
+    from lobstream.models.metrics import report_from_confusion
+
+    out: dict = {}
+    if majority is not None and cm_majority.sum() > 0:
+        out["majority"] = {**report_from_confusion(cm_majority), "class": int(majority)}
+    if cm_trend is not None and cm_trend.sum() > 0:
+        out["trend"] = {**report_from_confusion(cm_trend), "rule": trend_rule}
+    return out
 
 
 class WindowScorer:
@@ -403,7 +463,7 @@ def evaluate(
     ``config.threshold`` plus ``config``, ``sweep`` and ``per_instrument`` stats keyed by
     instrument id) and ``kernel_conditions``.
     """
-    from lobstream.models.metrics import classification_report
+    from lobstream.models.metrics import classification_report, confusion_matrix
 
     if not result.rows_kept:
         raise ValueError(
@@ -413,13 +473,24 @@ def evaluate(
         )
     scored = result.scored
     y_pred = np.argmax(result.probs[scored], axis=1)
-    metrics = classification_report(result.labels[scored], y_pred)
+    y = result.labels[scored]
+    metrics = classification_report(y, y_pred)
+    # baselines on exactly the model's scored rows
+    maj = majority_from_manifest(manifest)
+    cm_maj = confusion_matrix(y, np.full(len(y), 0 if maj is None else maj))
+    trend, rule = trend_from_manifest(manifest)
+    cm_trend = None
+    if trend is not None:
+        tp = trend_predictions(result.meta, trend)[scored]
+        ok = tp >= 0
+        cm_trend = confusion_matrix(y[ok], tp[ok])
+    baselines = baselines_summary(maj, cm_maj, rule, cm_trend)
     signal = signals_from_probs(result.probs, config.threshold)
     trades = simulate_rows(signal, result.meta, config, tick_sizes)
     sweep = threshold_sweep(result.probs, result.meta, config, thresholds, tick_sizes)
     instruments = np.unique(result.meta["instrument"])
     summary = summarise(
-        result, manifest, config, metrics, int(scored.sum()), trades, sweep, instruments
+        result, manifest, config, metrics, int(scored.sum()), trades, sweep, instruments, baselines
     )
     return summary, trades
 
@@ -433,6 +504,7 @@ def summarise(
     trades: Trades,
     sweep: list[dict],
     instruments: np.ndarray,
+    baselines: dict | None = None,
 ) -> dict:
     """The JSON-ready summary both scoring paths return (see :func:`evaluate`).
 
@@ -441,6 +513,7 @@ def summarise(
     metrics : the classification report. n_scored : rows with a window and a label.
     trades : the trades at ``config.threshold``. sweep : one stats dict per sweep threshold.
     instruments : (k,) ids of the instruments that had rows (keys of ``per_instrument``).
+    baselines : :func:`baselines_summary` of the same rows.
     """
     trading = {
         **trade_stats(trades),
@@ -455,6 +528,8 @@ def summarise(
             "arch": manifest.get("arch"),
             "T": manifest.get("T"),
             "label": manifest.get("label"),
+            # what the labels below are, also for manifests without a kind (smoothed)
+            "label_kind": label_def_from_manifest(manifest).kind,
         },
         "n_events": result.n_events,
         "n_rows": result.n_rows,
@@ -463,6 +538,7 @@ def summarise(
         "seconds": result.seconds,
         "windows_per_s": result.n_windows / result.seconds if result.seconds > 0 else 0.0,
         "metrics": metrics,
+        "baselines": baselines or {},
         "trading": trading,
         "kernel_conditions": result.report,
     }

@@ -229,15 +229,27 @@ def _tables(console, s: dict) -> None:
     from rich.table import Table
 
     m, t = s["metrics"], s["trading"]
+    lab = s["model"]["label"] or {}
+    kind = s["model"]["label_kind"]
     console.print(
         f"{s['n_events']:,} events -> {s['n_rows']:,} rows -> {s['n_windows']:,} windows "
         f"({s['n_scored']:,} labelled) in {s['seconds']:.1f} s ({s['windows_per_s']:,.0f} "
-        f"windows/s); model {s['model']['arch']} T={s['model']['T']} label {s['model']['label']}"
+        f"windows/s); model {s['model']['arch']} T={s['model']['T']}; label {kind} "
+        f"(k = {lab.get('horizon')} {lab.get('unit')}, alpha {lab.get('alpha'):.3g}"
+        f"{'' if 'kind' in lab else ', kind not in the manifest: smoothed'})"
     )
-    cls = Table(title="classification (argmax vs the artifact's labels)")
-    for col in ("accuracy", "f1_macro", "f1_weighted", "mcc", "kappa"):
+    cls = Table(title=f"classification (argmax vs the artifact's {kind} labels, same rows)")
+    cls.add_column("model")
+    keys = ("accuracy", "f1_macro", "f1_weighted", "mcc", "kappa")
+    for col in keys:
         cls.add_column(col, justify="right")
-    cls.add_row(*(f"{m[k]:.4f}" for k in ("accuracy", "f1_macro", "f1_weighted", "mcc", "kappa")))
+    cls.add_row(str(s["model"]["arch"]), *(f"{m[k]:.4f}" for k in keys))
+    for name, b in s.get("baselines", {}).items():
+        if name == "trend":
+            name = f"trend ({b['rule']['direction']}, k={b['rule']['lookback_rows']})"
+        elif name == "majority":
+            name = f"majority ({('down', 'flat', 'up')[b['class']]})"
+        cls.add_row(name, *(f"{b[k]:.4f}" for k in keys))
     console.print(cls)
     conf = Table(title="confusion (rows true, columns predicted)")
     conf.add_column("")

@@ -7,9 +7,10 @@ run_backtest` (``keep_rows=False``). Each chunk of scored rows goes
   the chosen threshold and at every sweep threshold in one pass (no lookahead: orders in flight
   wait for their fill row);
 - to the signal counts per time-of-day bin (rows with a window, at the chosen threshold);
+- to the trend baseline (a carry of the last ``k - 1`` mids per instrument);
 - to :class:`~lobstream.replay.stream_labels.StreamingLabels`, which holds each row (its
-  probabilities) until its label is known, then hands it on to the confusion matrix and the
-  calibration bins.
+  probabilities and the trend baseline's prediction) until its label is known, then hands it
+  on to the confusion matrices (model, majority and trend baselines) and the calibration bins.
 
 :meth:`StreamingEvaluator.summary` returns the same dict as :func:`lobstream.replay.backtest.
 evaluate` on the per-row record of the same run: equal counts, metrics from the same confusion
@@ -29,9 +30,12 @@ from lobstream.models.metrics import confusion_matrix, report_from_confusion
 from lobstream.replay.backtest import (
     BacktestResult,
     ProgressFn,
+    baselines_summary,
     label_def_from_manifest,
+    majority_from_manifest,
     run_backtest,
     summarise,
+    trend_from_manifest,
 )
 from lobstream.replay.plots import (
     calibration_counts,
@@ -80,9 +84,13 @@ class StreamingEvaluator:
         self.config = config
         self.sweep = tuple(float(t) for t in thresholds)
         label = label_def_from_manifest(manifest)
+        # payload: the 3 probabilities and the trend baseline's prediction
         self.labels = StreamingLabels(
-            label.horizon, label.unit, label.alpha, width=3, kind=label.kind
+            label.horizon, label.unit, label.alpha, width=4, kind=label.kind
         )
+        self.majority = majority_from_manifest(manifest)
+        self.trend, self.trend_rule = trend_from_manifest(manifest)
+        self._trend_carry: dict[int, np.ndarray] = {}  # last k - 1 mids per instrument
         sim = list(self.sweep)
         if float(config.threshold) not in sim:
             sim.append(float(config.threshold))
@@ -90,6 +98,8 @@ class StreamingEvaluator:
         self.trader = StreamingTrader(config, sim, n_instruments)
         n_classes = len(CLASS_NAMES)
         self.confusion = np.zeros((n_classes, n_classes), np.int64)
+        self.confusion_majority = np.zeros((n_classes, n_classes), np.int64)
+        self.confusion_trend = np.zeros((n_classes, n_classes), np.int64)
         self.calibration = (
             np.zeros((n_classes, calibration_bins), np.int64),
             np.zeros((n_classes, calibration_bins), np.float64),
@@ -121,8 +131,26 @@ class StreamingEvaluator:
                 signals_from_probs(p[has], self.config.threshold),
                 self.signal_bin_minutes,
             )
-            self._score(*self.labels.add(m["instrument"], m["mid"], m["ts_event"], p))
+            payload = np.column_stack([p, self._trend_predictions(m)]).astype(np.float32)
+            self._score(*self.labels.add(m["instrument"], m["mid"], m["ts_event"], payload))
             self.n_rows += len(m)
+
+    def _trend_predictions(self, meta: np.ndarray) -> np.ndarray:
+        """The trend baseline's prediction (m,) float32 of each row (-1: none), from each
+        instrument's carried last ``k - 1`` mids and the new rows (equal to the per-row
+        path's, see :meth:`TrendBaseline.signal`)."""
+        out = np.full(len(meta), -1.0, np.float32)
+        if self.trend is None:
+            return out
+        keep = self.trend.lookback - 1
+        inst = meta["instrument"]
+        for i in np.unique(inst).tolist():
+            idx = np.flatnonzero(inst == i)
+            carry = self._trend_carry.get(i, np.empty(0, np.float64))
+            mids = np.concatenate((carry, meta["mid"][idx]))
+            out[idx] = self.trend.predict_rows(mids)[len(carry) :]
+            self._trend_carry[i] = mids[max(0, len(mids) - keep) :]
+        return out
 
     def finish(self) -> None:
         """End of the stream: the last rows get label -1, open positions close at the end."""
@@ -132,12 +160,21 @@ class StreamingEvaluator:
         self.trader.finish()
         self._finished = True
 
-    def _score(self, probs: np.ndarray, labels: np.ndarray) -> None:
+    def _score(self, payload: np.ndarray, labels: np.ndarray) -> None:
+        probs = payload[:, :3]
         ok = ~np.isnan(probs[:, 0]) & (labels >= 0)
         if not ok.any():
             return
         p, y = probs[ok], labels[ok]
-        self.confusion += confusion_matrix(y, np.argmax(p, axis=1), len(CLASS_NAMES))
+        n_classes = len(CLASS_NAMES)
+        self.confusion += confusion_matrix(y, np.argmax(p, axis=1), n_classes)
+        # the baselines on exactly the rows the model is scored on
+        maj = 0 if self.majority is None else self.majority
+        self.confusion_majority += confusion_matrix(y, np.full(len(y), maj), n_classes)
+        tp = payload[ok, 3].astype(np.int64)
+        has = tp >= 0
+        if has.any():
+            self.confusion_trend += confusion_matrix(y[has], tp[has], n_classes)
         for acc, part in zip(
             self.calibration, calibration_counts(p, y, self.calibration[0].shape[1]), strict=True
         ):
@@ -186,6 +223,12 @@ class StreamingEvaluator:
             {"threshold": thr, **trade_stats(self.trader.trades(k, tick_sizes))}
             for k, thr in enumerate(self.sweep)
         ]
+        baselines = baselines_summary(
+            self.majority,
+            self.confusion_majority,
+            self.trend_rule,
+            None if self.trend is None else self.confusion_trend,
+        )
         summary = summarise(
             result,
             self.manifest,
@@ -195,6 +238,7 @@ class StreamingEvaluator:
             trades,
             sweep,
             self.trader.instruments,
+            baselines,
         )
         return summary, trades
 

@@ -206,6 +206,44 @@ def test_evaluate_report_and_trading():
     assert sum(v["net_pnl"] for v in per.values()) == pytest.approx(t["net_pnl"])
 
 
+def test_backtest_baselines_on_the_scored_rows():
+    """Majority and trend baselines are scored on exactly the model's rows; the trend rule is
+    the manifest's (a slow loop over the window's mids is the reference)."""
+    from tests.reference.labels import trend_signal
+
+    events = _events(400, 2, seed=4)
+    manifest = {
+        **MANIFEST,
+        "label": {**MANIFEST["label"], "kind": "future"},
+        "trained_on": {"class_balance": {"train": [0.3, 0.3, 0.4]}},
+        "baselines": {"trend": {"rule": {"direction": "reversal", "lookback_rows": 4}}},
+    }
+    res = run_backtest(_chunks(events, 50), FakeRunner(), manifest, n_instruments=2)
+    summary, _ = evaluate(res, manifest, trading_config_for(manifest), thresholds=(0.5,))
+    assert summary["model"]["label_kind"] == "future"
+    b = summary["baselines"]
+    assert b["majority"]["class"] == 2 and b["majority"]["n"] == summary["n_scored"]
+    assert (
+        b["trend"]["rule"]["direction"] == "reversal" and b["trend"]["rule"]["lookback_rows"] == 4
+    )
+    want = np.zeros((3, 3), np.int64)
+    alpha = manifest["label"]["alpha"]
+    for i in (0, 1):
+        idx = np.flatnonzero(res.meta["instrument"] == i)
+        for j, r in enumerate(idx):
+            if not res.scored[r]:
+                continue
+            sig = -trend_signal(res.meta["mid"][idx[: j + 1]], 4)
+            pred = 2 if sig > alpha else 0 if sig < -alpha else 1
+            want[res.labels[r], pred] += 1
+    np.testing.assert_array_equal(b["trend"]["confusion"], want)
+    # an old manifest: no kind (smoothed), no fitted rule (momentum over the label horizon)
+    old, _ = evaluate(res, MANIFEST, trading_config_for(MANIFEST), thresholds=(0.5,))
+    assert old["model"]["label_kind"] == "smoothed" and "majority" not in old["baselines"]
+    assert old["baselines"]["trend"]["rule"]["direction"] == "momentum"
+    assert "none in manifest" in old["baselines"]["trend"]["rule"]["source"]
+
+
 class _Recording:
     """Wraps a runner: keeps a copy of every window handed to the model, in call order."""
 
@@ -331,6 +369,8 @@ def test_backtest_cli_json_and_plots(tmp_path):
     assert out["n_rows"] == 600 and out["n_windows"] == 600 - 10 + 1
     for k in ("accuracy", "f1_macro", "f1_weighted", "mcc", "kappa", "confusion"):
         assert k in out["metrics"]
+    assert out["model"]["label_kind"] == "smoothed"  # the manifest names no kind
+    assert out["baselines"]["trend"]["n"] == out["n_scored"]
     t = out["trading"]
     assert t["config"]["latency_ns"] == 1_000_000 and t["config"]["horizon"] == 5
     assert t["n_trades"] > 0 and len(t["sweep"]) == 6

@@ -275,6 +275,26 @@ def test_synthetic_multi_instrument_summary_equals_full_path(label, overrides):
         np.testing.assert_allclose(a["freq"], b["freq"], rtol=1e-12)
 
 
+@pytest.mark.parametrize("chunk", [37, 1500])
+def test_streamed_baselines_equal_full_path(chunk):
+    from lobstream.replay.synthetic import synthetic_events
+
+    n_inst = 3
+    manifest = {
+        **MANIFEST,
+        "label": {"horizon": 4, "unit": "events", "alpha": 1e-5, "kind": "future"},
+        "trained_on": {"class_balance": {"train": [0.4, 0.3, 0.3]}},
+        "baselines": {"trend": {"rule": {"direction": "momentum", "lookback_rows": 5}}},
+    }
+    events = synthetic_events(6000, n_instruments=n_inst, seed=9, levels=4)
+    chunks = [events[s : s + chunk] for s in range(0, len(events), chunk)]
+    cfg = trading_config_for(manifest)
+    full, streamed, _, _ = _both_paths(chunks, FakeRunner(8), manifest, cfg, None, (0.5,), n_inst)
+    assert set(full["baselines"]) == {"majority", "trend"}
+    assert full["baselines"]["trend"]["n"] == full["n_scored"] > 500
+    _assert_same(full, streamed)
+
+
 def test_stream_backtest_keeps_no_rows():
     from lobstream.replay.synthetic import synthetic_events
 
