@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 # Keys the caller must supply; export fills format_version, arch, config, T, L, F,
-# class_names and created from the model itself.
+# class_names, created and (causal models only) causal from the model itself.
 CALLER_KEYS = ("feature", "label", "trained_on", "metrics")
 # Eager vs scripted on the probe batch at export; float32 re-association stays far below this.
 EXPORT_PARITY_ATOL = 1e-4
@@ -88,6 +88,14 @@ def build_manifest(model: nn.Module, manifest: dict[str, Any]) -> dict[str, Any]
         "F": int(config.F),
         "class_names": list(CLASS_NAMES),
     }
+    if getattr(model, "causal", False):
+        # Streaming-native models: what incremental inference needs to cache per row. A
+        # scripted module does not keep the class attribute, so the manifest carries it;
+        # artifacts without this key are simply not causal.
+        derived["causal"] = {
+            "receptive_field": int(model.receptive_field),
+            "feature_dim": int(model.feature_dim),
+        }
     for k, v in derived.items():
         if k in manifest and _json_ready(manifest[k], k) != v:
             raise ArtifactError(

@@ -69,10 +69,10 @@ def activation_bytes_per_window(manifest: dict[str, Any]) -> int:
     cfg, arch = manifest.get("config", {}), manifest.get("arch")
     t, lv = int(manifest["T"]), int(manifest["L"])
     f = 4 * lv
-    if arch == "deeplob":
+    if arch in ("deeplob", "deeplob_causal"):  # the causal one has the same widths
         elems = max(cfg.get("conv_channels", 32) * t * 2 * lv,
                     3 * cfg.get("inception_channels", 64) * t)  # fmt: skip
-    elif arch == "cnn":
+    elif arch in ("cnn", "cnn_causal"):  # first conv output, (C0, T, F) at most
         elems = (cfg.get("channels") or [16])[0] * t * f
     elif arch == "hrnn":
         elems = 4 * cfg.get("level_hidden", 32) * t * lv  # LSTM gates over every level

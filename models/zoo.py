@@ -15,6 +15,7 @@ from torch import nn
 
 from lobstream.models.binctabl import BiNCTABL, BiNCTABLConfig
 from lobstream.models.cnn import CNN, CNNConfig
+from lobstream.models.cnn_causal import CNNCausal, CNNCausalConfig
 from lobstream.models.deeplob import DeepLOB, DeepLOBConfig
 from lobstream.models.hrnn import HRNN, HRNNConfig
 
@@ -25,6 +26,7 @@ ARCHITECTURES: dict[str, tuple[type, type[nn.Module]]] = {
     "deeplob": (DeepLOBConfig, DeepLOB),
     "hrnn": (HRNNConfig, HRNN),
     "binctabl": (BiNCTABLConfig, BiNCTABL),
+    "cnn_causal": (CNNCausalConfig, CNNCausal),
 }
 
 
