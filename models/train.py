@@ -11,6 +11,13 @@ number, so successive epochs see different windows and a rerun sees the same one
 uses every validation window unless ``max_eval_windows`` is set; then an evenly strided subset
 (fixed across epochs, so epochs compare on the same windows).
 
+Causal models (``causal = True``, e.g. ``cnn_causal``) train by sequence by default
+(:mod:`lobstream.models.seqtrain`): chunks of about ``chunk_rows`` consecutive rows, features
+once per chunk, one optimizer step per chunk over all its windows, epochs a shuffled order of
+chunks cut at ``max_train_windows`` windows. Same loss as per-window training on the same
+windows; ``sequence=False`` trains them per window like any other model. Their validation and
+``predict`` go by sequence too.
+
 CPU by default (``torch.set_num_threads(threads)``); ``device="cuda"`` or ``"auto"`` trains on
 a GPU when present, with mixed precision (float16 autocast and a gradient scaler) there.
 """
@@ -20,16 +27,24 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from lobstream.models.baselines import class_weights
 from lobstream.models.metrics import classification_report
+from lobstream.models.seqtrain import (
+    chunk_logits,
+    chunk_windows,
+    epoch_chunks,
+    is_causal,
+    plan_chunks,
+    predict_sequence,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +110,14 @@ class TrainConfig:
     device: str = "cpu"  # "cpu", "cuda", "auto"
     threads: int = 1  # torch CPU threads: the machine is shared
     eval_batch_size: int = 512
+    sequence: bool = True  # causal models: train by chunks of rows (models.seqtrain)
+    # Rows per sequence-training chunk: chunk_rows - T + 1 windows share chunk_rows rows of
+    # convolutions (256 rows, T=100: 1.6 rows a window instead of 100). Bigger chunks save
+    # little more and cost optimizer steps: a chunk's windows overlap and their labels agree,
+    # so what a model learns goes with the number of steps, not of windows (tests/test_causal.py
+    # learns its planted signal with ~50 steps an epoch, not with ~10 chunks of 260 windows).
+    chunk_rows: int = 256
+    chunks_per_step: int = 2  # chunks from different places of the day, mixed in one step
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -138,10 +161,15 @@ def predict(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Predicted classes (N,) int64 and probabilities (N, 3) float32 of every window.
 
-    The model is put in eval mode (and left so).
+    The model is put in eval mode (and left so). Causal models predict by sequence (features
+    once per stretch of rows), equal up to float re-association.
     """
     device = torch.device(device)
     model.eval()
+    if is_causal(model):
+        # a chunk's activations are far smaller than a batch's of as many windows
+        probs = predict_sequence(model, windows, chunk_rows=4 * batch_size, device=device)
+        return probs.argmax(axis=1).astype(np.int64), probs
     n = len(windows)
     probs = np.empty((n, 3), dtype=np.float32)
     for a in range(0, n, batch_size):
@@ -209,6 +237,36 @@ def train_model(
     val_idx = _strided(len(val), config.max_eval_windows)
     val_sub = val.subset(val_idx)
     y_train_t = torch.from_numpy(y_train)
+    sequence = config.sequence and is_causal(model)
+    chunks = plan_chunks(train, config.chunk_rows) if sequence else []
+    if sequence:
+        logger.info(
+            "sequence training: %d chunks of up to %d rows, %.0f windows each on average",
+            len(chunks), config.chunk_rows, len(train) / len(chunks),
+        )  # fmt: skip
+
+    def batches(rng: np.random.Generator) -> Iterator[tuple[np.ndarray, Callable[[], Tensor]]]:
+        """(window indices, logits of those windows) per optimizer step of one epoch."""
+        if sequence:
+            order = epoch_chunks(chunks, rng, config.max_train_windows)
+            for a in range(0, len(order), config.chunks_per_step):
+                step = order[a : a + config.chunks_per_step]
+                yield (
+                    chunk_windows(step),
+                    lambda step=step: chunk_logits(model, train.rows, step, train.window, device),
+                )
+            return
+        n = len(train)
+        if config.max_train_windows is not None and config.max_train_windows < n:
+            order = rng.choice(n, size=config.max_train_windows, replace=False)
+        else:
+            order = rng.permutation(n)
+        for a in range(0, len(order), config.batch_size):
+            idx = order[a : a + config.batch_size]
+            if len(idx) < 2:
+                continue  # BatchNorm needs more than one sample
+            x = torch.from_numpy(train.batch(idx)).to(device, non_blocking=True)
+            yield idx, lambda x=x: model(x)
 
     history: list[dict[str, Any]] = []
     best_f1, best_epoch, best_state, best_metrics = -1.0, -1, None, {}
@@ -216,22 +274,13 @@ def train_model(
     for epoch in range(config.epochs):
         t0 = time.perf_counter()
         rng = np.random.default_rng([config.seed, epoch])
-        n = len(train)
-        if config.max_train_windows is not None and config.max_train_windows < n:
-            order = rng.choice(n, size=config.max_train_windows, replace=False)
-        else:
-            order = rng.permutation(n)
         model.train()
         total, seen = 0.0, 0
-        for a in range(0, len(order), config.batch_size):
-            idx = order[a : a + config.batch_size]
-            if len(idx) < 2:
-                continue  # BatchNorm needs more than one sample
-            x = torch.from_numpy(train.batch(idx)).to(device, non_blocking=True)
+        for idx, logits in batches(rng):
             y = y_train_t[idx].to(device, non_blocking=True)
             opt.zero_grad(set_to_none=True)
             with torch.autocast(device.type, enabled=use_amp):
-                loss = loss_fn(model(x), y)
+                loss = loss_fn(logits(), y)
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
