@@ -200,8 +200,9 @@ def test_train_model_uses_sequence_path(monkeypatch) -> None:
 
     monkeypatch.setattr(train_mod, "chunk_logits", spy)
     model = _model("cnn_causal", channels=(8, 8), hidden=16, dropout=0.0)
-    cfg = TrainConfig(epochs=6, lr=3e-3, max_train_windows=3000, chunk_rows=48,
-                      chunks_per_step=7, patience=6)  # ~63 windows a step, ~48 steps an epoch
+    cfg = TrainConfig(
+        epochs=6, lr=3e-3, max_train_windows=3000, chunk_rows=48, chunks_per_step=7, patience=6
+    )  # ~63 windows a step, ~48 steps an epoch
     res = train_model(model, _planted(8000, 1), _planted(1500, 2), cfg)
     assert all(e["windows"] == 3000 for e in res.history)
     assert sum(calls) == 6 * 3000 and max(calls) <= 7 * (48 - T + 1)
