@@ -17,6 +17,7 @@ from lobstream.models.binctabl import BiNCTABL, BiNCTABLConfig
 from lobstream.models.cnn import CNN, CNNConfig
 from lobstream.models.cnn_causal import CNNCausal, CNNCausalConfig
 from lobstream.models.deeplob import DeepLOB, DeepLOBConfig
+from lobstream.models.deeplob_causal import DeepLOBCausal, DeepLOBCausalConfig
 from lobstream.models.hrnn import HRNN, HRNNConfig
 
 logger = logging.getLogger(__name__)
@@ -27,6 +28,7 @@ ARCHITECTURES: dict[str, tuple[type, type[nn.Module]]] = {
     "hrnn": (HRNNConfig, HRNN),
     "binctabl": (BiNCTABLConfig, BiNCTABL),
     "cnn_causal": (CNNCausalConfig, CNNCausal),
+    "deeplob_causal": (DeepLOBCausalConfig, DeepLOBCausal),
 }
 
 

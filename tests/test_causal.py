@@ -47,6 +47,14 @@ def test_cnn_causal_is_registered_and_causal() -> None:
         build_model("cnn_causal", T=5, levels=2)
 
 
+def test_deeplob_causal_is_registered_and_causal() -> None:
+    assert "deeplob_causal" in CAUSAL
+    m = _model("deeplob_causal")
+    assert m.receptive_field == 1 + 3 * 2 * 3 + 4 and m.feature_dim == 3 * 64
+    with pytest.raises(ValueError, match="receptive field"):
+        build_model("deeplob_causal", T=20, levels=2)
+
+
 @pytest.mark.parametrize("arch", CAUSAL)
 def test_rows_depend_only_on_past_rows(arch: str) -> None:
     model = _model(arch).eval()

@@ -26,6 +26,8 @@ def _x(b: int, t: int, f: int, seed: int = 0) -> torch.Tensor:
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize(("T", "levels"), [(100, 10), (40, 5), (16, 2)])
 def test_forward_shape_and_finite(arch: str, T: int, levels: int) -> None:
+    if arch == "deeplob_causal" and T < 23:
+        pytest.skip("deeplob_causal needs T >= 23 (its receptive field)")
     torch.manual_seed(0)
     model = build_model(arch, T=T, levels=levels).eval()
     x = _x(3, T, 4 * levels)
@@ -75,9 +77,9 @@ def test_scripts_and_matches_eager(arch: str) -> None:
 @pytest.mark.parametrize("arch", ARCHS)
 def test_trains_one_step(arch: str) -> None:
     torch.manual_seed(4)
-    model = build_model(arch, T=20, levels=3).train()
+    model = build_model(arch, T=30, levels=3).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    x, y = _x(8, 20, 12), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    x, y = _x(8, 30, 12), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
     loss = torch.nn.functional.cross_entropy(model(x), y)
     loss.backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]

@@ -1,0 +1,132 @@
+"""A causal DeepLOB: the published widths, every convolution along time valid, the LSTM head
+over a window's feature rows.
+
+The streaming-native variant of :mod:`lobstream.models.deeplob` (issue 12), with the causal
+interface of :mod:`lobstream.models.cnn_causal` (``causal``, ``receptive_field`` R,
+``feature_dim`` C, ``row_features``, ``head``). What changes against DeepLOB:
+
+- The (4, 1) convolutions of the three blocks and the (3, 1) / (5, 1) convolutions of the
+  inception branches are *valid* along time instead of "same": no padding, so a feature row
+  never depends on where a window starts or on rows after it. The pool branch's (3, 1) max-pool
+  is valid too. Each valid kernel k reaches k - 1 rows further back: 6 x 3 in the blocks, then
+  the widest branch (5, 1) adds 4, so R = 1 + 18 + 4 = 23; the two narrower branches are cut by
+  2 rows at the start so the three line up on the same rows.
+- ``row_features`` returns the inception output (C = 3 x inception_channels = 192), the LSTM's
+  input; ``head`` runs the 64-unit LSTM over the window's T - R + 1 feature rows (78 at T = 100)
+  from a zero state and maps its last output to 3 logits, as DeepLOB does over its T rows.
+
+So a new event costs one row of convolutions (~0.3 M multiply-adds), one LSTM input projection
+and the T - R + 1 recurrent steps of the head (~1.3 M), against ~40 M for a whole DeepLOB
+window; see :mod:`lobstream.models.incremental`. BatchNorm stays as published: in eval mode it
+is a per-channel affine map and folds away; in sequence training it normalises over a chunk's
+rows (each row once) rather than a batch's windows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class DeepLOBCausalConfig:
+    """Sizes of a causal DeepLOB network; every layer size derives from these."""
+
+    T: int = 100
+    levels: int = 10
+    conv_channels: int = 32
+    inception_channels: int = 64
+    lstm_hidden: int = 64
+    n_classes: int = 3
+    leaky_slope: float = 0.01
+
+    @property
+    def F(self) -> int:
+        return 4 * self.levels
+
+    @property
+    def receptive_field(self) -> int:
+        return RECEPTIVE_FIELD
+
+
+# 3 blocks x two valid (4, 1) convs, then the (5, 1) branch: rows reached back, plus the row itself
+_BLOCKS_REACH = 3 * 2 * (4 - 1)
+_INCEPTION_REACH = 5 - 1
+RECEPTIVE_FIELD = 1 + _BLOCKS_REACH + _INCEPTION_REACH
+
+
+def _act_bn(c: int, slope: float) -> list[nn.Module]:
+    return [nn.LeakyReLU(slope), nn.BatchNorm2d(c)]
+
+
+def _conv_block(
+    c_in: int, c_out: int, first: tuple[int, int], stride: tuple[int, int], slope: float
+) -> nn.Sequential:
+    """``first`` conv (within a row), then two valid (4, 1) convs, each LeakyReLU + BatchNorm."""
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, kernel_size=first, stride=stride),
+        *_act_bn(c_out, slope),
+        nn.Conv2d(c_out, c_out, kernel_size=(4, 1)),
+        *_act_bn(c_out, slope),
+        nn.Conv2d(c_out, c_out, kernel_size=(4, 1)),
+        *_act_bn(c_out, slope),
+    )
+
+
+class DeepLOBCausal(nn.Module):
+    """Causal DeepLOB classifier.
+
+    forward: ``x`` float32 (B, 1, T, F) -> logits float32 (B, n_classes), classes down, flat,
+    up; ``x`` unmodified.
+    """
+
+    causal = True
+
+    def __init__(self, config: DeepLOBCausalConfig) -> None:
+        super().__init__()
+        if config.levels < 1:
+            raise ValueError(f"deeplob_causal needs levels >= 1, got {config.levels}")
+        r = config.receptive_field
+        if config.T < r:
+            raise ValueError(
+                f"deeplob_causal has a receptive field of {r} rows but T={config.T}; "
+                f"use a window of at least {r} rows"
+            )
+        self.config = config
+        self.receptive_field: int = r
+        c, ci, s = config.conv_channels, config.inception_channels, config.leaky_slope
+        self.feature_dim: int = 3 * ci
+        # F = 4L -> 2L (price/size pairs) -> L (ask/bid pairs) -> 1 (all levels).
+        self.block1 = _conv_block(1, c, (1, 2), (1, 2), s)
+        self.block2 = _conv_block(c, c, (1, 2), (1, 2), s)
+        self.block3 = _conv_block(c, c, (1, config.levels), (1, 1), s)
+        self.branch1 = nn.Sequential(
+            nn.Conv2d(c, ci, 1), *_act_bn(ci, s), nn.Conv2d(ci, ci, (3, 1)), *_act_bn(ci, s)
+        )
+        self.branch2 = nn.Sequential(
+            nn.Conv2d(c, ci, 1), *_act_bn(ci, s), nn.Conv2d(ci, ci, (5, 1)), *_act_bn(ci, s)
+        )
+        self.branch3 = nn.Sequential(
+            nn.MaxPool2d(kernel_size=(3, 1), stride=(1, 1)), nn.Conv2d(c, ci, 1), *_act_bn(ci, s)
+        )
+        self.lstm = nn.LSTM(3 * ci, config.lstm_hidden, num_layers=1, batch_first=True)
+        self.fc = nn.Linear(config.lstm_hidden, config.n_classes)
+
+    @torch.jit.export
+    def row_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Features of input rows R-1..M-1: (B, 1, M, F) -> (B, M - R + 1, C)."""
+        z = self.block3(self.block2(self.block1(x)))  # (B, 32, M - 18, 1)
+        # the (3, 1) branches reach 2 rows back, the (5, 1) one 4: drop their first 2 rows
+        z = torch.cat([self.branch1(z)[:, :, 2:], self.branch2(z), self.branch3(z)[:, :, 2:]], 1)
+        return z.squeeze(3).transpose(1, 2)  # (B, M - R + 1, 192)
+
+    @torch.jit.export
+    def head(self, feats: torch.Tensor) -> torch.Tensor:
+        """Logits of windows from their feature rows: (B, T - R + 1, C) -> (B, n_classes)."""
+        out, _ = self.lstm(feats)  # zero initial state: a window's head sees only its rows
+        return self.fc(out[:, -1, :])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.row_features(x))  # (B, 3)
