@@ -12,12 +12,14 @@ interface of :mod:`lobstream.models.cnn_causal` (``causal``, ``receptive_field``
   the widest branch (5, 1) adds 4, so R = 1 + 18 + 4 = 23; the two narrower branches are cut by
   2 rows at the start so the three line up on the same rows.
 - ``row_features`` returns the inception output (C = 3 x inception_channels = 192), the LSTM's
-  input; ``head`` runs the 64-unit LSTM over the window's T - R + 1 feature rows (78 at T = 100)
-  from a zero state and maps its last output to 3 logits, as DeepLOB does over its T rows.
+  input; ``head`` runs the 64-unit LSTM from a zero state over every ``lstm_stride``-th of the
+  window's T - R + 1 feature rows, ending at the last (20 of 78 at T = 100, stride 4), and maps
+  its last output to 3 logits. DeepLOB runs it over all T rows; the stride is what lets
+  sequence training share most of a window's cost (see the config), and since each feature row
+  already summarises 23 input rows, every input row still reaches some LSTM step.
 
 So a new event costs one row of convolutions (~0.3 M multiply-adds), one LSTM input projection
-and the T - R + 1 recurrent steps of the head (~1.3 M), against ~40 M for a whole DeepLOB
-window; see :mod:`lobstream.models.incremental`. BatchNorm stays as published: in eval mode it
+and the 20 recurrent steps of the head (~0.33 M), against ~35 M for a whole window; see :mod:`lobstream.models.incremental`. BatchNorm stays as published: in eval mode it
 is a per-channel affine map and folds away; in sequence training it normalises over a chunk's
 rows (each row once) rather than a batch's windows.
 """
@@ -39,6 +41,12 @@ class DeepLOBCausalConfig:
     conv_channels: int = 32
     inception_channels: int = 64
     lstm_hidden: int = 64
+    # The LSTM reads every lstm_stride-th feature row of the window, ending at its last row.
+    # Its recurrence is the one cost that sequence training cannot share between windows: at
+    # stride 1 (78 steps) it took 0.75 of the 0.85 ms a window costs there (bench.training), so
+    # sequence training could not be 20x faster than per-window. A stride up to R (23) still
+    # lets every input row reach some step's feature; 4 gives 20 steps.
+    lstm_stride: int = 4
     n_classes: int = 3
     leaky_slope: float = 0.01
 
@@ -88,6 +96,11 @@ class DeepLOBCausal(nn.Module):
         super().__init__()
         if config.levels < 1:
             raise ValueError(f"deeplob_causal needs levels >= 1, got {config.levels}")
+        if not 1 <= config.lstm_stride <= RECEPTIVE_FIELD:
+            raise ValueError(
+                f"deeplob_causal needs 1 <= lstm_stride <= {RECEPTIVE_FIELD} (beyond its "
+                f"receptive field some rows would reach no LSTM step), got {config.lstm_stride}"
+            )
         r = config.receptive_field
         if config.T < r:
             raise ValueError(
@@ -96,6 +109,9 @@ class DeepLOBCausal(nn.Module):
             )
         self.config = config
         self.receptive_field: int = r
+        self.lstm_stride: int = config.lstm_stride
+        # first feature row the LSTM reads, so that its last step is the window's last row
+        self.lstm_first: int = (config.T - r) % config.lstm_stride
         c, ci, s = config.conv_channels, config.inception_channels, config.leaky_slope
         self.feature_dim: int = 3 * ci
         # F = 4L -> 2L (price/size pairs) -> L (ask/bid pairs) -> 1 (all levels).
@@ -125,7 +141,8 @@ class DeepLOBCausal(nn.Module):
     @torch.jit.export
     def head(self, feats: torch.Tensor) -> torch.Tensor:
         """Logits of windows from their feature rows: (B, T - R + 1, C) -> (B, n_classes)."""
-        out, _ = self.lstm(feats)  # zero initial state: a window's head sees only its rows
+        # zero initial state: a window's head sees only its own rows
+        out, _ = self.lstm(feats[:, self.lstm_first :: self.lstm_stride])
         return self.fc(out[:, -1, :])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
