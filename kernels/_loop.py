@@ -348,8 +348,12 @@ def _run(
         ):
             _count(report, CODE_BAD_EVENT, k)
             continue
+        # A clear starts a snapshot, the feed's own statement of the book: it restarts the
+        # clock and the sequence, so no earlier record (a far-future or huge-seq one
+        # included) can leave the instrument refusing everything that follows. Tested only
+        # on the rare paths, so the common event pays nothing for it.
         ts = ev.ts_event
-        if ts < last_ts[i]:
+        if ts < last_ts[i] and action != ACTION_CLEAR:
             _count(report, CODE_TIME_BACKWARDS, k)
             continue
         last_ts[i] = ts
@@ -357,7 +361,7 @@ def _run(
         seq = ev.seq
         if seq != 0:
             prev = last_seq[i]
-            if prev != 0 and seq != prev + np.uint64(1):
+            if prev != 0 and seq != prev + np.uint64(1) and action != ACTION_CLEAR:
                 _count(report, CODE_SEQ_GAP, k)
                 stale[i] = 1
                 healing[i] = 0

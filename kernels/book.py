@@ -15,6 +15,10 @@ Rules (docs/ARCHITECTURE.md, "Book"), applied per event in this order:
    skipped. Skipped events (1-3) change no state at all, their LAST flag included.
 4. ``seq`` not previous + 1 (both non-zero): ``CODE_SEQ_GAP``, the instrument becomes stale
    (and an unfinished snapshot stops healing it). The event then goes on to step 5.
+   An ``ACTION_CLEAR`` is exempt from 3 and 4: it starts a snapshot, which restarts the
+   instrument's clock and sequence at its own ``ts_event`` and ``seq`` whatever came before,
+   so a bad record that got through (a far-future time, a huge seq) is healed by the next
+   snapshot instead of making every later event look late or out of sequence.
 5. ``ACTION_CLEAR`` empties both sides; on a stale instrument it starts a healing snapshot.
    Any other event on a stale instrument that is not healing: ``CODE_STALE_SKIPPED``, skipped.
    Trades do not touch the book.

@@ -87,13 +87,15 @@ class RefBook:
             return None
         st = self.inst[i]
         ts = int(ev["ts_event"])
-        if st.last_ts is not None and ts < st.last_ts:
+        # a clear opens a snapshot: it restarts the clock and the sequence
+        clear = action == ACTION_CLEAR
+        if st.last_ts is not None and ts < st.last_ts and not clear:
             self._count(CODE_TIME_BACKWARDS, k)
             return None
         st.last_ts = ts
         seq = int(ev["seq"])
         if seq != 0:
-            if st.last_seq != 0 and seq != st.last_seq + 1:
+            if st.last_seq != 0 and seq != st.last_seq + 1 and not clear:
                 self._count(CODE_SEQ_GAP, k)
                 st.stale, st.healing = True, False
             st.last_seq = seq
