@@ -68,6 +68,11 @@ class IngestConfig:
     max_drain: int = 2048  # messages taken per round before the next inference
     cpus: tuple[int, ...] = ()  # CPUs the loop thread (ingest, book, publish) may run on
     busy_poll_us: int = 0  # spin this long for market data before blocking; 0 = always block
+    # a message with a ts_event further than this ahead of the instrument's last accepted one
+    # is dropped, not adopted (a clear, which opens a snapshot, restarts the clock); 0 = off
+    max_ts_jump_s: float = 86_400.0
+    # ... or further than this ahead of this host's clock (UTC); 0 = off
+    max_clock_lead_s: float = 60.0
     curve: CurveConfig = CurveConfig()
 
 
@@ -279,6 +284,13 @@ def _check(cfg: ServeConfig, source: str) -> None:
             f"{source}: model.overlap_batch = {cfg.model.overlap_batch}; expected >= 0 "
             "(0 runs every model call inline)"
         )
+    for key in ("max_ts_jump_s", "max_clock_lead_s"):
+        value = getattr(cfg.ingest, key)
+        if not value >= 0 or value == float("inf"):
+            raise ConfigError(
+                f"{source}: ingest.{key} = {value!r}; expected a finite number of seconds >= 0 "
+                "(0 turns the check off)"
+            )
     if cfg.ingest.busy_poll_us < 0:
         raise ConfigError(
             f"{source}: ingest.busy_poll_us = {cfg.ingest.busy_poll_us}; expected >= 0 "

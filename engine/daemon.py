@@ -176,7 +176,9 @@ class Daemon:
         if self.cfg.metrics.address:
             self.metrics_port = self.metrics.serve_http(self.cfg.metrics.address)
         self.publisher = Publisher(self.ctx, self.cfg.publish, self.symbols)
-        self.ingest = Ingest(self.ctx, self.cfg.ingest, self.symbols, self.metrics, self.rlog)
+        self.ingest = Ingest(
+            self.ctx, self.cfg.ingest, self.symbols, self.metrics, self.rlog, self.book.last_ts
+        )
         self.poller.register(self.ingest.sock, zmq.POLLIN)
         if self.cfg.model.overlap_batch:
             self.worker = InferenceWorker(self.ctx, self._next_job, self.cfg.model.cpus)

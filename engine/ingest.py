@@ -5,6 +5,14 @@ drains what has arrived (non-blocking, at most ``max_drain`` messages), checks e
 (contract 4: ``[b"md.<symbol>", EVENT_DTYPE bytes]``, one instrument per message), and returns
 the accepted events as one contiguous batch for the book kernel. Bad frames are dropped and
 counted by reason; nothing in a frame can stop the daemon.
+
+A message is checked as a whole before any of its records reaches the book (one bad record
+drops the message, counted once under its reason, see :mod:`lobstream.replay.wire`): the
+book applies records one by one, so a bad one in the middle of an accepted message would
+otherwise change state that the rest of the message, and every later one, is judged by. The
+time checks follow the instrument's clock as the book will have it, message by message,
+starting from the book's ``last_ts``: a far-future record adopted by the book would make every
+later event, the next snapshot included, look like time going backwards.
 """
 
 from __future__ import annotations
@@ -18,12 +26,90 @@ import zmq
 from lobstream.engine.config import IngestConfig
 from lobstream.engine.metrics import Metrics, RateLimitedLog
 from lobstream.engine.security import setup_curve
+from lobstream.kernels._jit import njit
+from lobstream.kernels.dtypes import ACTION_CLEAR, ACTION_TRADE, EVENT_DTYPE, SIDE_ASK
 from lobstream.replay import wire
 
 logger = logging.getLogger(__name__)
 
 _NOBLOCK = int(zmq.NOBLOCK)  # plain ints: no enum conversion per call
 _RCVMORE = int(zmq.RCVMORE)
+
+_TS_MIN = np.iinfo(np.int64).min
+_TS_MAX = np.iinfo(np.int64).max
+# verdict of _check_frames per message: 0 accepted, else the index of its reason here
+VERDICTS = (wire.REASON_OK, *wire.CONTENT_REASONS)
+
+
+@njit
+def _check_frames(events, insts, counts, last_ts, ref, mark, stamp, clock_limit, jump_ns,
+                  verdict, where):  # fmt: skip
+    """Judge each message ``f`` (records ``counts[f]`` long, back to back in ``events``) as a
+    whole: ``verdict[f]`` (see VERDICTS) and ``where[f]``, its first bad record. ``ref`` is
+    the instrument's clock as the book will have it after the accepted messages so far
+    (``mark[i] == stamp`` once taken from ``last_ts`` this round). Returns the bad count."""
+    n_bad = 0
+    start = 0
+    for f in range(insts.shape[0]):
+        inst = insts[f]
+        end = start + counts[f]
+        v = 0
+        w = start
+        for k in range(start, end):
+            if events[k].instrument != inst:
+                v = 1
+                w = k
+                break
+        if v == 0:
+            for k in range(start, end):
+                ev = events[k]
+                size = ev.size
+                # the book kernel's content rule, on the whole message first
+                if ev.action > ACTION_TRADE or (
+                    ev.action != ACTION_CLEAR
+                    and (
+                        ev.side > SIDE_ASK
+                        or ev.price <= 0
+                        or not (size >= 0.0 and size - size == 0.0)
+                    )
+                ):
+                    v = 2
+                    w = k
+                    break
+        if v == 0:
+            for k in range(start, end):
+                if events[k].ts_event > clock_limit:
+                    v = 3
+                    w = k
+                    break
+        if v == 0:
+            if mark[inst] != stamp:
+                mark[inst] = stamp
+                ref[inst] = last_ts[inst]
+            r = ref[inst]
+            for k in range(start, end):
+                ev = events[k]
+                ts = ev.ts_event
+                if ev.action == ACTION_CLEAR:
+                    r = ts  # a snapshot restarts the clock (the book does the same)
+                elif ts > r:
+                    # unsigned: the difference of two int64 always fits
+                    if (
+                        r != _TS_MIN
+                        and jump_ns >= 0
+                        and np.uint64(ts) - np.uint64(r) > np.uint64(jump_ns)
+                    ):
+                        v = 4
+                        w = k
+                        break
+                    r = ts
+            if v == 0:
+                ref[inst] = r
+        verdict[f] = v
+        where[f] = w - start
+        n_bad += v != 0
+        start = end
+    return n_bad
 
 
 class Ingest:
@@ -37,6 +123,9 @@ class Ingest:
         Symbol of each instrument id: topic ``md.<symbol>`` maps to that id.
     metrics : Metrics
     rlog : RateLimitedLog
+    last_ts : ndarray (N,) int64, optional
+        The book's ``last_ts`` (read, never written): where each instrument's clock stands
+        for the ``max_ts_jump_s`` check. Without it the check follows a round only.
     """
 
     def __init__(
@@ -46,6 +135,7 @@ class Ingest:
         symbols,
         metrics: Metrics,
         rlog: RateLimitedLog,
+        last_ts: np.ndarray | None = None,
     ) -> None:
         self.cfg = cfg
         self.metrics = metrics
@@ -61,6 +151,17 @@ class Ingest:
         for ep in cfg.endpoints:
             (self.sock.bind if cfg.mode == "bind" else self.sock.connect)(ep)
         logger.info("ingest %s %s, topics %s", cfg.mode, list(cfg.endpoints), list(cfg.topics))
+        n = len(self.symbols)
+        self.last_ts = last_ts if last_ts is not None else np.full(n, _TS_MIN, np.int64)
+        self._ref = np.zeros(n, np.int64)  # scratch of _check_frames
+        self._mark = np.full(n, -1, np.int64)
+        self._stamp = 0
+        self._verdict = np.zeros(cfg.max_drain, np.int64)
+        self._where = np.zeros(cfg.max_drain, np.int64)
+        self._lead_ns = int(cfg.max_clock_lead_s * 1e9) if cfg.max_clock_lead_s > 0 else -1
+        self._jump_ns = int(cfg.max_ts_jump_s * 1e9) if cfg.max_ts_jump_s > 0 else -1
+        self.wall_ns = time.time_ns  # the host clock of the lead check (tests fix it)
+        self._warm()
         self.backlog = False  # True when the last drain stopped at max_drain
         # what the last drain took, counted by account()
         self._n_msg = 0
@@ -131,11 +232,7 @@ class Ingest:
         if events is None:  # pragma: no cover - lengths were checked frame by frame
             self._reject(reason, "round of %s messages undecodable (%s)", len(bufs), reason)
             return None, 0
-        if len(insts) == 1:  # low load: one message, no per-event expected-id array
-            if (events["instrument"] != insts[0]).any():
-                events = self._check_instruments(events, insts, counts)
-        else:
-            events = self._check_instruments(events, insts, counts)
+        events = self._check(events, insts, counts)
         if len(events) == 0:
             return None, 0
         self._n_events = len(events)
@@ -162,24 +259,45 @@ class Ingest:
             m.observe("receive", self._receive_ns * 1e-9)
             self._receive_ns = None
 
-    def _check_instruments(self, events: np.ndarray, insts: list[int], counts: list[int]):
-        """Drop whole messages whose events name another instrument than their topic."""
-        expected = np.repeat(np.asarray(insts, np.uint32), counts)
-        bad = events["instrument"] != expected
-        if not bad.any():
+    def _clock_limit(self) -> int:
+        if self._lead_ns < 0:
+            return _TS_MAX
+        return min(self.wall_ns() + self._lead_ns, _TS_MAX)
+
+    def _check(self, events: np.ndarray, insts: list[int], counts: list[int]) -> np.ndarray:
+        """Drop, whole, every message with a bad record (see :func:`_check_frames`)."""
+        self._stamp += 1
+        ins = np.array(insts, np.int64)
+        cnt = np.array(counts, np.int64)
+        n_bad = _check_frames(events, ins, cnt, self.last_ts, self._ref, self._mark,
+                              self._stamp, self._clock_limit(), self._jump_ns,
+                              self._verdict, self._where)  # fmt: skip
+        if n_bad == 0:
             return events
-        starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
-        bad_msg = np.logical_or.reduceat(bad, starts)
-        for m in np.flatnonzero(bad_msg):
-            k = starts[m] + int(np.argmax(bad[starts[m] : starts[m] + counts[m]]))
+        verdict = self._verdict[: len(ins)]
+        starts = np.concatenate(([0], np.cumsum(cnt)[:-1]))
+        for f in np.flatnonzero(verdict):
+            k = int(starts[f] + self._where[f])
+            ev = events[k]
             self._reject(
-                "wrong_instrument",
-                "%s: events name instrument %s, the topic's id is %s",
-                self.symbols[insts[m]],
-                int(events["instrument"][k]),
-                insts[m],
-            )
-        return events[np.repeat(~bad_msg, counts)]
+                VERDICTS[verdict[f]],
+                "%s: record %s of %s (instrument %s, action %s, side %s, price %s, size %s, "
+                "ts_event %s): %s",
+                self.symbols[insts[f]], int(self._where[f]), counts[f], int(ev["instrument"]),
+                int(ev["action"]), int(ev["side"]), int(ev["price"]), float(ev["size"]),
+                int(ev["ts_event"]), VERDICTS[verdict[f]],
+            )  # fmt: skip
+        return events[np.repeat(verdict == 0, cnt)]
+
+    def _warm(self) -> None:
+        """Compile (or load) the frame check for writable and read-only records now, not on
+        the first message."""
+        ev = np.zeros(1, EVENT_DTYPE)
+        one = np.zeros(1, np.int64)
+        scratch = [np.zeros(1, np.int64) for _ in range(5)]
+        for events in (ev, np.frombuffer(ev.tobytes(), EVENT_DTYPE)):
+            _check_frames(events, one, one + 1, np.full(1, _TS_MIN), *scratch[:2], 0,
+                          _TS_MAX, -1, *scratch[2:4])  # fmt: skip
 
     def _reject(self, reason: str, msg: str, *args) -> None:
         self.metrics.reject(reason)

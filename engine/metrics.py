@@ -21,8 +21,8 @@ logger = logging.getLogger(__name__)
 
 STAGES = ("receive", "book", "gather", "model", "publish", "end_to_end")
 # Frame-level rejections (the message is dropped before the book sees it): the wire decoder's
-# reasons, a topic not in the registry, and events naming another instrument than the topic.
-FRAME_REASONS = (*wire.REASONS, "unknown_instrument", "wrong_instrument")
+# reasons, a topic not in the registry, and the checks of a message's records as a whole.
+FRAME_REASONS = (*wire.REASONS, "unknown_instrument", *wire.CONTENT_REASONS)
 # 1 us .. 1 s: the stages of the hot path sit between a few and a few thousand microseconds.
 LATENCY_BUCKETS = tuple(m * 10.0**e for e in range(-6, 0) for m in (1.0, 2.0, 5.0)) + (
     1.0,

@@ -13,8 +13,18 @@ daemon counts as a metric label, never an exception through the receive loop. Re
 - ``"empty"``: a zero-length payload;
 - ``"misaligned"``: the payload length is not a multiple of the event size (48 bytes).
 
-Content (sides, prices, sizes, time order) is checked by the book kernel, which counts it.
-Padding bytes of an event carry no data and may hold anything.
+A live receiver then checks each message's records as a whole before any of them reaches the
+book (``lobstream.engine.ingest``), and drops the message for one of :data:`CONTENT_REASONS`:
+
+- ``"wrong_instrument"``: a record names another instrument than the topic;
+- ``"bad_event"``: unknown action, or (not a clear) unknown side, price <= 0, size < 0 or not
+  finite;
+- ``"ts_future"``: a ``ts_event`` too far ahead of the receiving host's clock;
+- ``"ts_jump"``: a ``ts_event`` too far ahead of the instrument's last accepted event (a clear
+  restarts the clock: it opens a snapshot).
+
+Time going backwards and sequence gaps are the book kernel's to count (they depend on the
+order of what it applied). Padding bytes of an event carry no data and may hold anything.
 """
 
 from __future__ import annotations
@@ -35,6 +45,11 @@ REASON_TOPIC = "topic"
 REASON_EMPTY = "empty"
 REASON_MISALIGNED = "misaligned"
 REASONS = (REASON_PARTS, REASON_TOPIC, REASON_EMPTY, REASON_MISALIGNED)
+REASON_WRONG_INSTRUMENT = "wrong_instrument"
+REASON_BAD_EVENT = "bad_event"
+REASON_TS_FUTURE = "ts_future"
+REASON_TS_JUMP = "ts_jump"
+CONTENT_REASONS = (REASON_WRONG_INSTRUMENT, REASON_BAD_EVENT, REASON_TS_FUTURE, REASON_TS_JUMP)
 
 
 class Decoded(NamedTuple):
