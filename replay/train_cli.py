@@ -263,6 +263,25 @@ def run_training(
     default=None,
     help="Read only the first N events of each file (quick runs).",
 )
+@click.option(
+    "--chunk-rows",
+    type=int,
+    default=256,
+    show_default=True,
+    help="Causal models: rows per sequence-training chunk (chunk_rows - T + 1 windows).",
+)
+@click.option(
+    "--chunks-per-step",
+    type=int,
+    default=2,
+    show_default=True,
+    help="Causal models: chunks, from different places of the day, per optimizer step.",
+)
+@click.option(
+    "--per-window",
+    is_flag=True,
+    help="Causal models: train per window like any other model (for comparison).",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
     "--device",
@@ -306,6 +325,9 @@ def train(
     max_eval_windows,
     eval_stride,
     max_events,
+    chunk_rows,
+    chunks_per_step,
+    per_window,
     seed,
     device,
     threads,
@@ -331,6 +353,9 @@ def train(
         max_eval_windows=max_eval_windows,
         device=device,
         threads=threads,
+        chunk_rows=chunk_rows,
+        chunks_per_step=chunks_per_step,
+        sequence=not per_window,
     )
 
     def progress(e: dict[str, Any]) -> None:
