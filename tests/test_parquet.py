@@ -147,3 +147,47 @@ def test_bad_files(tmp_path):
     path.write_bytes(b"not parquet")
     with pytest.raises(DataError, match="not a readable Parquet"):
         read_back(path)
+
+
+def test_skipped_bad_rows_leave_later_rows_as_the_clean_file(tmp_path):
+    """A file with bad rows, read with skip_bad, names file and row of each kind, and the
+    feature rows after the next snapshot equal those of the same file without them, even when
+    a well-formed row with a far-future ts_event and a huge seq got through (issue 17)."""
+    from lobstream.kernels.book import new_book, new_report
+    from lobstream.kernels.dtypes import ACTION_CLEAR, ROW_META_DTYPE
+    from lobstream.kernels.features import events_to_rows, zscore_spec
+    from lobstream.replay.synthetic import synthetic_events
+
+    clean = synthetic_events(3000, 1, seed=5, levels=4, snapshot_every=700)
+    clears = np.flatnonzero(clean["action"] == ACTION_CLEAR)
+    assert len(clears) >= 2 and clears[1] > 100
+    dirty = clean.copy()
+    k = clears[1] - 20  # before the second snapshot
+    dirty["size"][k] = float("nan")
+    dirty["price"][k + 1] = -3
+    adopted = dirty[k + 2 : k + 3].copy()  # good content, bad time and sequence
+    adopted["ts_event"] = 2**62
+    adopted["seq"] = 2**63
+    dirty = np.concatenate([dirty[: k + 2], adopted, dirty[k + 2 :]])
+    path = tmp_path / "dirty.parquet"
+    parquet.to_frame(dirty, "A", "0.01").write_parquet(path)
+    defects = Defects()
+    got = np.concatenate(list(parquet.read(path, Registry(), skip_bad=True, defects=defects)))
+    assert sum(defects.values()) == 2
+    assert all(f"{path} row " in where for where in defects.first.values())
+    assert {int(w.rsplit(" ", 1)[1]) for w in defects.first.values()} == {k + 1, k + 2}
+
+    spec = zscore_spec(10_000.0, 50.0, 0.0, 10.0, levels=4)
+
+    def rows(ev):
+        out = np.zeros((len(ev), 16), np.float32)
+        meta = np.zeros(len(ev), ROW_META_DTYPE)
+        m = events_to_rows(new_book(1, 1024, 4), spec, ev, out, meta, new_report())
+        return out[:m], meta[:m]
+
+    rows_clean, meta_clean = rows(clean)
+    rows_got, meta_got = rows(got)
+    after = int(clean["seq"][clears[1]])
+    keep_c, keep_g = meta_clean["seq"] > after, meta_got["seq"] > after
+    assert keep_c.sum() > 0 and keep_c.sum() == keep_g.sum()
+    np.testing.assert_array_equal(rows_got[keep_g], rows_clean[keep_c])
