@@ -7,6 +7,13 @@ materialised: per instrument, the last ``T - 1`` rows of the previous chunk are 
 rows appended, and each window is a strided view ``rows[j : j + T]`` copied straight into the
 runner's preallocated input buffer, ``B`` windows per model call.
 
+A causal artifact (``manifest["causal"]``, e.g. ``cnn_causal``, ``deeplob_causal``) is scored
+incrementally instead (:class:`CausalScorer`): one :class:`~lobstream.models.incremental.
+IncrementalRunner` slot per instrument, every row pushed once in arrival order, so a row costs
+one column of convolutions plus the head rather than a whole window. Same probabilities as the
+full window (float32 round-off), same NaN rows; :func:`make_scorer` picks the scorer and
+``scorer="full-window"`` forces the old path for comparison.
+
 Memory: the chunk buffers are fixed (``batch_rows`` events of rows at a time) and the window
 carry is ``T - 1`` rows per instrument. Two ways to consume the scored rows:
 
@@ -30,6 +37,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -49,7 +57,13 @@ from lobstream.replay.trading import (
     trade_stats,
 )
 
+if TYPE_CHECKING:
+    from lobstream.models.incremental import IncrementalRunner
+
 logger = logging.getLogger(__name__)
+
+# what make_scorer / backtest_files / ``lobstream backtest --scorer`` accept
+SCORERS = ("auto", "incremental", "full-window")
 
 # progress(events_done, rows_done, windows_done)
 ProgressFn = Callable[[int, int, int], None]
@@ -93,6 +107,7 @@ class BacktestResult:
     seconds: float
     report: dict = field(default_factory=dict)
     n_rows: int | None = None
+    scorer: str = "full-window"  # Scorer.name of the scorer that ran
 
     def __post_init__(self) -> None:
         if self.n_rows is None:
@@ -201,12 +216,26 @@ def baselines_summary(
     return out
 
 
+class Scorer(Protocol):
+    """Feature rows (any instruments, arrival order, chunk after chunk) -> probabilities.
+
+    ``name`` says which path scores ("full-window" or "incremental", in the report);
+    ``n_windows`` counts the rows that got probabilities so far."""
+
+    name: str
+    n_windows: int
+
+    def score(self, rows: np.ndarray, meta: np.ndarray) -> np.ndarray: ...
+
+
 class WindowScorer:
     """Feature rows (any instruments, arrival order) -> model probabilities per row.
 
     Keeps, per instrument, the last ``T - 1`` rows seen so that windows continue across chunks.
     ``runner`` needs ``input`` (a (Bmax, 1, T, F) float32 numpy array) and ``infer(n)``.
     """
+
+    name = "full-window"
 
     def __init__(self, runner, window: int, n_features: int, batch: int | None = None) -> None:
         self.runner = runner
@@ -269,6 +298,142 @@ class WindowScorer:
             out[s : s + n] = self.runner.infer(n)
         self.n_windows += n_win
         return out
+
+
+class CausalScorer:
+    """:class:`WindowScorer`'s ``score`` for a causal model, by incremental inference.
+
+    Instrument ``i`` is slot ``i`` of an :class:`~lobstream.models.incremental.
+    IncrementalRunner`; each chunk's rows are pushed in arrival order. The runner's state plays
+    the part of WindowScorer's ``T - 1`` carried rows, and like that carry it is never reset:
+    WindowScorer's windows run across snapshots and gaps, so these must too for the
+    probabilities to be the same. A row with fewer than ``T - 1`` rows of its instrument before
+    it is NaN in both.
+
+    Parameters
+    ----------
+    runner : the incremental runner of the artifact (slots ``0 .. n_slots - 1``).
+    grow : ``grow(n)`` builds another runner of ``n`` slots of the same model, for instrument
+        ids beyond the slots so far (readers register instruments as they meet them). Without
+        it an id beyond ``runner.n_slots`` is refused.
+    """
+
+    name = "incremental"
+
+    def __init__(
+        self,
+        runner: IncrementalRunner,
+        grow: Callable[[int], IncrementalRunner] | None = None,
+    ) -> None:
+        # (first instrument id, runner) per block of slots; runners are never resized in place
+        self._blocks: list[tuple[int, Any]] = [(0, runner)]
+        self._capacity = int(runner.n_slots)
+        self._grow = grow
+        self.T = int(runner.T)
+        self.F = int(runner.F)
+        self.n_windows = 0
+
+    def _ensure(self, top: int) -> None:
+        while top >= self._capacity:
+            if self._grow is None:
+                raise ValueError(
+                    f"instrument id {top} is beyond the incremental runner's "
+                    f"{self._capacity} slots: build it with n_slots > {top}"
+                )
+            n = max(self._capacity, top + 1 - self._capacity)  # doubling: few blocks
+            self._blocks.append((self._capacity, self._grow(n)))
+            self._capacity += n
+
+    def score(self, rows: np.ndarray, meta: np.ndarray) -> np.ndarray:
+        """Probabilities of every row's window; see :meth:`WindowScorer.score`."""
+        m = len(meta)
+        if m == 0:
+            return np.full((0, 3), np.nan, np.float32)
+        if rows.shape[1] != self.F:
+            raise ValueError(f"rows have {rows.shape[1]} features; the model takes {self.F}")
+        inst = meta["instrument"].astype(np.int64)
+        self._ensure(int(inst.max()))
+        if len(self._blocks) == 1:
+            probs = self._blocks[0][1].push(inst, rows[:m])
+        else:
+            probs = np.full((m, 3), np.nan, np.float32)
+            for base, runner in self._blocks:
+                sel = np.flatnonzero((inst >= base) & (inst < base + runner.n_slots))
+                if len(sel):
+                    probs[sel] = runner.push(inst[sel] - base, rows[sel])
+        self.n_windows += int(np.count_nonzero(~np.isnan(probs[:, 0])))
+        return probs
+
+
+def scorer_for(runner, window: int, n_features: int, batch: int | None = None) -> Scorer:
+    """The scorer of a runner: an ``IncrementalRunner`` (it has ``push``) scores incrementally,
+    a ``ModelRunner``-like one (``input`` + ``infer``) by full windows; a scorer passes as is."""
+    if hasattr(runner, "score"):
+        return runner
+    if hasattr(runner, "push") and hasattr(runner, "reset"):
+        if int(runner.T) != int(window) or int(runner.F) != int(n_features):
+            raise ValueError(
+                f"incremental runner has T={runner.T}, F={runner.F}; the manifest says "
+                f"T={window}, F={n_features}"
+            )
+        return CausalScorer(runner)
+    return WindowScorer(runner, window, n_features, batch)
+
+
+def choose_scorer(manifest: dict, scorer: str = "auto", device: str = "cpu") -> str:
+    """ "incremental" or "full-window" for an artifact.
+
+    ``auto``: incremental when the manifest says the model is causal and the device is the
+    CPU (the incremental kernels run there; on a GPU big full-window batches are what the
+    device wants). ``incremental`` on a non-causal artifact is refused."""
+    from lobstream.models.incremental import is_causal
+
+    if scorer not in SCORERS:
+        raise ValueError(f"scorer {scorer!r}: expected one of {SCORERS}")
+    causal = is_causal(manifest)
+    if scorer == "incremental" and not causal:
+        raise ValueError(
+            f"the {manifest.get('arch')} artifact is not causal (no 'causal' in its manifest): "
+            "incremental scoring needs a causal model; use the full-window scorer"
+        )
+    if scorer != "auto":
+        return scorer
+    if not causal:
+        return "full-window"
+    from lobstream.models.artifact import resolve_device
+
+    return "incremental" if resolve_device(device).type == "cpu" else "full-window"
+
+
+def make_scorer(
+    module,
+    manifest: dict,
+    *,
+    scorer: str = "auto",
+    device: str = "cpu",
+    batch: int = 256,
+    threads: int | None = None,
+    n_instruments: int = 1,
+) -> Scorer:
+    """The scorer of a loaded artifact (see :func:`choose_scorer`): a :class:`CausalScorer`
+    with ``n_instruments`` slots to start with (more as instruments appear), or a
+    :class:`WindowScorer` over a :class:`~lobstream.models.runner.ModelRunner`."""
+    T = int(manifest["T"])
+    F = spec_from_manifest(manifest).n_features
+    if choose_scorer(manifest, scorer, device) == "incremental":
+        from lobstream.models.incremental import IncrementalRunner
+
+        def grow(n: int) -> IncrementalRunner:
+            return IncrementalRunner(module, manifest, n_slots=n)
+
+        first = grow(max(1, n_instruments))
+        if first.F != F:
+            raise ValueError(f"the model takes F={first.F} features; the manifest's spec {F}")
+        return CausalScorer(first, grow)
+    from lobstream.models.runner import ModelRunner
+
+    runner = ModelRunner(module, manifest, device=device, max_batch=batch, threads=threads)
+    return WindowScorer(runner, T, F, batch)
 
 
 def rows_from_events(
@@ -339,7 +504,9 @@ def run_backtest(
     ----------
     batches : iterable of (n,) EVENT_DTYPE arrays, e.g. :func:`lobstream.replay.readers.
         read_events`.
-    runner : a :class:`lobstream.models.runner.ModelRunner` of the artifact.
+    runner : a :class:`lobstream.models.runner.ModelRunner` of the artifact (full windows),
+        an :class:`lobstream.models.incremental.IncrementalRunner` (causal artifacts, with a
+        slot per instrument id), or a ready :class:`Scorer` (:func:`make_scorer`).
     manifest : the artifact's manifest (feature spec, T, label definition).
     n_instruments : instruments expected (the book grows if more appear).
     batch : windows per model call (default: the runner's buffer size).
@@ -355,7 +522,7 @@ def run_backtest(
     spec = spec_from_manifest(manifest)
     label = label_def_from_manifest(manifest)
     T = int(manifest["T"])
-    scorer = WindowScorer(runner, T, spec.n_features, batch)
+    scorer = scorer_for(runner, T, spec.n_features, batch)
     report = new_report()
     metas, probs = [], []
     n_events = n_rows = 0
@@ -387,7 +554,15 @@ def run_backtest(
     if counts:
         logger.info("kernel conditions during the backtest: %s", counts)
     return BacktestResult(
-        meta_all, probs_all, labels, n_events, scorer.n_windows, seconds, counts, n_rows
+        meta_all,
+        probs_all,
+        labels,
+        n_events,
+        scorer.n_windows,
+        seconds,
+        counts,
+        n_rows,
+        scorer.name,
     )
 
 
@@ -406,11 +581,14 @@ def backtest_files(
     on_progress: ProgressFn | None = None,
     keep_rows: bool = True,
     rows_sink: Callable[[dict], RowsFn] | None = None,
+    scorer: str = "auto",
 ) -> tuple[BacktestResult, dict, Registry]:
     """Load the artifact, read the files and run :func:`run_backtest`.
 
     Parameters
     ----------
+    scorer : one of :data:`SCORERS` (see :func:`choose_scorer`): ``auto`` scores a causal
+        artifact incrementally on the CPU, ``full-window`` forces a window per row.
     keep_rows, rows_sink : ``rows_sink(manifest)`` is called once the artifact is loaded; the
         function it returns is :func:`run_backtest`'s ``on_rows`` (e.g. ``lambda m:
         StreamingEvaluator(m, ...).add``). With ``keep_rows=False`` no per-row record is kept.
@@ -421,12 +599,19 @@ def backtest_files(
     sizes for money figures).
     """
     from lobstream.models.artifact import load_model
-    from lobstream.models.runner import ModelRunner
     from lobstream.replay.readers import DEFAULT_BATCH_ROWS, read_events
 
     module, manifest = load_model(model_path, device=device)
-    runner = ModelRunner(module, manifest, device=device, max_batch=batch, threads=threads)
     registry = Registry() if registry is None else registry
+    runner = make_scorer(
+        module,
+        manifest,
+        scorer=scorer,
+        device=device,
+        batch=batch,
+        threads=threads,
+        n_instruments=max(1, len(registry)),
+    )
     batches = read_events(
         paths, registry, fmt=fmt, batch_rows=batch_rows or DEFAULT_BATCH_ROWS, skip_bad=skip_bad
     )
@@ -457,7 +642,7 @@ def evaluate(
     Returns
     -------
     (summary, trades): ``summary`` holds ``n_events``, ``n_rows``, ``n_windows``,
-    ``n_scored``, ``seconds``, ``windows_per_s``, ``metrics`` (:func:`lobstream.models.metrics.
+    ``scorer`` (which :class:`Scorer` ran), ``n_scored``, ``seconds``, ``windows_per_s``, ``metrics`` (:func:`lobstream.models.metrics.
     classification_report` of the argmax against the artifact's labels, on rows with both a
     window and a label), ``trading`` (:func:`lobstream.replay.trading.trade_stats` at
     ``config.threshold`` plus ``config``, ``sweep`` and ``per_instrument`` stats keyed by
@@ -534,6 +719,8 @@ def summarise(
         "n_events": result.n_events,
         "n_rows": result.n_rows,
         "n_windows": result.n_windows,
+        # "incremental" (causal artifact, per-row caches) or "full-window"
+        "scorer": result.scorer,
         "n_scored": n_scored,
         "seconds": result.seconds,
         "windows_per_s": result.n_windows / result.seconds if result.seconds > 0 else 0.0,

@@ -105,6 +105,23 @@ def _thresholds(value: str) -> tuple[float, ...]:
     help="Windows per model call.",
 )
 @click.option(
+    "--scorer",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "incremental", "full-window"]),
+    help=(
+        "How windows are scored: auto scores a causal artifact incrementally (cached per-row "
+        "features, one new row per event) on the CPU and others by full windows; full-window "
+        "forces a window per row (the same probabilities, for comparison)."
+    ),
+)
+@click.option(
+    "--full-window",
+    "full_window",
+    is_flag=True,
+    help="Same as --scorer full-window.",
+)
+@click.option(
     "--max-rows",
     type=click.IntRange(1),
     default=None,
@@ -127,6 +144,8 @@ def backtest(
     device,
     threads,
     batch,
+    scorer,
+    full_window,
     max_rows,
 ) -> None:
     """Replay FILES in-process through MODEL: classification report, trading P&L, plots."""
@@ -137,6 +156,10 @@ def backtest(
     from lobstream.replay.errors import DataError
     from lobstream.replay.streaming import StreamingEvaluator
 
+    if full_window:
+        if scorer == "incremental":
+            raise click.UsageError("--full-window contradicts --scorer incremental")
+        scorer = "full-window"
     reg = None
     if registry:
         from lobstream.replay.instruments import load_registry
@@ -189,6 +212,7 @@ def backtest(
                 on_progress=on_progress,
                 keep_rows=False,
                 rows_sink=sink,
+                scorer=scorer,
             )
             ev = evaluators[0]
             ev.finish()
@@ -234,7 +258,8 @@ def _tables(console, s: dict) -> None:
     console.print(
         f"{s['n_events']:,} events -> {s['n_rows']:,} rows -> {s['n_windows']:,} windows "
         f"({s['n_scored']:,} labelled) in {s['seconds']:.1f} s ({s['windows_per_s']:,.0f} "
-        f"windows/s); model {s['model']['arch']} T={s['model']['T']}; label {kind} "
+        f"windows/s, {s.get('scorer', 'full-window')} scorer); model {s['model']['arch']} "
+        f"T={s['model']['T']}; label {kind} "
         f"(k = {lab.get('horizon')} {lab.get('unit')}, alpha {lab.get('alpha'):.3g}"
         f"{'' if 'kind' in lab else ', kind not in the manifest: smoothed'})"
     )
