@@ -22,9 +22,10 @@ subset, whose rows in between would be computed for nothing) and where the chunk
 read only the window's rows, so even a chunk over a boundary gives every window its own
 logits; the rule only avoids computing rows no window uses.
 
-One optimizer step per chunk: its windows overlap almost entirely, so a chunk of ~900 windows
-carries far less independent information than 900 random windows; shuffling the order of the
-chunks is what decorrelates successive steps.
+One optimizer step per ``chunks_per_step`` chunks (``TrainConfig``), run as one sequence. A
+chunk's windows overlap almost entirely and their labels mostly agree, so a chunk of 29
+windows carries little more than one random window does: a step needs chunks from many places
+of the day (32 by default), and shuffling the chunks decorrelates successive steps.
 """
 
 from __future__ import annotations

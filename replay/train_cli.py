@@ -266,14 +266,14 @@ def run_training(
 @click.option(
     "--chunk-rows",
     type=int,
-    default=256,
+    default=128,
     show_default=True,
     help="Causal models: rows per sequence-training chunk (chunk_rows - T + 1 windows).",
 )
 @click.option(
     "--chunks-per-step",
     type=int,
-    default=2,
+    default=32,
     show_default=True,
     help="Causal models: chunks, from different places of the day, per optimizer step.",
 )
