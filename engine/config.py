@@ -37,6 +37,9 @@ class ModelConfig:
     overlap_batch: int = 16  # batches this large run on an inference thread; 0 = always inline
     reload_poll_s: float = 1.0  # how often the artifact file is checked for change; 0 = never
     cpus: tuple[int, ...] = ()  # CPUs the inference thread may run on (Linux); empty = any
+    # causal artifacts on the CPU: push each new row through an incremental runner instead of
+    # recomputing the window; false forces whole windows (for comparison)
+    incremental: bool = True
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,17 @@ A reload (SIGHUP, or the artifact file changing) loads and warms the new model o
 thread while the loop keeps running on the old one; the loop swaps at the start of a round,
 so no event is lost. The new artifact is checked as at start and must keep the feature spec
 and window of the running one (the rings hold rows normalised with it).
+
+A causal artifact (``manifest["causal"]``) on the CPU is run incrementally unless
+``model.incremental = false``: an :class:`~lobstream.models.incremental.IncrementalRunner`
+keeps one slot per instrument and each model call pushes the rows its instruments gained
+since their last call (:class:`~lobstream.engine.scheduler.IncrementalFeed`), the head only
+for the newest, so a signal costs the new rows' columns of convolutions plus one head instead
+of a whole window, with the same probabilities. Slots follow the rings: like the ring (and the
+backtest), they are not reset by a sequence gap or the snapshot that heals it, so a window
+after a heal still holds pre-fault rows in both paths. A reloaded runner starts empty and
+fills each slot from the ring's window at that instrument's first call, so signals flow on
+from the first event after the swap.
 """
 
 from __future__ import annotations
@@ -38,7 +49,7 @@ from lobstream.engine.ingest import Ingest
 from lobstream.engine.malloc import hold_freed_memory
 from lobstream.engine.metrics import Metrics, RateLimitedLog
 from lobstream.engine.publisher import Publisher
-from lobstream.engine.scheduler import InferenceWorker, Scheduler
+from lobstream.engine.scheduler import IncrementalFeed, InferenceWorker, Scheduler
 from lobstream.kernels.book import new_book, new_report
 from lobstream.kernels.dtypes import CODE_CROSSED, CODE_SEQ_GAP, SIGNAL_DTYPE
 from lobstream.kernels.ring import apply_events_rows, gather_windows, new_ring
@@ -60,6 +71,14 @@ class LoadedModel:
     model_id: int
     mtime_ns: int
     size: int
+    module: object = None  # the loaded torch module: an incremental runner is built from it
+    # set where the artifact is causal and runs on the CPU (see with_incremental)
+    feed: IncrementalFeed | None = None
+
+    @property
+    def inference(self) -> str:
+        """ "incremental" or "full-window": how the daemon runs this model."""
+        return "full-window" if self.feed is None else "incremental"
 
 
 def expectations(cfg: ServeConfig) -> dict:
@@ -68,8 +87,11 @@ def expectations(cfg: ServeConfig) -> dict:
     return {"T": m.window, "L": m.levels, "feature": {"kind": m.feature_kind}}
 
 
-def load_checked_model(cfg: ServeConfig) -> LoadedModel:
+def load_checked_model(cfg: ServeConfig, n_instruments: int | None = None) -> LoadedModel:
     """Load the configured artifact, check it against the config, build and warm its runner.
+
+    With ``n_instruments``, a causal artifact also gets its incremental runner (see
+    :func:`with_incremental`); without, the daemon adds it when it starts.
 
     Raises ``lobstream.models.artifact.ArtifactError`` (naming both values) on a mismatch or a
     SHA-256 that differs from the pinned one. Called before any socket opens.
@@ -86,7 +108,7 @@ def load_checked_model(cfg: ServeConfig) -> LoadedModel:
         module, manifest, device=m.device, max_batch=m.max_batch, threads=m.threads
     )
     digest = sha256_file(m.path)
-    return LoadedModel(
+    loaded = LoadedModel(
         path=m.path,
         sha256=digest,
         manifest=manifest,
@@ -94,7 +116,36 @@ def load_checked_model(cfg: ServeConfig) -> LoadedModel:
         model_id=int(digest[:8], 16),
         mtime_ns=st.st_mtime_ns if st else 0,
         size=st.st_size if st else 0,
+        module=module,
     )
+    if n_instruments is not None:
+        with_incremental(loaded, cfg, n_instruments)
+    return loaded
+
+
+def with_incremental(model: LoadedModel, cfg: ServeConfig, n_instruments: int) -> LoadedModel:
+    """Give ``model`` an incremental runner of ``n_instruments`` slots where it should have one:
+    a causal artifact, on the CPU (on a GPU whole-window batches are what the device wants),
+    ``model.incremental`` not false. Returns ``model`` (changed in place); a no-op otherwise
+    or where it has one with enough slots."""
+    from lobstream.replay.backtest import choose_scorer
+
+    if model.feed is not None and model.feed.runner.n_slots >= n_instruments:
+        return model
+    wanted = "auto" if cfg.model.incremental else "full-window"
+    if choose_scorer(model.manifest, wanted, cfg.model.device) != "incremental":
+        model.feed = None
+        return model
+    from lobstream.models.incremental import IncrementalRunner
+
+    module = model.module
+    if module is None:  # built elsewhere: the artifact file is the model
+        from lobstream.models.artifact import load_model
+
+        module, _ = load_model(model.path, device="cpu")
+    runner = IncrementalRunner(module, model.manifest, n_slots=max(1, n_instruments))
+    model.feed = IncrementalFeed(runner, n_instruments)
+    return model
 
 
 class Daemon:
@@ -117,7 +168,7 @@ class Daemon:
         self.cfg = cfg
         self.symbols = list(symbols)
         n = len(self.symbols)
-        self.model = model
+        self.model = with_incremental(model, cfg, n)
         self.spec = spec_from_manifest(model.manifest)
         self.T = int(model.manifest["T"])
         self.book = new_book(n)
@@ -190,10 +241,11 @@ class Daemon:
         if self.ingest is None:
             self.open()
         logger.info(
-            "serving %s instruments with %s (sha256 %s), max batch %s",
+            "serving %s instruments with %s (sha256 %s, %s), max batch %s",
             len(self.symbols),
             self.model.manifest.get("arch"),
             self.model.sha256[:12],
+            self.model.inference,
             self.max_batch,
         )
         spin_s = self.cfg.ingest.busy_poll_us * 1e-6
@@ -293,10 +345,15 @@ class Daemon:
         return runner, len(ids), (ids, meta, conflated, t0, t1)
 
     def _gather(self, ids: np.ndarray) -> tuple:
-        """Copy the windows of ``ids`` into the runner's input: ``(runner, meta, t0, t1)``."""
-        runner = self.model.runner
+        """Copy the windows of ``ids`` into the runner's input, or their new rows into an
+        incremental call: ``(runner, meta, t0, t1)``, ``runner.infer(len(ids))`` runs it."""
+        feed = self.model.feed
         t0 = time.perf_counter_ns()
-        gather_windows(self.ring, ids, runner.input)
+        if feed is None:
+            runner = self.model.runner
+            gather_windows(self.ring, ids, runner.input)
+        else:
+            runner = feed.take(self.ring, ids)
         meta = self.ring.meta[ids]  # a copy: rows applied meanwhile do not change it
         return runner, meta, t0, time.perf_counter_ns()
 
@@ -438,15 +495,26 @@ class Daemon:
         return {
             "ts": time.monotonic_ns(),
             "uptime_s": round(time.monotonic() - self.t_start, 3),
-            "model": {
-                "arch": self.model.manifest.get("arch"),
-                "sha256": self.model.sha256,
-                "model_id": self.model.model_id,
-            },
+            "model": self._model_status(),
             "stale": int(np.count_nonzero(stale)),
             "counts": {k: int(v) for k, v in sorted(self.metrics.totals.items())},
             "instruments": inst,
         }
+
+    def _model_status(self) -> dict:
+        m = self.model
+        out = {
+            "arch": m.manifest.get("arch"),
+            "sha256": m.sha256,
+            "model_id": m.model_id,
+            "inference": m.inference,
+        }
+        if m.feed is not None:
+            # rows pushed per signal: 1 at low load, more as windows are conflated
+            out["rows_pushed"] = m.feed.rows_pushed
+            out["rows_skipped"] = m.feed.rows_skipped
+            out["slot_restarts"] = m.feed.restarts
+        return out
 
     def send_status(self) -> None:
         self.publisher.send_status(self.status())
@@ -474,7 +542,7 @@ class Daemon:
         from lobstream.replay.backtest import spec_from_manifest
 
         try:
-            new = load_checked_model(self.cfg)
+            new = load_checked_model(self.cfg, len(self.symbols))
             spec = spec_from_manifest(new.manifest)
             if int(new.manifest["T"]) != self.T or spec.to_dict() != self.spec.to_dict():
                 raise ValueError(
@@ -497,6 +565,8 @@ class Daemon:
             pass
 
     def _swap_model(self) -> None:
+        # the parked thread's last results are the old model's: out before model_id changes
+        self._publish_finished()
         new, self._pending = self._pending, None
         if new.runner.input.shape[0] < self.max_batch:
             self.max_batch = new.runner.input.shape[0]
@@ -508,7 +578,9 @@ class Daemon:
         with self._lock:
             self._hold = False  # the inference thread may take batches again
         self.metrics.reloads.labels("ok").inc()
-        logger.info("model reloaded: %s -> %s", old.sha256[:12], new.sha256[:12])
+        logger.info(
+            "model reloaded: %s -> %s (%s)", old.sha256[:12], new.sha256[:12], new.inference
+        )
 
     # -- shutdown -----------------------------------------------------------------------------
     def shutdown(self) -> None:

@@ -33,15 +33,16 @@ def serve(config_path: str, check: bool) -> None:
     try:
         cfg = load_config(config_path)
         registry = load_instruments(cfg)
-        # the artifact is checked against the config before any socket opens
-        model = load_checked_model(cfg)
+        # the artifact is checked against the config before any socket opens (and a causal
+        # one's incremental runner built and warmed, one slot per instrument)
+        model = load_checked_model(cfg, len(registry))
     except (ConfigError, ArtifactError) as exc:
         raise click.ClickException(str(exc)) from None
     symbols = [inst.symbol for inst in registry]
     if check:
         click.echo(
-            f"config {config_path}: ok; model {model.manifest.get('arch')} sha256 {model.sha256}; "
-            f"{len(symbols)} instruments"
+            f"config {config_path}: ok; model {model.manifest.get('arch')} sha256 {model.sha256} "
+            f"({model.inference}); {len(symbols)} instruments"
         )
         return
     daemon = Daemon(cfg, symbols, model)

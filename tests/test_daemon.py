@@ -90,9 +90,9 @@ class TorchRunner:
     """The runner interface (``input`` buffer, ``infer(n)`` -> probabilities) over a scripted
     module; used for the in-process side so it shares nothing with the daemon's runner."""
 
-    def __init__(self, module, max_batch: int = 64) -> None:
+    def __init__(self, module, max_batch: int = 64, window: int = T) -> None:
         self.module = module
-        self.input = np.zeros((max_batch, 1, T, F), np.float32)
+        self.input = np.zeros((max_batch, 1, window, F), np.float32)
         self._t = torch.from_numpy(self.input)
 
     def infer(self, n: int) -> np.ndarray:
@@ -164,6 +164,14 @@ class Running:
             )
             time.sleep(0.01)
 
+    def wait_for_model(self, sha256: str, timeout_s: float = 60.0) -> None:
+        """Wait until the daemon runs the artifact with this digest (a reload swapped it in)."""
+        end = time.monotonic() + timeout_s
+        while self.daemon.model.sha256 != sha256:
+            assert self.thread.is_alive(), "daemon thread died"
+            assert time.monotonic() < end, "reload did not happen"
+            time.sleep(0.02)
+
     def collect(self, idle_s: float = 0.3) -> tuple[np.ndarray, list[dict]]:
         """Signals and heartbeats received until ``idle_s`` passes without a signal."""
         import json
@@ -195,7 +203,8 @@ class Running:
 def backtest_probs(events: np.ndarray, module, manifest: dict, n_inst: int) -> dict:
     """(instrument, seq) -> probabilities of the in-process backtest path."""
     chunks = [events[i : i + 500] for i in range(0, len(events), 500)]
-    res = run_backtest(chunks, TorchRunner(module), manifest, n_instruments=n_inst)
+    runner = TorchRunner(module, window=int(manifest["T"]))
+    res = run_backtest(chunks, runner, manifest, n_instruments=n_inst)
     ok = ~np.isnan(res.probs[:, 0])
     keys = zip(res.meta["instrument"][ok].tolist(), res.meta["seq"][ok].tolist(), strict=True)
     return dict(zip(keys, res.probs[ok], strict=True))
