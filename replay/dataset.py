@@ -69,15 +69,14 @@ class LabelDef:
     ``alpha`` (None: chosen on the training part) and ``kind`` (see
     :mod:`lobstream.kernels.labels`).
 
-    ``kind`` defaults to ``"smoothed"`` so that a LabelDef built from an old manifest's horizon,
-    unit and alpha keeps its meaning; ``lobstream train`` and :func:`~lobstream.replay.
-    train_cli.run_training` default to the leak-free ``"future"``.
+    ``kind`` defaults to the leak-free ``"future"``, as ``lobstream train`` does; a manifest
+    without a kind means ``"smoothed"`` (its readers, e.g. the backtest, say so explicitly).
     """
 
     horizon: float
     unit: str = "events"
     alpha: float | None = None
-    kind: str = "smoothed"
+    kind: str = "future"
 
     def __post_init__(self) -> None:
         if self.kind not in LABEL_KINDS:

@@ -20,7 +20,10 @@ def events():
 
 @pytest.fixture(scope="module")
 def ds(events):
-    return dataset_from_events([("synthetic", events)], LabelDef(K), window=T, levels=LEVELS)
+    # the literature's label, whose semantics these tests pin; the kinds are compared below
+    return dataset_from_events(
+        [("synthetic", events)], LabelDef(K, kind="smoothed"), window=T, levels=LEVELS
+    )
 
 
 def _part_of(ds, stream, end):
@@ -72,7 +75,9 @@ def test_alpha_and_statistics_from_train_only(events, ds):
     late = ev2["ts_event"] > cut
     ev2["price"][late] *= 3
     ev2["size"][late] *= 10
-    ds2 = dataset_from_events([("wrecked", ev2)], LabelDef(K), window=T, levels=LEVELS)
+    ds2 = dataset_from_events(
+        [("wrecked", ev2)], LabelDef(K, kind="smoothed"), window=T, levels=LEVELS
+    )
     assert ds2.alpha == ds.alpha
     np.testing.assert_array_equal(ds2.spec.params, ds.spec.params)
     assert ds.class_balance()["train"] == pytest.approx([1 / 3] * 3, abs=0.05)
@@ -127,7 +132,8 @@ def test_label_kinds_and_their_alpha(events, ds, kind):
     assert lab["alpha_rule"] == (
         "mean relative spread of train" if kind == "spread" else "balanced on train"
     )
-    assert ds.label_dict()["kind"] == "smoothed"  # LabelDef's default keeps old callers' meaning
+    assert ds.label_dict()["kind"] == "smoothed"
+    assert LabelDef(K).kind == "future"  # the default is the leak-free label
 
 
 def test_time_horizon_future_label(events):
