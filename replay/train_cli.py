@@ -410,8 +410,10 @@ def _command(ctx: click.Context) -> str:
     p = dict(ctx.params)
     words = ["lobstream", "train", *(str(f) for f in p.pop("files"))]
     for k, v in p.items():
-        if v is not None and k not in ("out", "report_json"):
-            words += [f"--{k.replace('_', '-')}", str(v)]
+        if v is None or v is False or k in ("out", "report_json"):
+            continue
+        flag = f"--{k.replace('_', '-')}"
+        words += [flag] if v is True else [flag, str(v)]  # a flag takes no value
     words += ["--out", str(p["out"])]
     return shlex.join(words)
 

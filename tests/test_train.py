@@ -79,6 +79,7 @@ def test_train_cli_end_to_end_on_goog_slice(data_dir, tmp_path):
     """``lobstream train`` on the first events of the GOOG sample writes an artifact that
     ``load_model`` accepts, with the manifest of contract 3 and both baselines' scores."""
     import json
+    import shlex
 
     from click.testing import CliRunner
 
@@ -127,6 +128,10 @@ def test_train_cli_end_to_end_on_goog_slice(data_dir, tmp_path):
     assert manifest["training"]["history"][0]["windows"] == 500
     assert "--max-events 6000" in manifest["reproduce"]
     assert "--label future" in manifest["reproduce"]
+    # the reproduce line parses as the same command (flags spelt without a value)
+    words = shlex.split(manifest["reproduce"])
+    assert words[:2] == ["lobstream", "train"] and "False" not in words
+    assert train.make_context("train", words[2:]).params["max_events"] == 6000
     assert json.loads(rep.read_text())["sha256"] in result.output
     x = torch.zeros(2, 1, 20, 40)
     assert model(x).shape == (2, 3)
