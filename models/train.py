@@ -197,6 +197,15 @@ def _strided(n: int, k: int | None) -> np.ndarray:
     return np.linspace(0, n - 1, k).round().astype(np.int64)
 
 
+def _keep_frozen_in_eval(model: nn.Module) -> None:
+    """Frozen BatchNorm layers (fine-tuning) keep the parent's running statistics."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            params = list(m.parameters())
+            if params and not any(p.requires_grad for p in params):
+                m.eval()
+
+
 def train_model(
     model: nn.Module,
     train: Windows,
@@ -234,7 +243,9 @@ def train_model(
         class_weights(y_train) if config.class_weighted else np.ones(3), dtype=torch.float32
     ).to(device)
     loss_fn = nn.CrossEntropyLoss(weight=weight)
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    # frozen parameters (fine-tuning, models.finetune) never move: no optimizer state for them
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     val_idx = _strided(len(val), config.max_eval_windows)
     val_sub = val.subset(val_idx)
@@ -277,6 +288,7 @@ def train_model(
         t0 = time.perf_counter()
         rng = np.random.default_rng([config.seed, epoch])
         model.train()
+        _keep_frozen_in_eval(model)
         total, seen = 0.0, 0
         for idx, logits in batches(rng):
             y = y_train_t[idx].to(device, non_blocking=True)

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 import numpy as np
+from click.core import ParameterSource
 
 from lobstream.models.zoo import ARCHITECTURES
 
@@ -72,7 +73,7 @@ def _trend_lookback(ds: Any) -> int:
 def run_training(
     files: list[str],
     *,
-    arch: str,
+    arch: str | None,
     horizon: float,
     horizon_unit: str = "events",
     alpha: float | None = None,
@@ -89,6 +90,8 @@ def run_training(
     progress=None,
     status=None,
     command: str | None = None,
+    init: str | Path | None = None,
+    freeze_layers: str = "none",
 ) -> dict[str, Any]:
     """Build the dataset, fit baselines, train, test, and export (when ``out`` is given).
 
@@ -96,6 +99,10 @@ def run_training(
     ``progress`` receives each epoch's history entry; ``status`` short phase messages.
     ``label_kind``: ``"future"`` (leak-free, the default), ``"smoothed"`` (the literature's) or
     ``"spread"`` (see :mod:`lobstream.kernels.labels`).
+
+    ``init``: fine-tune the artifact at this path instead of a fresh model (``arch`` None: the
+    parent's; window, levels and feature kind must be the parent's, see
+    :mod:`lobstream.models.finetune`); ``freeze_layers`` ``"conv"`` trains only its head.
     """
     from lobstream.models.artifact import export_model
     from lobstream.models.baselines import baseline_reports
@@ -112,6 +119,35 @@ def run_training(
     say = status or (lambda msg: None)
     tc = train_config or TrainConfig()
     t0 = time.perf_counter()
+    parent = None
+    if init is not None:
+        from lobstream.models.finetune import freeze, init_from_artifact
+
+        if model_config:
+            raise ValueError("--init takes the parent's model config; give no model config")
+        expect = {"T": window, "L": levels, "feature_kind": features}
+        if arch is not None:
+            expect["arch"] = arch
+        # checked before reading any data: a mismatch fails in a second, not after the dataset
+        init_model, parent = init_from_artifact(init, expect)
+        arch = parent["arch"]
+        frozen = set(freeze(init_model, freeze_layers))
+        parent = {
+            "artifact": parent["artifact"],
+            "sha256": parent["sha256"],
+            "arch": arch,
+            "label": parent["label"],
+            "freeze": freeze_layers,
+            "frozen_parameters": sum(
+                p.numel() for n, p in init_model.named_parameters() if n in frozen
+            ),
+        }
+        say(
+            f"fine-tuning {init} (sha256 {parent['sha256'][:16]}...), freeze {freeze_layers}: "
+            f"{parent['frozen_parameters']:,} parameters frozen"
+        )
+    elif arch is None:
+        raise ValueError("give an architecture (or init, whose architecture is then taken)")
     say(f"reading {len(files)} file(s) and building rows, labels, windows")
     ds = build_dataset(
         files,
@@ -148,16 +184,20 @@ def run_training(
     )
     say(f"trend baseline: {base['trend']['rule']}")
     seed_everything(tc.seed)
-    model = build_model(arch, T=window, levels=levels, **(model_config or {}))
+    if parent is not None:
+        model = init_model
+    else:
+        model = build_model(arch, T=window, levels=levels, **(model_config or {}))
     n_params = sum(p.numel() for p in model.parameters())
-    say(f"training {arch} ({n_params:,} parameters) on {tc.device}")
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    say(f"training {arch} ({n_train:,} of {n_params:,} parameters) on {tc.device}")
     res = train_model(model, tr, va, tc, progress=progress)
     say("scoring the test split")
     test = evaluate(res.model, te, batch_size=tc.eval_batch_size, device=pick_device(tc.device))
     summary: dict[str, Any] = {
         "feature": ds.spec.to_dict(),
         "label": ds.label_dict(),
-        "trained_on": ds.trained_on(),
+        "trained_on": {**ds.trained_on(), **({"init": parent} if parent else {})},
         "metrics": {"validation": res.val_metrics, "test": test},
         "baselines": base,
         "training": {
@@ -166,6 +206,7 @@ def run_training(
             "history": res.history,
             "seconds": round(time.perf_counter() - t0, 1),
             "parameters": n_params,
+            "trainable_parameters": n_train,
             "subsampling": "per-epoch random subset of max_train_windows (seed, epoch)",
             "eval_stride": eval_stride,
         },
@@ -300,6 +341,29 @@ def run_training(
     "--out", required=True, type=click.Path(dir_okay=False), help="Artifact to write (MODEL.pt)."
 )
 @click.option(
+    "--init",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help=(
+        "Fine-tune this artifact (MODEL.pt) instead of a fresh model: --window, --levels and "
+        "--features must be its own (refused otherwise); --arch is taken from it when not "
+        "given and refused when it differs. Normalisation comes from the new files (zscore: "
+        "their training rows). Its path and SHA-256 go into the new manifest."
+    ),
+)
+@click.option(
+    "--freeze",
+    type=click.Choice(["none", "conv"]),
+    default="none",
+    show_default=True,
+    help=(
+        "With --init: conv freezes the feature layers and trains the head only. Frozen: cnn "
+        "the conv stack; cnn_causal the convs of row_features; deeplob, deeplob_causal the "
+        "conv blocks and inception branches (LSTM and output layer train); binctabl BiN and "
+        "both bilinear layers (TABL trains); hrnn both LSTMs (output layer trains)."
+    ),
+)
+@click.option(
     "--report-json",
     type=click.Path(dir_okay=False),
     default=None,
@@ -332,6 +396,8 @@ def train(
     device,
     threads,
     out,
+    init,
+    freeze,
     report_json,
 ) -> None:
     """Build windows and labels from FILES, train ARCH, test against baselines, export."""
@@ -365,7 +431,12 @@ def train(
             f"{e['seconds']:.0f}s{'  [green]best[/green]' if e['best'] else ''}"
         )
 
-    command = _command(click.get_current_context())
+    ctx = click.get_current_context()
+    if freeze != "none" and init is None:
+        raise click.BadParameter("--freeze needs --init (a parent model)", param_hint="--freeze")
+    if init is not None and ctx.get_parameter_source("arch") is ParameterSource.DEFAULT:
+        arch = ctx.params["arch"] = None  # the parent's; the reproduce line leaves it out
+    command = _command(ctx)
     try:
         summary = run_training(
             list(files),
@@ -385,10 +456,14 @@ def train(
             progress=progress,
             status=lambda m: console.print(f"[dim]{m}[/dim]"),
             command=command,
+            init=init,
+            freeze_layers=freeze,
         )
     except (DataError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     lab = summary["label"]
+    parent = summary["trained_on"].get("init")
+    arch = parent["arch"] if parent else arch
     table = Table(
         title=(
             f"{arch}: macro-F1 etc. on the chronological split; label {lab['kind']} "
@@ -403,6 +478,11 @@ def train(
     if report_json:
         Path(report_json).write_text(json.dumps(summary, indent=1, default=_np_default))
     click.echo(f"{out}  sha256 {summary['sha256']}")
+    if parent:
+        click.echo(
+            f"fine-tuned from {parent['artifact']}  sha256 {parent['sha256']}  "
+            f"freeze {parent['freeze']} ({parent['frozen_parameters']:,} parameters frozen)"
+        )
 
 
 def _command(ctx: click.Context) -> str:
