@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, str] = {
     "convert": "lobstream.replay.cli:convert",
     "train": "lobstream.replay.train_cli:train",
     "backtest": "lobstream.replay.backtest_cli:backtest",
+    "explain": "lobstream.replay.explain_cli:explain",
     "bench": "lobstream.engine.bench_cli:bench",
 }
 
