@@ -17,6 +17,8 @@ from pathlib import Path
 import click
 import numpy as np
 
+from lobstream.replay.cli import _FORMAT, _REGISTRY, _SKIP_BAD, _registry
+
 logger = logging.getLogger(__name__)
 
 
@@ -152,13 +154,9 @@ def _files_label(files) -> str:
     type=click.Path(dir_okay=False),
     help="PNG to write; with --top N > 1, OUT's stem gets -1 .. -N (rank) before .png.",
 )
-@click.option(
-    "--registry",
-    type=click.Path(exists=True, dir_okay=False),
-    help="Instrument registry TOML (tick sizes); readers add unknown symbols.",
-)
-@click.option("--format", "fmt", default="auto", show_default=True, help="Input format.")
-@click.option("--skip-bad", is_flag=True, help="Count bad records instead of stopping.")
+@_REGISTRY
+@_FORMAT
+@_SKIP_BAD
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per PNG.")
 def explain(
     files, model_path, at, row, top, min_gap, out, registry, fmt, skip_bad, as_json
@@ -168,7 +166,6 @@ def explain(
     import torch
 
     from lobstream.kernels.dtypes import CLASS_NAMES
-    from lobstream.kernels.registry import Registry
     from lobstream.models import explain as ex
     from lobstream.models.artifact import ArtifactError, load_model
     from lobstream.replay.backtest import make_scorer
@@ -181,11 +178,7 @@ def explain(
     torch.set_num_threads(1)  # the machine is shared, as the backtest's default
     try:
         module, manifest = load_model(model_path)
-        reg = Registry()
-        if registry:
-            from lobstream.replay.instruments import load_registry
-
-            reg = load_registry(registry)
+        reg = _registry(registry)
         T, arch = int(manifest["T"]), str(manifest["arch"])
         scorer = None
         if row is not None:
