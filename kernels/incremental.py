@@ -333,8 +333,8 @@ def _push(params, ops, slopes, bufs, head, state, counts, ids, rows, want, out, 
     ids : int64 (n,), each in [0, n_slots); a slot may repeat (its rows run in order).
     rows : float32 (n, F), C-contiguous; not modified.
     want : bool (n,); False skips the head for that row (its output row is NaN).
-    out : float32 (n, NC), written: softmax probabilities where the slot has at least T rows
-        since reset and ``want``, NaN elsewhere.
+    out : float32 (n, NC), written: softmax probabilities (one softmax per head of 3 classes)
+        where the slot has at least T rows since reset and ``want``, NaN elsewhere.
     scratch : float32 (>= max conv output + 6H + NC,); overwritten.
     """
     n_ops = ops.shape[0]
@@ -371,16 +371,18 @@ def _push(params, ops, slopes, bufs, head, state, counts, ids, rows, want, out, 
             _lstm_logits(head, params, st, c, gates, hc, logits)
         else:
             _mlp_logits(head, params, bufs, st, c, gates, logits)
-        m = logits[0]
-        for k in range(1, ncls):
-            m = max(m, logits[k])
-        tot = np.float32(0.0)
-        for k in range(ncls):
-            e = np.float32(np.exp(logits[k] - m))
-            out[i, k] = e
-            tot += e
-        for k in range(ncls):
-            out[i, k] /= tot
+        # one softmax per head: classes 3h .. 3h + 2 are head h's (models.heads)
+        for g in range(0, ncls, 3):
+            m = logits[g]
+            for k in range(g + 1, g + 3):
+                m = max(m, logits[k])
+            tot = np.float32(0.0)
+            for k in range(g, g + 3):
+                e = np.float32(np.exp(logits[k] - m))
+                out[i, k] = e
+                tot += e
+            for k in range(g, g + 3):
+                out[i, k] /= tot
 
 
 def push(

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from lobstream.kernels.dtypes import CLASS_NAMES
+from lobstream.models.heads import check_heads
 from lobstream.models.zoo import arch_of, config_from_dict, config_to_dict
 
 logger = logging.getLogger(__name__)
@@ -103,6 +104,9 @@ def build_manifest(model: nn.Module, manifest: dict[str, Any]) -> dict[str, Any]
                 f"drop {k!r} from the manifest (export derives it) or fix the model"
             )
     out = {**_json_ready(manifest, "manifest"), **derived}
+    bad = check_heads(out)
+    if bad:
+        raise ArtifactError(f"manifest heads: {bad}")
     out.setdefault("created", datetime.now(UTC).isoformat(timespec="seconds"))
     return out
 
@@ -272,8 +276,8 @@ def load_model(
     Returns
     -------
     (torch.jit.ScriptModule, dict)
-        The module in eval mode on ``device`` (forward: float32 (B, 1, T, F) -> logits (B, 3))
-        and the manifest.
+        The module in eval mode on ``device`` (forward: float32 (B, 1, T, F) -> logits (B, 3),
+        or (B, 3 H) for the H heads of ``manifest["heads"]``) and the manifest.
     """
     path = Path(path)
     if not path.is_file():
@@ -313,6 +317,9 @@ def load_model(
         )
     # Rebuilding the config validates the stored sizes against the zoo.
     config_from_dict(manifest["arch"], manifest["config"])
+    bad = check_heads(manifest)
+    if bad:
+        raise ArtifactError(f"{path}: manifest heads: {bad}")
     if expect:
         check_manifest(manifest, expect, str(path))
     module.eval()

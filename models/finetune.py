@@ -22,6 +22,7 @@ from typing import Any
 from torch import nn
 
 from lobstream.models.artifact import ArtifactError, load_model, sha256_file
+from lobstream.models.heads import n_heads
 from lobstream.models.zoo import arch_of, build_from_config, config_from_dict
 
 logger = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ def init_from_artifact(
     path : path-like
         A ``*.pt`` artifact written by ``export_model``.
     expect : dict
-        What the new run builds: any of ``T``, ``L``, ``feature_kind``, ``arch``. A value the
+        What the new run builds: any of ``T``, ``L``, ``feature_kind``, ``arch``, ``heads``. A value the
         artifact does not share raises ``ArtifactError`` naming both.
 
     Returns
@@ -71,8 +72,15 @@ def init_from_artifact(
         "T": int(manifest["T"]),
         "L": int(manifest["L"]),
         "feature_kind": manifest["feature"]["kind"],
+        "heads": n_heads(manifest),
     }
-    flags = {"arch": "--arch", "T": "--window", "L": "--levels", "feature_kind": "--features"}
+    flags = {
+        "arch": "--arch",
+        "T": "--window",
+        "L": "--levels",
+        "feature_kind": "--features",
+        "heads": "--horizons (heads)",
+    }
     for key, want in expect.items():
         if key not in have:
             raise ValueError(f"cannot check {key!r}; expected keys among {sorted(have)}")

@@ -34,6 +34,7 @@ from torch import nn
 
 from lobstream.kernels import incremental as K
 from lobstream.models.artifact import load_model
+from lobstream.models.heads import n_heads, out_shape
 from lobstream.models.zoo import arch_of, build_from_config, config_from_dict
 
 logger = logging.getLogger(__name__)
@@ -402,6 +403,14 @@ class IncrementalRunner:
         p = self.program
         self.T, self.F = p.T, p.F
         self.R, self.C = int(model.receptive_field), int(model.feature_dim)
+        # logits per window: 3 per head (models.heads); push returns (n, 3) or (n, H, 3)
+        self.n_out = int(p.head[K.HD_NC])
+        self.n_heads = self.n_out // 3
+        self.out_shape = out_shape(self.n_heads)
+        if self.n_heads != n_heads(manifest):
+            raise ValueError(
+                f"the model has {self.n_heads} head(s) but the manifest lists {n_heads(manifest)}"
+            )
         if is_causal(manifest) and manifest["causal"].get("receptive_field", self.R) != self.R:
             raise ValueError(
                 f"manifest says receptive_field={manifest['causal']['receptive_field']} but "
@@ -445,7 +454,7 @@ class IncrementalRunner:
         state = np.zeros((1, p.state_size), dtype=np.float32)
         counts = np.full(1, self.T, dtype=np.int64)
         rows = np.zeros((1, self.F), dtype=np.float32)
-        out = np.empty((1, 3), dtype=np.float32)
+        out = np.empty((1, self.n_out), dtype=np.float32)
         K.push(p.params, p.ops, p.slopes, p.bufs, p.head, state, counts,
                np.zeros(1, np.int64), rows, self._all_want, out, self._scratch)  # fmt: skip
 
@@ -477,7 +486,7 @@ class IncrementalRunner:
 
         Returns
         -------
-        ndarray (n, 3) float32
+        ndarray (n, 3) float32, or (n, H, 3) for a multi-horizon artifact
             Softmax probabilities (down, flat, up) of the window of the slot's last T rows
             ending at each pushed row; NaN rows where the slot had fewer than T rows since its
             reset (see ``ready``) or ``want`` is False. A new array.
@@ -497,11 +506,11 @@ class IncrementalRunner:
             w = np.ascontiguousarray(want, dtype=np.bool_)
             if w.shape != (len(ids),):
                 raise ValueError(f"want has shape {w.shape}; expected ({len(ids)},)")
-        out = np.empty((len(ids), 3), dtype=np.float32)
+        out = np.empty((len(ids), self.n_out), dtype=np.float32)
         p = self.program
         K.push(p.params, p.ops, p.slopes, p.bufs, p.head, self.state, self.counts, ids, x, w,
                out, self._scratch)  # fmt: skip
-        return out
+        return out if self.n_heads == 1 else out.reshape(len(ids), *self.out_shape)
 
     def push_many(self, slot: int, rows: np.ndarray, want: np.ndarray | None = None) -> np.ndarray:
         """``push`` a run of consecutive rows (m, F) of one slot; returns (m, 3) (see push)."""

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from lobstream.models.artifact import load_model, quiet_jit, resolve_device, script_module
+from lobstream.models.heads import n_heads, out_shape, softmax_heads
 
 logger = logging.getLogger(__name__)
 
@@ -123,8 +124,8 @@ class ModelRunner:
     Parameters
     ----------
     module : nn.Module or torch.jit.ScriptModule
-        forward: float32 (B, 1, T, F) -> logits (B, 3). Moved to ``device``; not modified
-        otherwise (freezing makes a new module).
+        forward: float32 (B, 1, T, F) -> logits (B, 3), or (B, 3 H) for the manifest's H
+        heads. Moved to ``device``; not modified otherwise (freezing makes a new module).
     manifest : dict
         The artifact manifest (needs ``T``, ``F``, ``L``; ``arch`` and ``config`` size the
         CPU micro-batches).
@@ -174,6 +175,9 @@ class ModelRunner:
         self.manifest = manifest
         self.arch = manifest.get("arch", "?")
         self.T, self.F = int(manifest["T"]), int(manifest["F"])
+        # probabilities per window: (3,), or (H, 3) for a multi-horizon artifact
+        self.n_heads = n_heads(manifest)
+        self.out_shape = out_shape(self.n_heads)
         self.max_batch = int(max_batch)
         self.device = resolve_device(device)
         self.is_cuda = self.device.type == "cuda"
@@ -189,7 +193,7 @@ class ModelRunner:
         self._in_host = torch.zeros(shape, dtype=torch.float32, pin_memory=self.is_cuda)
         self.input: np.ndarray = self._in_host.numpy()
         self._out_host = torch.zeros(
-            (self.max_batch, 3), dtype=torch.float32, pin_memory=self.is_cuda
+            (self.max_batch, *self.out_shape), dtype=torch.float32, pin_memory=self.is_cuda
         )
         self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
         if self.is_cuda:
@@ -197,7 +201,7 @@ class ModelRunner:
             self.use_graphs = True if cuda_graphs is None else bool(cuda_graphs)
             self._stream = torch.cuda.Stream(self.device)
             self._in_dev = torch.zeros(shape, dtype=torch.float32, device=self.device)
-            self._out_dev = torch.zeros((self.max_batch, 3), dtype=torch.float32,
+            self._out_dev = torch.zeros((self.max_batch, *self.out_shape), dtype=torch.float32,
                                         device=self.device)  # fmt: skip
             self.sizes = self._bucket_sizes() if self.use_graphs else []
         else:
@@ -259,7 +263,7 @@ class ModelRunner:
             else:
                 logits = torch.cat([call(v) for v in views])
             # a fresh tensor each call, so its numpy view is the caller's to keep
-            return torch.softmax(logits, dim=1).numpy()
+            return softmax_heads(logits, self.n_heads).numpy()
 
     # ---- CUDA -------------------------------------------------------------------------------
 
@@ -274,7 +278,7 @@ class ModelRunner:
         return self.max_batch
 
     def _forward_dev(self, b: int) -> None:
-        self._out_dev[:b] = torch.softmax(self._fn(self._in_dev[:b]), dim=1)
+        self._out_dev[:b] = softmax_heads(self._fn(self._in_dev[:b]), self.n_heads)
 
     def _capture(self) -> None:
         # Capture on a side stream after warm-up runs there, as CUDA graph capture requires;
@@ -329,8 +333,9 @@ class ModelRunner:
 
         Returns
         -------
-        ndarray (n, 3) float32
-            Softmax probabilities, columns down, flat, up; a new array the caller may keep.
+        ndarray (n, 3) float32, or (n, H, 3) for a multi-horizon artifact
+            Softmax probabilities, columns down, flat, up (per head); a new array the caller
+            may keep.
         """
         if not 1 <= n <= self.max_batch:
             raise ValueError(
@@ -349,7 +354,7 @@ class ModelRunner:
 
         Returns
         -------
-        ndarray (N, 3) float32
+        ndarray (N, 3) float32, or (N, H, 3) for a multi-horizon artifact
         """
         w = np.asarray(windows)
         if w.ndim == 3:
@@ -359,7 +364,7 @@ class ModelRunner:
                 f"windows have shape {np.shape(windows)}; expected (N, 1, {self.T}, {self.F}) "
                 f"or (N, {self.T}, {self.F}) for this {self.arch} model"
             )
-        out = np.empty((len(w), 3), dtype=np.float32)
+        out = np.empty((len(w), *self.out_shape), dtype=np.float32)
         for s in range(0, len(w), self.max_batch):
             n = min(self.max_batch, len(w) - s)
             self.input[:n] = w[s : s + n]

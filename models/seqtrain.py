@@ -122,7 +122,7 @@ def chunk_logits(
     window: int,
     device: torch.device,
 ) -> torch.Tensor:
-    """Logits (N, 3) of the chunks' windows (in chunk order): ``row_features`` once, ``head``
+    """Logits (N, 3 H) of the chunks' windows (in chunk order): ``row_features`` once, ``head``
     per window.
 
     Several chunks run as one sequence, their rows end to end: a window's features read only
@@ -150,15 +150,19 @@ def predict_sequence(
     chunk_rows: int = 4096,
     device: torch.device | str = "cpu",
 ) -> np.ndarray:
-    """Softmax probabilities (N, 3) float32 of every window, in ``windows`` order.
+    """Softmax probabilities (N, 3) float32 of every window, in ``windows`` order ((N, H, 3)
+    for a model of H heads, see :mod:`lobstream.models.heads`).
 
     Equal to per-window prediction up to float re-association. The model is put in eval mode.
     """
+    from lobstream.models.heads import model_heads, out_shape, softmax_heads
+
     device = torch.device(device)
     model.eval()
-    probs = np.empty((len(windows), 3), dtype=np.float32)
+    heads = model_heads(model)
+    probs = np.empty((len(windows), *out_shape(heads)), dtype=np.float32)
     for ch in plan_chunks(windows, chunk_rows):
         with torch.autocast(device.type, enabled=device.type == "cuda"):
             logits = chunk_logits(model, windows.rows, ch, windows.window, device)
-        probs[ch.windows] = torch.softmax(logits.float(), dim=1).cpu().numpy()
+        probs[ch.windows] = softmax_heads(logits.float(), heads).cpu().numpy()
     return probs

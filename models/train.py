@@ -36,6 +36,14 @@ import torch
 from torch import Tensor, nn
 
 from lobstream.models.baselines import class_weights
+from lobstream.models.heads import (
+    HeadsLoss,
+    argmax_classes,
+    model_heads,
+    out_shape,
+    selection_score,
+    softmax_heads,
+)
 from lobstream.models.metrics import classification_report
 from lobstream.models.seqtrain import (
     chunk_logits,
@@ -58,8 +66,9 @@ class Windows:
         Feature rows; shared, never copied or modified.
     ends : ndarray (N,) int64
         Row index of each window's last row (window = rows ``end - T + 1 .. end``).
-    labels : ndarray (N,) int
-        Class of each window in {0, 1, 2}.
+    labels : ndarray (N,) or (N, H) int
+        Class of each window in {0, 1, 2}; one column per head for a multi-horizon model
+        (:mod:`lobstream.models.heads`).
     window : int
         T.
     """
@@ -69,8 +78,10 @@ class Windows:
             raise ValueError(f"rows must be (M, F) float32, got {rows.shape} {rows.dtype}")
         ends = np.asarray(ends, dtype=np.int64)
         labels = np.asarray(labels)
-        if ends.shape != labels.shape:
-            raise ValueError(f"ends {ends.shape} and labels {labels.shape} differ in length")
+        if labels.ndim not in (1, 2) or labels.shape[0] != ends.shape[0]:
+            raise ValueError(
+                f"labels {labels.shape} must be (N,) or (N, H) for {ends.shape[0]} window ends"
+            )
         if ends.size and (ends.min() < window - 1 or ends.max() >= rows.shape[0]):
             raise ValueError(
                 f"window ends must lie in [{window - 1}, {rows.shape[0] - 1}] for T={window}"
@@ -84,6 +95,11 @@ class Windows:
 
     def __len__(self) -> int:
         return int(self.ends.shape[0])
+
+    @property
+    def n_heads(self) -> int:
+        """Label columns: 1 for (N,) labels, H for (N, H)."""
+        return 1 if self.labels.ndim == 1 else int(self.labels.shape[1])
 
     def batch(self, idx: np.ndarray) -> np.ndarray:
         """Windows ``idx`` as a new (B, 1, T, F) float32 array (a gather, not a view)."""
@@ -120,6 +136,9 @@ class TrainConfig:
     # 128 rows at T=100: 4.4 rows of convolutions a window instead of 100.
     chunk_rows: int = 128
     chunks_per_step: int = 32
+    # multi-horizon models: per-head loss weights (sum 1; None: equal), also the weights of
+    # the per-head validation macro-F1 that early stopping follows
+    loss_weights: tuple[float, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -161,34 +180,55 @@ def predict(
     batch_size: int = 512,
     device: torch.device | str = "cpu",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Predicted classes (N,) int64 and probabilities (N, 3) float32 of every window.
+    """Predicted classes (N,) int64 and probabilities (N, 3) float32 of every window; for a
+    model of H > 1 heads, (N, H) and (N, H, 3).
 
     The model is put in eval mode (and left so). Causal models predict by sequence (features
     once per stretch of rows), equal up to float re-association.
     """
     device = torch.device(device)
     model.eval()
+    heads = model_heads(model)
     if is_causal(model):
         # a chunk's activations are far smaller than a batch's of as many windows
         probs = predict_sequence(model, windows, chunk_rows=4 * batch_size, device=device)
-        return probs.argmax(axis=1).astype(np.int64), probs
+        return argmax_classes(probs), probs
     n = len(windows)
-    probs = np.empty((n, 3), dtype=np.float32)
+    probs = np.empty((n, *out_shape(heads)), dtype=np.float32)
     for a in range(0, n, batch_size):
         idx = np.arange(a, min(a + batch_size, n))
         x = torch.from_numpy(windows.batch(idx)).to(device, non_blocking=True)
         with torch.autocast(device.type, enabled=device.type == "cuda"):
             logits = model(x)
-        probs[a : a + len(idx)] = torch.softmax(logits.float(), dim=1).cpu().numpy()
-    return probs.argmax(axis=1).astype(np.int64), probs
+        probs[a : a + len(idx)] = softmax_heads(logits.float(), heads).cpu().numpy()
+    return argmax_classes(probs), probs
 
 
 def evaluate(
-    model: nn.Module, windows: Windows, *, batch_size: int = 512, device: str = "cpu"
+    model: nn.Module,
+    windows: Windows,
+    *,
+    batch_size: int = 512,
+    device: str = "cpu",
+    loss_weights: tuple[float, ...] | None = None,
 ) -> dict[str, Any]:
-    """``classification_report`` of the model on every window."""
+    """``classification_report`` of the model on every window.
+
+    A multi-head model gives ``{"heads": [report per head], "f1_macro": ..., "accuracy":
+    ...}``, the last two weighted by ``loss_weights`` (equal when None): what early stopping
+    follows."""
     pred, _ = predict(model, windows, batch_size=batch_size, device=device)
-    return classification_report(windows.labels.astype(np.int64), pred)
+    y = windows.labels.astype(np.int64)
+    if pred.ndim == 1:
+        return classification_report(y, pred)
+    n = pred.shape[1]
+    reports = [classification_report(y[:, h], pred[:, h]) for h in range(n)]
+    w = loss_weights or tuple([1.0 / n] * n)
+    return {
+        "heads": reports,
+        "f1_macro": selection_score(reports, w),
+        "accuracy": float(sum(wh * r["accuracy"] for wh, r in zip(w, reports, strict=True))),
+    }
 
 
 def _strided(n: int, k: int | None) -> np.ndarray:
@@ -239,10 +279,17 @@ def train_model(
     seed_everything(config.seed)
     model.to(device)
     y_train = train.labels.astype(np.int64)
-    weight = torch.tensor(
-        class_weights(y_train) if config.class_weighted else np.ones(3), dtype=torch.float32
-    ).to(device)
-    loss_fn = nn.CrossEntropyLoss(weight=weight)
+    heads = model_heads(model)
+    if train.n_heads != heads:
+        raise ValueError(
+            f"the model has {heads} head(s) but the windows carry {train.n_heads} label column(s)"
+        )
+    cols = y_train.reshape(len(y_train), heads)
+    cw = np.stack(
+        [class_weights(cols[:, h]) if config.class_weighted else np.ones(3) for h in range(heads)]
+    )
+    lw = config.loss_weights or tuple([1.0 / heads] * heads)
+    loss_fn = HeadsLoss(cw, lw).to(device)
     # frozen parameters (fine-tuning, models.finetune) never move: no optimizer state for them
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
@@ -300,7 +347,9 @@ def train_model(
             scaler.update()
             total += float(loss.detach()) * len(idx)
             seen += len(idx)
-        metrics = evaluate(model, val_sub, batch_size=config.eval_batch_size, device=device)
+        metrics = evaluate(
+            model, val_sub, batch_size=config.eval_batch_size, device=device, loss_weights=lw
+        )
         improved = metrics["f1_macro"] > best_f1
         if improved:
             best_f1, best_epoch, best_metrics = metrics["f1_macro"], epoch, metrics
@@ -332,7 +381,9 @@ def train_model(
         model.load_state_dict(best_state)
     model.eval()
     if len(val_idx) < len(val):
-        best_metrics = evaluate(model, val, batch_size=config.eval_batch_size, device=device)
+        best_metrics = evaluate(
+            model, val, batch_size=config.eval_batch_size, device=device, loss_weights=lw
+        )
     return TrainResult(
         model, history, best_metrics, best_epoch + 1, time.perf_counter() - t_start, config
     )

@@ -115,37 +115,51 @@ class LobDataset:
     spec: FeatureSpec
     window: int
     levels: int
-    label: LabelDef
+    label: LabelDef  # the primary (first) head's
     alpha: float
     streams: list[Stream]
     parts: dict[str, Windows]
     files: list[str]
     n_events: int
     report: np.ndarray  # (2, N_CODES) summed over files, first pass
+    # every head's definition and threshold (one entry for a single-head dataset); the parts'
+    # labels are then (N, H), a window kept only where every head has a label
+    heads: list[LabelDef] = field(default_factory=list)
+    alphas: list[float] = field(default_factory=list)
 
-    def class_balance(self) -> dict[str, list[float]]:
-        """Fraction of down / flat / up labels in each part."""
+    def __post_init__(self) -> None:
+        if not self.heads:
+            self.heads, self.alphas = [self.label], [self.alpha]
+
+    @property
+    def n_heads(self) -> int:
+        return len(self.heads)
+
+    def class_balance(self, head: int = 0) -> dict[str, list[float]]:
+        """Fraction of down / flat / up labels of ``head`` in each part."""
         out = {}
         for name, w in self.parts.items():
-            c = np.bincount(w.labels.astype(np.int64), minlength=3).astype(float)
+            y = w.labels if w.labels.ndim == 1 else w.labels[:, head]
+            c = np.bincount(y.astype(np.int64), minlength=3).astype(float)
             out[name] = (c / max(c.sum(), 1.0)).round(4).tolist()
         return out
 
-    def label_dict(self) -> dict:
-        """The manifest's ``label`` entry."""
-        if self.label.alpha is not None:
+    def label_dict(self, head: int = 0) -> dict:
+        """The manifest's ``label`` entry (of ``head``; 0 is the manifest's ``label``)."""
+        label, alpha = self.heads[head], self.alphas[head]
+        if label.alpha is not None:
             rule = "given"
-        elif self.label.kind == "spread":
+        elif label.kind == "spread":
             rule = "mean relative spread of train"
         else:
             rule = "balanced on train"
         return {
-            "kind": self.label.kind,
-            "horizon": self.label.horizon,
-            "unit": self.label.unit,
-            "alpha": self.alpha,
+            "kind": label.kind,
+            "horizon": label.horizon,
+            "unit": label.unit,
+            "alpha": alpha,
             "alpha_rule": rule,
-            "smoothing": LABEL_DEFINITIONS[self.label.kind],
+            "smoothing": LABEL_DEFINITIONS[label.kind],
             "classes": ["down", "flat", "up"],
         }
 
@@ -220,9 +234,33 @@ def _zscore_params(raw: np.ndarray, levels: int) -> np.ndarray:
     return p
 
 
+def _alpha(
+    label: LabelDef,
+    head: int,
+    train: list[tuple[np.ndarray, list[np.ndarray]]],
+    meta: np.ndarray,
+    streams: list[Stream],
+    window: int,
+) -> float:
+    """Head ``head``'s threshold: given, the training rows' mean relative spread (kind
+    "spread"), or balanced on its training changes."""
+    if label.alpha is not None:
+        return float(label.alpha)
+    if label.kind == "spread":
+        tr = np.concatenate([meta[a:b] for s in streams for a, b in [s.parts["train"]]])
+        return spread_alpha(tr["best_bid"], tr["best_ask"])
+    train_ch = [c[head] for _, c in train]
+    if not train_ch:
+        raise ValueError(
+            f"the training part has fewer than T={window} rows in every stream; "
+            "use more data or a smaller window"
+        )
+    return balanced_alpha(np.concatenate(train_ch))
+
+
 def build_dataset(
     paths: Sequence[str | Path],
-    label: LabelDef,
+    label: LabelDef | Sequence[LabelDef],
     *,
     window: int = 100,
     levels: int = 10,
@@ -238,7 +276,8 @@ def build_dataset(
     paths : sequence of path-like
         Files any reader of :mod:`lobstream.replay.readers` accepts (for LOBSTER, the message
         file with its orderbook file beside it).
-    label : LabelDef
+    label : LabelDef, or one per head (a multi-horizon dataset: labels (N, H), see
+        :mod:`lobstream.models.heads`)
     window : int
         T, rows per window.
     levels : int
@@ -270,7 +309,7 @@ def build_dataset(
 
 def dataset_from_events(
     sources: Sequence[tuple[str, np.ndarray]],
-    label: LabelDef,
+    label: LabelDef | Sequence[LabelDef],
     *,
     window: int = 100,
     levels: int = 10,
@@ -289,6 +328,9 @@ def dataset_from_events(
     if not sources:
         raise ValueError("no input files given")
     paths = [str(name) for name, _ in sources]
+    heads = [label] if isinstance(label, LabelDef) else list(label)
+    if not heads:
+        raise ValueError("no label definition given")
     if n_instruments is None:
         n_instruments = 1 + max(int(ev["instrument"].max()) if len(ev) else 0 for _, ev in sources)
 
@@ -322,8 +364,9 @@ def dataset_from_events(
         ts = meta["ts_event"][s.start : s.stop]
         b1 = int(np.searchsorted(ts, cut1, side="right"))
         b2 = max(int(np.searchsorted(ts, cut2, side="right")), b1)
-        g1 = min(_gap_end(ts, b1, window, label), len(ts))
-        g2 = min(max(_gap_end(ts, b2, window, label), g1), len(ts))
+        # the longest horizon's gap: no head's label looks into the next part
+        g1 = min(max(_gap_end(ts, b1, window, lb) for lb in heads), len(ts))
+        g2 = min(max(max(_gap_end(ts, b2, window, lb) for lb in heads), g1), len(ts))
         b2 = max(b2, g1)
         s.parts = {
             "train": (s.start, s.start + b1),
@@ -331,29 +374,19 @@ def dataset_from_events(
             "test": (s.start + g2, s.stop),
         }
 
-    # 3. labels per part; alpha from the training part only
-    k, unit = label.kernel_args()
-    changes: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {p: [] for p in PARTS}
+    # 3. labels per part and head; each head's alpha from the training part only
+    changes: dict[str, list[tuple[np.ndarray, list[np.ndarray]]]] = {p: [] for p in PARTS}
     for s in streams:
         for p, (a, b) in s.parts.items():
             if b - a < window:
                 continue
-            ch = label_change(meta["mid"][a:b], k, meta["ts_event"][a:b], unit, label.kind)
-            ends = np.arange(a + window - 1, b, dtype=np.int64)
-            changes[p].append((ends, ch[window - 1 :]))
-    if label.alpha is not None:
-        alpha = float(label.alpha)
-    elif label.kind == "spread":
-        tr = np.concatenate([meta[a:b] for s in streams for a, b in [s.parts["train"]]])
-        alpha = spread_alpha(tr["best_bid"], tr["best_ask"])
-    else:
-        train_ch = [c for _, c in changes["train"]]
-        if not train_ch:
-            raise ValueError(
-                f"the training part has fewer than T={window} rows in every stream; "
-                "use more data or a smaller window"
-            )
-        alpha = balanced_alpha(np.concatenate(train_ch))
+            chs = []
+            for lb in heads:
+                k, unit = lb.kernel_args()
+                ch = label_change(meta["mid"][a:b], k, meta["ts_event"][a:b], unit, lb.kind)
+                chs.append(ch[window - 1 :])
+            changes[p].append((np.arange(a + window - 1, b, dtype=np.int64), chs))
+    alphas = [_alpha(lb, h, changes["train"], meta, streams, window) for h, lb in enumerate(heads)]
 
     # 4. z-score statistics from the training rows, then normalised rows from the kernel
     if features == "zscore":
@@ -379,18 +412,26 @@ def dataset_from_events(
     for p in PARTS:
         if changes[p]:
             ends = np.concatenate([e for e, _ in changes[p]])
-            lab = classify_change(np.concatenate([c for _, c in changes[p]]), alpha)
+            lab = np.stack(
+                [
+                    classify_change(np.concatenate([c[h] for _, c in changes[p]]), alphas[h])
+                    for h in range(len(heads))
+                ],
+                axis=1,
+            )
         else:
-            ends, lab = np.zeros(0, np.int64), np.zeros(0, np.int8)
-        keep = lab >= 0
-        parts[p] = Windows(rows, ends[keep], lab[keep], window)
+            ends, lab = np.zeros(0, np.int64), np.zeros((0, len(heads)), np.int8)
+        keep = (lab >= 0).all(axis=1)
+        lab = lab[keep] if len(heads) > 1 else lab[keep, 0]
+        parts[p] = Windows(rows, ends[keep], lab, window)
     ds = LobDataset(
-        rows, raw, meta, spec, window, levels, label, alpha, streams, parts, paths, n_events, report
-    )
+        rows, raw, meta, spec, window, levels, heads[0], alphas[0], streams, parts, paths,
+        n_events, report, heads, alphas,
+    )  # fmt: skip
     logger.info(
-        "dataset: %s label, alpha %.3g, windows %s, balance %s",
-        label.kind,
-        alpha,
+        "dataset: %s label, alpha %s, windows %s, balance %s",
+        heads[0].kind,
+        ", ".join(f"{a:.3g}" for a in alphas),
         {p: len(w) for p, w in parts.items()},
         ds.class_balance(),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shlex
@@ -51,14 +52,19 @@ def _summary_rows(result: dict[str, Any]) -> list[tuple[str, str, float, float, 
     return rows
 
 
-def _trend_lookback(ds: Any) -> int:
-    """Rows of the trend baseline's mean: the label horizon, in rows.
+def _column(labels: np.ndarray, h: int) -> np.ndarray:
+    return labels if labels.ndim == 1 else labels[:, h]
+
+
+def _trend_lookback(ds: Any, head: int = 0) -> int:
+    """Rows of the trend baseline's mean: the label horizon (of ``head``), in rows.
 
     In events that is ``k``; in seconds, ``h`` times the training part's rows per second
     (the smoothed label's past window holds about that many rows). Clipped to ``[1, T]``.
     """
-    if ds.label.unit == "events":
-        k = int(ds.label.horizon)
+    label = ds.heads[head]
+    if label.unit == "events":
+        k = int(label.horizon)
     else:
         rows, secs = 0, 0.0
         for s in ds.streams:
@@ -66,7 +72,7 @@ def _trend_lookback(ds: Any) -> int:
             if b - a > 1:
                 rows += b - a - 1
                 secs += float(ds.meta["ts_event"][b - 1] - ds.meta["ts_event"][a]) / 1e9
-        k = int(round(ds.label.horizon * rows / secs)) if secs > 0 else 1
+        k = int(round(label.horizon * rows / secs)) if secs > 0 else 1
     return max(1, min(k, ds.window))
 
 
@@ -92,6 +98,8 @@ def run_training(
     command: str | None = None,
     init: str | Path | None = None,
     freeze_layers: str = "none",
+    horizons: tuple[float, ...] | None = None,
+    loss_weights: tuple[float, ...] | None = None,
 ) -> dict[str, Any]:
     """Build the dataset, fit baselines, train, test, and export (when ``out`` is given).
 
@@ -99,6 +107,10 @@ def run_training(
     ``progress`` receives each epoch's history entry; ``status`` short phase messages.
     ``label_kind``: ``"future"`` (leak-free, the default), ``"smoothed"`` (the literature's) or
     ``"spread"`` (see :mod:`lobstream.kernels.labels`).
+
+    ``horizons``: one head per horizon (a multi-horizon model, :mod:`lobstream.models.heads`;
+    ``horizon`` is then ignored), trained with ``loss_weights`` (equal when None); the first
+    horizon is the primary head.
 
     ``init``: fine-tune the artifact at this path instead of a fresh model (``arch`` None: the
     parent's; window, levels and feature kind must be the parent's, see
@@ -118,6 +130,12 @@ def run_training(
 
     say = status or (lambda msg: None)
     tc = train_config or TrainConfig()
+    hs = tuple(horizons) if horizons else (horizon,)
+    lw = tuple(loss_weights) if loss_weights else tuple([1.0 / len(hs)] * len(hs))
+    if len(lw) != len(hs):
+        raise ValueError(f"{len(lw)} loss weights for {len(hs)} horizons")
+    if len(hs) > 1:
+        tc = dataclasses.replace(tc, loss_weights=lw)
     t0 = time.perf_counter()
     parent = None
     if init is not None:
@@ -125,7 +143,7 @@ def run_training(
 
         if model_config:
             raise ValueError("--init takes the parent's model config; give no model config")
-        expect = {"T": window, "L": levels, "feature_kind": features}
+        expect = {"T": window, "L": levels, "feature_kind": features, "heads": len(hs)}
         if arch is not None:
             expect["arch"] = arch
         # checked before reading any data: a mismatch fails in a second, not after the dataset
@@ -151,7 +169,7 @@ def run_training(
     say(f"reading {len(files)} file(s) and building rows, labels, windows")
     ds = build_dataset(
         files,
-        LabelDef(horizon, horizon_unit, alpha, label_kind),
+        [LabelDef(h, horizon_unit, alpha, label_kind) for h in hs],
         window=window,
         levels=levels,
         fractions=split,
@@ -172,33 +190,48 @@ def run_training(
         "fitting baselines (majority class, logistic regression on OFI + imbalances, "
         "trend of the window's mids)"
     )
-    base = baseline_reports(
-        ds.raw,
-        levels,
-        window,
-        (tr.ends, tr.labels),
-        {"validation": (va.ends, va.labels), "test": (te.ends, te.labels)},
-        mid=ds.meta["mid"],
-        alpha=ds.alpha,
-        trend_lookback=_trend_lookback(ds),
-    )
-    say(f"trend baseline: {base['trend']['rule']}")
+    bases = [
+        baseline_reports(
+            ds.raw,
+            levels,
+            window,
+            (tr.ends, _column(tr.labels, h)),
+            {
+                "validation": (va.ends, _column(va.labels, h)),
+                "test": (te.ends, _column(te.labels, h)),
+            },
+            mid=ds.meta["mid"],
+            alpha=ds.alphas[h],
+            trend_lookback=_trend_lookback(ds, h),
+        )
+        for h in range(len(hs))
+    ]
+    base = bases[0]
+    say(f"trend baseline: {[b['trend']['rule'] for b in bases]}")
     seed_everything(tc.seed)
     if parent is not None:
         model = init_model
     else:
-        model = build_model(arch, T=window, levels=levels, **(model_config or {}))
+        cfg = dict(model_config or {})
+        if len(hs) > 1:
+            cfg["n_classes"] = 3 * len(hs)  # one (down, flat, up) block per head
+        model = build_model(arch, T=window, levels=levels, **cfg)
     n_params = sum(p.numel() for p in model.parameters())
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     say(f"training {arch} ({n_train:,} of {n_params:,} parameters) on {tc.device}")
     res = train_model(model, tr, va, tc, progress=progress)
     say("scoring the test split")
-    test = evaluate(res.model, te, batch_size=tc.eval_batch_size, device=pick_device(tc.device))
+    test = evaluate(
+        res.model, te, batch_size=tc.eval_batch_size, device=pick_device(tc.device),
+        loss_weights=lw,
+    )  # fmt: skip
+    val_h = res.val_metrics.get("heads", [res.val_metrics])
+    test_h = test.get("heads", [test])
     summary: dict[str, Any] = {
         "feature": ds.spec.to_dict(),
         "label": ds.label_dict(),
         "trained_on": {**ds.trained_on(), **({"init": parent} if parent else {})},
-        "metrics": {"validation": res.val_metrics, "test": test},
+        "metrics": {"validation": val_h[0], "test": test_h[0]},
         "baselines": base,
         "training": {
             **tc.to_dict(),
@@ -212,6 +245,22 @@ def run_training(
         },
         "reproduce": command,
     }
+    if len(hs) > 1:
+        summary["heads"] = [
+            {
+                "label": ds.label_dict(h),
+                "loss_weight": lw[h],
+                "metrics": {"validation": val_h[h], "test": test_h[h]},
+                "baselines": bases[h],
+                "class_balance": ds.class_balance(h),
+            }
+            for h in range(len(hs))
+        ]
+        summary["selection"] = {
+            "rule": "validation macro-F1 of each head weighted by its loss weight",
+            "validation": res.val_metrics["f1_macro"],
+            "test": test["f1_macro"],
+        }
     if out is not None:
         summary["sha256"] = export_model(
             res.model.cpu(), out, {k: v for k, v in summary.items() if k != "sha256"}
@@ -225,7 +274,21 @@ def run_training(
 @click.option(
     "--arch", type=click.Choice(sorted(ARCHITECTURES)), default="deeplob", show_default=True
 )
-@click.option("--horizon", type=float, required=True, help="Label horizon k.")
+@click.option("--horizon", type=float, default=None, help="Label horizon k (one head).")
+@click.option(
+    "--horizons",
+    default=None,
+    help=(
+        "Several label horizons, comma-separated (e.g. 10,50,100): one network with a head "
+        "per horizon, the first the primary (what single-head readers see)."
+    ),
+)
+@click.option(
+    "--loss-weights",
+    default=None,
+    help="With --horizons: per-head loss weights, comma-separated (scaled to sum 1; default "
+    "equal). Early stopping follows the heads' validation macro-F1 with the same weights.",
+)
 @click.option(
     "--horizon-unit",
     type=click.Choice(["events", "seconds"]),
@@ -373,6 +436,8 @@ def train(
     files,
     arch,
     horizon,
+    horizons,
+    loss_weights,
     horizon_unit,
     label,
     alpha,
@@ -432,6 +497,7 @@ def train(
         )
 
     ctx = click.get_current_context()
+    hs, lw = _heads_options(horizon, horizons, loss_weights)
     if freeze != "none" and init is None:
         raise click.BadParameter("--freeze needs --init (a parent model)", param_hint="--freeze")
     if init is not None and ctx.get_parameter_source("arch") is ParameterSource.DEFAULT:
@@ -441,7 +507,9 @@ def train(
         summary = run_training(
             list(files),
             arch=arch,
-            horizon=horizon,
+            horizon=hs[0],
+            horizons=hs if len(hs) > 1 else None,
+            loss_weights=lw,
             horizon_unit=horizon_unit,
             alpha=_alpha(alpha),
             label_kind=label,
@@ -461,20 +529,27 @@ def train(
         )
     except (DataError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
-    lab = summary["label"]
     parent = summary["trained_on"].get("init")
     arch = parent["arch"] if parent else arch
-    table = Table(
-        title=(
-            f"{arch}: macro-F1 etc. on the chronological split; label {lab['kind']} "
-            f"(k = {lab['horizon']:g} {lab['unit']}, alpha {lab['alpha']:.3g})"
+    heads = summary.get("heads") or [summary]
+    for i, head in enumerate(heads):
+        lab = head["label"]
+        which = (
+            f"head {i} of {len(heads)} (loss weight {head['loss_weight']:.3g}), "
+            if len(heads) > 1
+            else ""
         )
-    )
-    for h in ("model", "split", "macro-F1", "weighted-F1", "accuracy", "MCC"):
-        table.add_column(h, justify="right" if h not in ("model", "split") else "left")
-    for r in _summary_rows(summary):
-        table.add_row(r[0], r[1], *(f"{x:.4f}" for x in r[2:]))
-    Console().print(table)
+        table = Table(
+            title=(
+                f"{arch}: {which}macro-F1 etc. on the chronological split; label {lab['kind']} "
+                f"(k = {lab['horizon']:g} {lab['unit']}, alpha {lab['alpha']:.3g})"
+            )
+        )
+        for h in ("model", "split", "macro-F1", "weighted-F1", "accuracy", "MCC"):
+            table.add_column(h, justify="right" if h not in ("model", "split") else "left")
+        for r in _summary_rows(head):
+            table.add_row(r[0], r[1], *(f"{x:.4f}" for x in r[2:]))
+        Console().print(table)
     if report_json:
         Path(report_json).write_text(json.dumps(summary, indent=1, default=_np_default))
     click.echo(f"{out}  sha256 {summary['sha256']}")
@@ -483,6 +558,25 @@ def train(
             f"fine-tuned from {parent['artifact']}  sha256 {parent['sha256']}  "
             f"freeze {parent['freeze']} ({parent['frozen_parameters']:,} parameters frozen)"
         )
+
+
+def _heads_options(
+    horizon: float | None, horizons: str | None, loss_weights: str | None
+) -> tuple[tuple[float, ...], tuple[float, ...] | None]:
+    """(horizons, loss weights) from --horizon / --horizons / --loss-weights."""
+    from lobstream.models.heads import parse_horizons, parse_loss_weights
+
+    if (horizon is None) == (horizons is None):
+        raise click.UsageError("give either --horizon K or --horizons K1,K2,... (not both)")
+    if horizons is None:
+        if loss_weights is not None:
+            raise click.BadParameter("needs --horizons", param_hint="--loss-weights")
+        return (float(horizon),), None
+    try:
+        hs = parse_horizons(horizons)
+        return hs, parse_loss_weights(loss_weights, len(hs))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def _command(ctx: click.Context) -> str:
