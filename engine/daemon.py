@@ -50,8 +50,9 @@ from lobstream.engine.malloc import hold_freed_memory
 from lobstream.engine.metrics import Metrics, RateLimitedLog
 from lobstream.engine.publisher import Publisher
 from lobstream.engine.scheduler import IncrementalFeed, InferenceWorker, Scheduler
+from lobstream.engine.signals import fill_probs, signal_records
 from lobstream.kernels.book import new_book, new_report
-from lobstream.kernels.dtypes import CODE_CROSSED, CODE_SEQ_GAP, SIGNAL_DTYPE
+from lobstream.kernels.dtypes import CODE_CROSSED, CODE_SEQ_GAP
 from lobstream.kernels.ring import apply_events_rows, gather_windows, new_ring
 from lobstream.kernels.ring import warmup as warmup_kernels
 
@@ -176,7 +177,8 @@ class Daemon:
         self.report = new_report()
         self.max_batch = min(cfg.model.max_batch, model.runner.input.shape[0])
         self.scheduler = Scheduler(n, self.T, self.max_batch)
-        self.records = np.zeros(self.max_batch, SIGNAL_DTYPE)  # zeroed: padding goes out as 0
+        # v1 records, or v2 for a multi-horizon artifact (engine.signals); zeroed padding
+        self.records = signal_records(self.max_batch, model.manifest.get("heads"))
         self.records["model_id"] = model.model_id
         self.signals_by_inst = np.zeros(n, np.int64)
         self.metrics = Metrics()
@@ -456,8 +458,7 @@ class Daemon:
         rec["ts_event"] = meta["ts_event"]
         ts_recv = meta["ts_recv"]
         rec["ts_recv"] = ts_recv
-        rec["prob"] = probs
-        rec["pred"] = probs.argmax(axis=1)
+        fill_probs(rec, probs)
         now = time.monotonic_ns()
         rec["ts_publish"] = now
         self.publisher.send_signals(rec)
@@ -573,6 +574,14 @@ class Daemon:
             self.scheduler.max_batch = self.max_batch
         old = self.model
         self.model = new
+        if new.manifest.get("heads") != old.manifest.get("heads"):
+            # another head layout: another record (v1 <-> v2, or other horizons)
+            self.records = signal_records(len(self.records), new.manifest.get("heads"))
+            logger.warning(
+                "reloaded model has %d head(s), the old one %d: signal records now %d bytes",
+                len(new.manifest.get("heads") or [0]), len(old.manifest.get("heads") or [0]),
+                self.records.dtype.itemsize,
+            )  # fmt: skip
         self.records["model_id"] = new.model_id
         self._loader = None
         with self._lock:

@@ -80,6 +80,34 @@ SIGNAL_DTYPE = np.dtype(
     align=True,
 )
 
+# --- signal record, version 2: multi-horizon artifacts (models.heads) -----------------------
+# The first 53 bytes are SIGNAL_DTYPE's, fields and offsets alike (``prob``/``pred`` are the
+# primary head's), and ``version`` sits on v1's first padding byte, which v1 sends as 0: a
+# decoder tells the two apart by that byte. v1 stays the record of single-head artifacts.
+MAX_HEADS = 4
+SIGNAL_VERSION = 2
+HORIZON_EVENTS, HORIZON_SECONDS = 0, 1  # ``horizon_unit`` codes
+SIGNAL_V2_DTYPE = np.dtype(
+    [
+        ("instrument", "<u4"),
+        ("model_id", "<u4"),
+        ("seq", "<u8"),
+        ("ts_event", "<i8"),
+        ("ts_recv", "<i8"),
+        ("ts_publish", "<i8"),
+        ("prob", "<f4", (3,)),  # the primary head's (head 0)
+        ("pred", "u1"),
+        ("version", "u1"),  # SIGNAL_VERSION; 0 in a v1 record
+        ("n_heads", "u1"),  # heads in use, 2 .. MAX_HEADS
+        ("horizon_unit", "u1"),  # HORIZON_EVENTS or HORIZON_SECONDS, every head's
+        ("horizon", "<f4", (MAX_HEADS,)),  # label horizon of each head; 0 past n_heads
+        ("head_prob", "<f4", (MAX_HEADS, 3)),  # down, flat, up per head; 0 past n_heads
+        ("head_pred", "u1", (MAX_HEADS,)),
+    ],
+    align=True,
+)
+VERSION_OFFSET = SIGNAL_V2_DTYPE.fields["version"][1]
+
 CLASS_NAMES = ("down", "flat", "up")
 
 # --- row metadata: what is known about each written feature row ---------------------------

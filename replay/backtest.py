@@ -67,7 +67,7 @@ SCORERS = ("auto", "incremental", "full-window")
 
 # progress(events_done, rows_done, windows_done)
 ProgressFn = Callable[[int, int, int], None]
-# rows(meta (m,) ROW_META_DTYPE, probs (m, 3) f4) of each scored chunk
+# rows(meta (m,) ROW_META_DTYPE, probs (m, 3) f4, (m, H, 3) for H heads) of each scored chunk
 RowsFn = Callable[[np.ndarray, np.ndarray], None]
 
 
@@ -93,7 +93,8 @@ class BacktestResult:
     Attributes
     ----------
     meta : (n,) ROW_META_DTYPE; ``event_index`` counts events from the start of the stream.
-    probs : (n, 3) float32, down/flat/up; NaN for rows without a full window.
+    probs : (n, 3) float32, down/flat/up ((n, H, 3) for a multi-horizon artifact); NaN for
+        rows without a full window.
     labels : (n,) int8, 0/1/2, or -1 (no full horizon, see kernels.labels).
     n_rows : feature rows scored; equals ``len(meta)`` when the rows were kept, while a
         streaming run (``keep_rows=False``) keeps none and its arrays are empty.
@@ -121,7 +122,12 @@ class BacktestResult:
     @property
     def scored(self) -> np.ndarray:
         """(n,) bool: rows with both a window and a label."""
-        return ~np.isnan(self.probs[:, 0]) & (self.labels >= 0)
+        return has_window(self.probs) & (self.labels >= 0)
+
+
+def has_window(probs: np.ndarray) -> np.ndarray:
+    """(n,) bool: rows of probabilities (n, 3) or (n, H, 3) that had a full window (not NaN)."""
+    return ~np.isnan(probs.reshape(len(probs), -1)[:, 0])
 
 
 def spec_from_manifest(manifest: dict) -> FeatureSpec:
@@ -248,6 +254,7 @@ class WindowScorer:
                 f"{self.F}) for T={self.T}, F={self.F}"
             )
         self.batch = min(int(batch or buf.shape[0]), buf.shape[0])
+        self.out_shape = tuple(getattr(runner, "out_shape", (3,)))
         self._carry: dict[int, np.ndarray] = {}
         self.n_windows = 0
 
@@ -261,10 +268,11 @@ class WindowScorer:
 
         Returns
         -------
-        (m, 3) float32, NaN for rows with fewer than T - 1 rows of their instrument before them.
+        (m, 3) float32 ((m, H, 3) for H heads), NaN for rows with fewer than T - 1 rows of
+        their instrument before them.
         """
         m = len(meta)
-        probs = np.full((m, 3), np.nan, np.float32)
+        probs = np.full((m, *self.out_shape), np.nan, np.float32)
         if m == 0:
             return probs
         inst = meta["instrument"]
@@ -289,7 +297,7 @@ class WindowScorer:
     def _infer_all(self, stacked: np.ndarray, n_win: int) -> np.ndarray:
         # windows[j] == stacked[j : j + T]: a strided view, no copy until the buffer write
         windows = np.lib.stride_tricks.sliding_window_view(stacked, (self.T, self.F))[:, 0]
-        out = np.empty((n_win, 3), np.float32)
+        out = np.empty((n_win, *self.out_shape), np.float32)
         buf = self.runner.input
         b = self.batch
         for s in range(0, n_win, b):
@@ -331,6 +339,7 @@ class CausalScorer:
         self._grow = grow
         self.T = int(runner.T)
         self.F = int(runner.F)
+        self.out_shape = tuple(getattr(runner, "out_shape", (3,)))
         self.n_windows = 0
 
     def _ensure(self, top: int) -> None:
@@ -348,7 +357,7 @@ class CausalScorer:
         """Probabilities of every row's window; see :meth:`WindowScorer.score`."""
         m = len(meta)
         if m == 0:
-            return np.full((0, 3), np.nan, np.float32)
+            return np.full((0, *self.out_shape), np.nan, np.float32)
         if rows.shape[1] != self.F:
             raise ValueError(f"rows have {rows.shape[1]} features; the model takes {self.F}")
         inst = meta["instrument"].astype(np.int64)
@@ -356,12 +365,12 @@ class CausalScorer:
         if len(self._blocks) == 1:
             probs = self._blocks[0][1].push(inst, rows[:m])
         else:
-            probs = np.full((m, 3), np.nan, np.float32)
+            probs = np.full((m, *self.out_shape), np.nan, np.float32)
             for base, runner in self._blocks:
                 sel = np.flatnonzero((inst >= base) & (inst < base + runner.n_slots))
                 if len(sel):
                     probs[sel] = runner.push(inst[sel] - base, rows[sel])
-        self.n_windows += int(np.count_nonzero(~np.isnan(probs[:, 0])))
+        self.n_windows += int(np.count_nonzero(has_window(probs)))
         return probs
 
 
@@ -547,7 +556,8 @@ def run_backtest(
         if max_rows is not None and n_rows >= max_rows:
             break
     meta_all = np.concatenate(metas) if metas else np.empty(0, ROW_META_DTYPE)
-    probs_all = np.concatenate(probs) if probs else np.empty((0, 3), np.float32)
+    shape = getattr(scorer, "out_shape", (3,))
+    probs_all = np.concatenate(probs) if probs else np.empty((0, *shape), np.float32)
     labels = labels_for_rows(meta_all, label)
     seconds = time.perf_counter() - t0
     counts = {CODE_NAMES[c]: int(report[0, c]) for c in range(len(CODE_NAMES)) if report[0, c]}
@@ -655,6 +665,11 @@ def evaluate(
             f"this backtest kept {len(result.meta)} of its {result.n_rows} rows "
             "(keep_rows=False): score it with lobstream.replay.streaming.StreamingEvaluator, "
             "or run it with keep_rows=True"
+        )
+    if result.probs.ndim == 3:
+        raise ValueError(
+            f"a {result.probs.shape[1]}-head artifact: score its heads with "
+            "lobstream.replay.streaming.evaluator_for (what lobstream backtest does)"
         )
     scored = result.scored
     y_pred = np.argmax(result.probs[scored], axis=1)
