@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from lobstream.replay.distributed import check_ray_address, ray_option
 from lobstream.replay.trading import DEFAULT_SWEEP
 
 logger = logging.getLogger(__name__)
@@ -127,6 +128,7 @@ def _thresholds(value: str) -> tuple[float, ...]:
     default=None,
     help="Stop after this many feature rows (quick looks).",
 )
+@ray_option
 def backtest(
     files,
     model_path,
@@ -147,19 +149,29 @@ def backtest(
     scorer,
     full_window,
     max_rows,
+    ray_address,
 ) -> None:
-    """Replay FILES in-process through MODEL: classification report, trading P&L, plots."""
+    """Replay FILES in-process through MODEL: classification report, trading P&L, plots.
+
+    With --ray, one Ray task per unit of files (the files of each instrument, in order) and
+    the results merged: the same report as in one process (lobstream.replay.distributed)."""
     from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from lobstream.replay.backtest import backtest_files, trading_config_for
     from lobstream.replay.errors import DataError
-    from lobstream.replay.streaming import StreamingEvaluator
+    from lobstream.replay.streaming import evaluator_for
 
     if full_window:
         if scorer == "incremental":
             raise click.UsageError("--full-window contradicts --scorer incremental")
         scorer = "full-window"
+    check_ray_address(ray_address)
+    if ray_address is not None and max_rows is not None:
+        raise click.UsageError(
+            "--max-rows cuts the one stream of all files at a row; with --ray each unit is its "
+            "own stream: give fewer or shorter files instead"
+        )
     reg = None
     if registry:
         from lobstream.replay.instruments import load_registry
@@ -181,11 +193,10 @@ def backtest(
                 description=(f"backtest: {events:,} events, {rows:,} rows, {windows:,} windows"),
             )
 
-        evaluators: list[StreamingEvaluator] = []
+        evaluators: list = []
 
-        def sink(manifest: dict):
-            # the rows stream into the evaluator: memory does not grow with the files' length
-            cfg = trading_config_for(
+        def config_for(manifest: dict):
+            return trading_config_for(
                 manifest,
                 threshold=threshold,
                 latency_ns=int(round(latency_ms * 1e6)),
@@ -193,29 +204,53 @@ def backtest(
                 cost_bps=cost_bps,
                 quantity=quantity,
             )
+
+        def sink(manifest: dict):
+            # the rows stream into the evaluator: memory does not grow with the files' length
             evaluators.append(
-                StreamingEvaluator(manifest, cfg, _thresholds(sweep), n_instruments=len(reg or ()))
+                evaluator_for(
+                    manifest, config_for(manifest), _thresholds(sweep), n_instruments=len(reg or ())
+                )
             )
             return evaluators[0].add
 
         try:
-            result, manifest, reg = backtest_files(
-                files,
-                model_path,
-                registry=reg,
-                fmt=fmt,
-                device=device,
-                threads=threads,
-                batch=batch,
-                skip_bad=skip_bad,
-                max_rows=max_rows,
-                on_progress=on_progress,
-                keep_rows=False,
-                rows_sink=sink,
-                scorer=scorer,
-            )
-            ev = evaluators[0]
-            ev.finish()
+            if ray_address is not None:
+                result, manifest, reg, ev = _backtest_on_ray(
+                    ray_address,
+                    files,
+                    model_path,
+                    config_for=config_for,
+                    thresholds=_thresholds(sweep),
+                    registry=reg,
+                    fmt=fmt,
+                    device=device,
+                    threads=threads,
+                    batch=batch,
+                    skip_bad=skip_bad,
+                    scorer=scorer,
+                    on_unit=lambda done, total: progress.update(
+                        task, description=f"backtest on Ray: {done}/{total} units done"
+                    ),
+                )
+            else:
+                result, manifest, reg = backtest_files(
+                    files,
+                    model_path,
+                    registry=reg,
+                    fmt=fmt,
+                    device=device,
+                    threads=threads,
+                    batch=batch,
+                    skip_bad=skip_bad,
+                    max_rows=max_rows,
+                    on_progress=on_progress,
+                    keep_rows=False,
+                    rows_sink=sink,
+                    scorer=scorer,
+                )
+                ev = evaluators[0]
+                ev.finish()
             ticks = {inst.id: float(inst.tick_size) for inst in reg}
             summary, trades = ev.summary(result, tick_sizes=ticks)
         except (DataError, ValueError) as exc:
@@ -234,6 +269,18 @@ def backtest(
         console = Console()
         # wide tables stay readable when piped to a file (rich assumes 80 columns there)
         _tables(console if console.is_terminal else Console(width=160), summary)
+
+
+def _backtest_on_ray(address: str, files, model_path, **kw):
+    """(result, manifest, registry, merged evaluator) of the backtest on Ray."""
+    from lobstream.replay.distributed import RaySession, RayUnavailable, backtest_on_ray
+
+    try:
+        with RaySession(address):
+            run = backtest_on_ray(files, model_path, **kw)
+    except RayUnavailable as exc:
+        raise click.UsageError(str(exc)) from None
+    return run.result, run.manifest, run.registry, run.evaluator
 
 
 def _plots(out: Path, ev, summary: dict, trades) -> list[Path]:

@@ -304,6 +304,60 @@ class StreamingTrader:
         )
         return merge_trades([t])
 
+    def merge(self, other: StreamingTrader) -> StreamingTrader:
+        """Add the trades of ``other`` (finished, same thresholds and rules, instruments
+        disjoint from this one's) to this finished trader, in place; returns ``self``.
+
+        :meth:`trades` orders by exit time, then exit row, so merged trades come out in the
+        order one trader fed both streams gives, whatever the order of the merges, once both
+        number their rows as that stream does (:meth:`remap_rows`): trades with equal keys
+        belong to one instrument, whose trades all come from one part in their own order."""
+        if not (self._closed and other._closed):
+            raise RuntimeError("merge() needs finished traders: call finish() on both first")
+        if (self.thresholds, self.config) != (other.thresholds, other.config):
+            raise ValueError(
+                f"merge() of traders with different thresholds or rules: {self.thresholds} "
+                f"{self.config} vs {other.thresholds} {other.config}"
+            )
+        both = np.intersect1d(self.instruments, other.instruments)
+        if len(both):
+            raise ValueError(
+                f"merge() of traders that both saw instrument(s) {both.tolist()}: an "
+                "instrument's stream must be simulated in one piece"
+            )
+        n = max(self._last.shape[0], other._last.shape[0])
+        if n > self._last.shape[0]:
+            self._grow(n)
+        theirs = other.instruments
+        self._last[theirs] = other._last[theirs]
+        self._state[:, theirs] = other._state[:, theirs]
+        parts = self._kept + other._kept
+        self._kept = [np.concatenate(parts)] if parts else []
+        self.n_rows += other.n_rows
+        return self
+
+    def remap_rows(self, local_starts: Sequence[int], global_starts: Sequence[int]) -> None:
+        """Renumber rows segment by segment: rows ``local_starts[j]`` up to the next local start
+        become rows ``global_starts[j]`` on (``local_starts`` increasing, the first 0). For a
+        trader that saw some files of a longer stream: its rows' numbers in that stream."""
+        loc = np.asarray(local_starts, np.int64)
+        glo = np.asarray(global_starts, np.int64)
+        if len(loc) != len(glo) or not len(loc) or loc[0] != 0 or (np.diff(loc) < 0).any():
+            raise ValueError(
+                f"remap_rows: local starts {loc.tolist()} must begin at 0, not decrease and "
+                f"match the global starts {glo.tolist()} one to one"
+            )
+
+        def remap(rows: np.ndarray) -> np.ndarray:
+            k = np.searchsorted(loc, rows, side="right") - 1
+            return rows - loc[k] + glo[k]
+
+        for rec in self._kept:
+            rec[:, _C_ENTRY_ROW] = remap(rec[:, _C_ENTRY_ROW])
+            rec[:, _C_EXIT_ROW] = remap(rec[:, _C_EXIT_ROW])
+        seen = self._last[:, _L_COUNT] > 0
+        self._last[seen, _L_ROW] = remap(self._last[seen, _L_ROW])
+
     def _grow(self, n: int) -> None:
         state = np.zeros((self._state.shape[0], n, _N_STATE), np.int64)
         state[:, : self._state.shape[1]] = self._state

@@ -181,6 +181,48 @@ class StreamingEvaluator:
             acc += part
         self.n_scored += int(ok.sum())
 
+    def merge(self, other: StreamingEvaluator) -> StreamingEvaluator:
+        """Add ``other``'s counts and trades to this evaluator (in place; returns ``self``).
+
+        Both must be finished and must have scored disjoint sets of instruments (each
+        instrument's whole stream in one of them: its labels, trend carry and positions run
+        across chunks and files, so a split stream would not add up). Then every count adds
+        (confusion matrices, signal counts, rows, integer calibration counts) and the trades
+        join; the result is what one evaluator fed both streams gives: equal confusion,
+        signal counts, trades and summary, whatever the order of the merges, once the row
+        numbers of both are those of the one stream (:meth:`remap_rows`). Only the
+        calibration bins' float sums are added in another order (plots only).
+        """
+        if not (self._finished and other._finished):
+            raise RuntimeError("merge() needs finished evaluators: call finish() on both first")
+        mine = (self.sweep, self.config, self.manifest.get("label"), self.signal_bin_minutes)
+        theirs = (other.sweep, other.config, other.manifest.get("label"), other.signal_bin_minutes)
+        if mine != theirs:
+            raise ValueError(
+                "merge() of evaluators with different sweeps, trading configs, labels or "
+                f"signal bins: {mine} vs {theirs}"
+            )
+        if self.calibration[0].shape != other.calibration[0].shape:
+            raise ValueError("merge() of evaluators with different calibration bins")
+        self.trader.merge(other.trader)
+        self.confusion += other.confusion
+        self.confusion_majority += other.confusion_majority
+        self.confusion_trend += other.confusion_trend
+        for acc, part in zip(self.calibration, other.calibration, strict=True):
+            acc += part
+        self.signal_counts += other.signal_counts
+        self.n_rows += other.n_rows
+        self.n_scored += other.n_scored
+        return self
+
+    def remap_rows(self, local_starts: Sequence[int], global_starts: Sequence[int]) -> None:
+        """Renumber the rows this evaluator saw: the rows from ``local_starts[j]`` up to the
+        next start are the rows from ``global_starts[j]`` on of the whole stream (one
+        segment per file). Trades name rows by number, and the order of trades with equal
+        exit times is by row, so evaluators of parts of a stream are renumbered into the
+        stream's numbering before :meth:`merge`."""
+        self.trader.remap_rows(local_starts, global_starts)
+
     def calibration_table(self) -> list[dict]:
         """Reliability per class (see :func:`lobstream.replay.plots.calibration_table`)."""
         return calibration_table_from_counts(*self.calibration)
@@ -243,6 +285,26 @@ class StreamingEvaluator:
         return summary, trades
 
 
+def evaluator_for(
+    manifest: dict,
+    config: TradingConfig,
+    thresholds: Sequence[float] = DEFAULT_SWEEP,
+    n_instruments: int = 1,
+) -> StreamingEvaluator:
+    """The evaluator of an artifact's backtest: what ``lobstream backtest`` (one process or
+    on Ray, :mod:`lobstream.replay.distributed`) scores its rows with.
+
+    Callers use only its interface (``add``, ``finish``, ``summary``, ``merge``,
+    ``remap_rows``, ``calibration_table``, ``signal_counts``, ``signal_bin_minutes``), so the
+    kind of evaluator can follow the manifest without them changing: a multi-horizon
+    artifact gets a :class:`~lobstream.replay.head_scoring.MultiHeadEvaluator`."""
+    if manifest.get("heads") and len(manifest["heads"]) > 1:
+        from lobstream.replay.head_scoring import MultiHeadEvaluator
+
+        return MultiHeadEvaluator(manifest, config, thresholds, n_instruments=n_instruments)
+    return StreamingEvaluator(manifest, config, thresholds, n_instruments=n_instruments)
+
+
 def stream_backtest(
     batches: Iterable[np.ndarray],
     runner,
@@ -262,7 +324,7 @@ def stream_backtest(
     (result, evaluator): ``result`` holds counts and time (empty row arrays); call
     ``evaluator.summary(result, tick_sizes)`` for the report.
     """
-    ev = StreamingEvaluator(manifest, config, thresholds, n_instruments=n_instruments)
+    ev = evaluator_for(manifest, config, thresholds, n_instruments=n_instruments)
     result = run_backtest(
         batches,
         runner,

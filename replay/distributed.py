@@ -1,0 +1,574 @@
+"""Backtests and conversions of many files on Ray: one task per unit, results merged exactly.
+
+``lobstream backtest --ray [ADDRESS]`` and ``lobstream convert --ray [ADDRESS]`` run here;
+``lobstream train --sweep ... --ray`` is :mod:`lobstream.replay.sweep`. Without an address a
+local Ray starts on this machine (no set-up); with one (``auto``, ``HOST:6379`` or
+``ray://HOST:10001``) the driver joins that cluster. Ray is optional (``pip install
+'lobstream[ray]'``): nothing here imports it until a command asks for it.
+
+What a unit is, and why the merge is exact
+------------------------------------------
+The one-process backtest reads its files one after the other as ONE stream (``read_events``):
+each instrument's book, window carry, labels (their lookahead) and open positions run on from
+one file into the next file of the same instrument, while different instruments share nothing
+but the row numbering (trades name rows of the whole stream) and the registry (ids in order of
+first appearance). So a unit is the set of files that share instruments (a connected component
+of "file -> symbols it carries"; usually one file, or every day of one instrument), its files
+in the command's order, and
+
+1. the driver first learns each file's symbols (LOBSTER: from the file name; other formats: a
+   reading pass, as Ray tasks) and builds the registry the one-process run would build, in the
+   same order (its ids), which every task gets: ids agree everywhere, no remapping by symbol;
+2. each unit's task replays its files into an evaluator (:func:`lobstream.replay.streaming.
+   evaluator_for`) and finishes it (end of its instruments' streams: the last labels, open
+   positions closed at the instrument's last row), counting rows and events per file;
+3. the driver renumbers each unit's rows into the whole stream's numbering (files in the
+   command's order, each file's rows contiguous there) and merges the evaluators
+   (``merge``: counts add, trades join and are ordered by exit time then row).
+
+Confusion matrices, signal counts, trades and every number of the summary are then equal to
+the one-process run's (tests/test_ray.py); only ``seconds`` differ, and the calibration bins'
+float sums (plots) are added in another order. ``--max-rows`` cuts the one stream at a row and
+is refused with ``--ray``. Kernel condition counts add up.
+
+Files must be readable at the same path on every node (a shared file system); the model
+artifact travels through Ray's object store.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import resource
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lobstream.kernels.registry import Registry
+from lobstream.replay.trading import DEFAULT_SWEEP, TradingConfig
+
+logger = logging.getLogger(__name__)
+
+INSTALL_HINT = "pip install 'lobstream[ray]'"
+# the local Ray started by --ray with no address: small object store (results are small)
+LOCAL_OBJECT_STORE_BYTES = 256 * 1024**2
+
+
+class RayUnavailable(RuntimeError):
+    """Ray is not installed; the message says how to install it."""
+
+
+def import_ray():
+    """The ``ray`` module, or :class:`RayUnavailable` saying how to install it."""
+    os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
+    try:
+        import ray
+    except ImportError as exc:
+        raise RayUnavailable(
+            f"--ray needs Ray, which is not installed ({exc}): {INSTALL_HINT}"
+        ) from None
+    return ray
+
+
+def ray_option(f):
+    """``--ray [ADDRESS]`` on a click command (parameter ``ray_address``: None without it,
+    ``"local"`` for a bare ``--ray``)."""
+    import click
+
+    return click.option(
+        "--ray",
+        "ray_address",
+        is_flag=False,
+        flag_value="local",
+        default=None,
+        metavar="[ADDRESS]",
+        help=(
+            "Run on Ray: a bare --ray starts a local Ray on this machine; --ray=ADDRESS joins "
+            "a cluster (auto, HOST:6379, ray://HOST:10001). Put a bare --ray after the files "
+            f"(or write --ray=ADDRESS). Needs {INSTALL_HINT}."
+        ),
+    )(f)
+
+
+def check_ray_address(address: str | None) -> None:
+    """Refuse an address that is an existing path: a bare ``--ray`` took the next FILE."""
+    if address and address != "local" and Path(address).exists():
+        import click
+
+        raise click.UsageError(
+            f"--ray took {address!r} (a file) as its address: put a bare --ray after the "
+            "files, or write --ray=ADDRESS"
+        )
+
+
+class RaySession:
+    """``with RaySession(address) as ray:``: Ray connected for the block.
+
+    Starts (``address`` None or ``"local"``: a new local Ray, ``num_cpus`` of them, all by
+    default) or joins (an address) Ray unless it is already initialised in this process (a
+    test's fixture, a notebook), and shuts down only what it started."""
+
+    def __init__(self, address: str | None = None, *, num_cpus: int | None = None, **init):
+        self.address = address
+        self.num_cpus = num_cpus
+        self.init = init
+        self._started = False
+
+    def __enter__(self):
+        ray = import_ray()
+        if not ray.is_initialized():
+            if self.address in (None, "local"):
+                ray.init(
+                    address="local",
+                    num_cpus=self.num_cpus,
+                    include_dashboard=False,
+                    object_store_memory=self.init.pop(
+                        "object_store_memory", LOCAL_OBJECT_STORE_BYTES
+                    ),
+                    log_to_driver=self.init.pop("log_to_driver", False),
+                    **self.init,
+                )
+            else:
+                ray.init(address=self.address, **self.init)
+            self._started = True
+        return ray
+
+    def __exit__(self, *exc) -> None:
+        if self._started:
+            import ray
+
+            ray.shutdown()
+
+
+# ---------------------------------------------------------------- planning: registry and units
+
+
+def file_instruments(
+    path: str | Path, registry: Registry, fmt: str = "auto", skip_bad: bool = False
+) -> tuple[list[tuple[str, str, dict]], list[str]]:
+    """What a file brings to a run that starts from ``registry`` (not modified).
+
+    Returns
+    -------
+    (added, symbols): ``added`` the instruments its reader registers, in registration order,
+    as (symbol, tick size, price scales); ``symbols`` those its events carry (sorted).
+    LOBSTER names its one symbol in the file name; other formats are read through.
+    """
+    from lobstream.replay.errors import Defects
+    from lobstream.replay.readers import DEFAULT_BATCH_ROWS, reader_for
+
+    reg = Registry(list(registry))
+    mod = reader_for(path, fmt)
+    if mod.FORMAT == "lobster":
+        from lobstream.replay.readers import lobster
+
+        symbol = lobster.parse_name(lobster.pair_paths(path)[0]).symbol
+        lobster._instrument(reg, symbol)  # what read() registers before its first event
+        symbols = [symbol]
+    else:
+        ids: set[int] = set()
+        for b in mod.read(
+            Path(path), reg, batch_rows=DEFAULT_BATCH_ROWS, skip_bad=skip_bad, defects=Defects()
+        ):
+            ids.update(np.unique(b["instrument"]).tolist())
+        symbols = sorted(reg.by_id(i).symbol for i in ids)
+    added = [(i.symbol, str(i.tick_size), dict(i.price_scale)) for i in list(reg)[len(registry) :]]
+    return added, symbols
+
+
+def plan(
+    scans: Sequence[tuple[list[tuple[str, str, dict]], list[str]]], registry: Registry
+) -> tuple[Registry, list[list[int]]]:
+    """The one-process run's registry and the units, from :func:`file_instruments` of each
+    file (command order).
+
+    Returns
+    -------
+    (registry, units): a new registry (``registry``'s instruments, then each file's additions
+    in file order, as the readers would add them); units as lists of file indices, increasing,
+    files that share a symbol in one unit, units ordered by their first file.
+    """
+    reg = Registry(list(registry))
+    for added, _ in scans:
+        for symbol, tick, scale in added:
+            reg.add(symbol, tick, scale)
+    parent = list(range(len(scans)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    owner: dict[str, int] = {}
+    for k, (_, symbols) in enumerate(scans):
+        for s in symbols:
+            if s in owner:
+                a, b = find(owner[s]), find(k)
+                parent[max(a, b)] = min(a, b)
+            else:
+                owner[s] = k
+    units: dict[int, list[int]] = {}
+    for k in range(len(scans)):
+        units.setdefault(find(k), []).append(k)
+    return reg, sorted(units.values())
+
+
+def _scan_all(ray, paths, registry, fmt, skip_bad):
+    out: list[Any] = [None] * len(paths)
+    remote = ray.remote(num_cpus=1)(file_instruments)
+    pending = {}
+    from lobstream.replay.readers import reader_for
+
+    for k, p in enumerate(paths):
+        if reader_for(p, fmt).FORMAT == "lobster":  # the name says it: no task
+            out[k] = file_instruments(p, registry, fmt, skip_bad)
+        else:
+            pending[k] = remote.remote(str(p), registry, fmt, skip_bad)
+    for k, ref in pending.items():
+        out[k] = ray.get(ref)
+    return out
+
+
+# ---------------------------------------------------------------- backtest
+
+
+@dataclass
+class UnitResult:
+    """One unit's backtest: its finished evaluator and what the merge needs."""
+
+    files: list[int]  # indices of the unit's files in the command's list
+    rows: list[int]  # feature rows per file
+    events: list[int]  # events per file
+    n_windows: int
+    report: dict[str, int]  # kernel condition counts
+    scorer: str
+    evaluator: Any  # finished, from evaluator_for
+    seconds: float
+    peak_rss_kib: int  # ru_maxrss of the process that ran it, at its end
+    pid: int
+
+
+def _model_file(model: str | Path | bytes) -> Path:
+    """A path for the artifact: itself, or its bytes (from the object store) in a temp file."""
+    if not isinstance(model, bytes | bytearray | memoryview):
+        return Path(model)
+    import hashlib
+
+    data = bytes(model)
+    path = Path(tempfile.gettempdir()) / f"lobstream-{hashlib.sha256(data).hexdigest()[:16]}.pt"
+    if not path.exists():
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    return path
+
+
+def backtest_unit(
+    paths: Sequence[str | Path],
+    model: str | Path | bytes,
+    registry: Registry,
+    config: TradingConfig,
+    thresholds: Sequence[float] = DEFAULT_SWEEP,
+    *,
+    files: Sequence[int] | None = None,
+    fmt: str = "auto",
+    device: str = "cpu",
+    threads: int | None = 1,
+    batch: int = 256,
+    batch_rows: int | None = None,
+    skip_bad: bool = False,
+    scorer: str = "auto",
+    hook: Callable[[list[int], int, int], None] | None = None,
+) -> UnitResult:
+    """Backtest one unit's files (in order, as one stream) into a finished evaluator.
+
+    ``registry`` should already hold every instrument of the run (:func:`plan`), so ids are the
+    run's. ``hook(files, file_position, rows_so_far)`` is called after each chunk (tests use it
+    to kill the worker mid-task)."""
+    import torch
+
+    from lobstream.models.artifact import load_model
+    from lobstream.replay.backtest import make_scorer, run_backtest
+    from lobstream.replay.readers import DEFAULT_BATCH_ROWS, read_events
+    from lobstream.replay.streaming import evaluator_for
+
+    t0 = time.perf_counter()
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    registry = Registry(list(registry))
+    files = list(range(len(paths))) if files is None else list(files)
+    module, manifest = load_model(_model_file(model), device=device)
+    n_inst = max(1, len(registry))
+    sc = make_scorer(
+        module,
+        manifest,
+        scorer=scorer,
+        device=device,
+        batch=batch,
+        threads=threads,
+        n_instruments=n_inst,
+    )
+    ev = evaluator_for(manifest, config, thresholds, n_instruments=n_inst)
+    rows = [0] * len(paths)
+    events = [0] * len(paths)
+    current = [0]
+
+    def batches():
+        for k, p in enumerate(paths):
+            current[0] = k
+            for b in read_events(
+                [p],
+                registry,
+                fmt=fmt,
+                batch_rows=batch_rows or DEFAULT_BATCH_ROWS,
+                skip_bad=skip_bad,
+            ):
+                events[k] += len(b)
+                yield b
+
+    def on_rows(meta: np.ndarray, probs: np.ndarray) -> None:
+        # a chunk's rows all come from the batch just read, so from file current[0]
+        rows[current[0]] += len(meta)
+        ev.add(meta, probs)
+        if hook is not None:
+            hook(files, current[0], sum(rows))
+
+    result = run_backtest(
+        batches(),
+        sc,
+        manifest,
+        n_instruments=n_inst,
+        batch=batch,
+        keep_rows=False,
+        on_rows=on_rows,
+    )
+    ev.finish()
+    if sum(events) != result.n_events or sum(rows) != result.n_rows:
+        raise RuntimeError(
+            f"unit {files}: per-file counts {events} events, {rows} rows do not add up to the "
+            f"run's {result.n_events}, {result.n_rows}"
+        )
+    return UnitResult(
+        files,
+        rows,
+        events,
+        result.n_windows,
+        dict(result.report),
+        result.scorer,
+        ev,
+        time.perf_counter() - t0,
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        os.getpid(),
+    )
+
+
+def merge_units(units: Sequence[UnitResult], n_files: int, seconds: float):
+    """(BacktestResult, evaluator) of the whole stream from every unit's result.
+
+    Rows are renumbered into the one stream's numbering (files in command order) and the
+    evaluators merged in unit order (the merge is order-independent; a fixed order keeps the
+    arithmetic of the float sums of the calibration bins reproducible)."""
+    from lobstream.kernels.dtypes import ROW_META_DTYPE
+    from lobstream.replay.backtest import BacktestResult
+
+    rows = np.zeros(n_files, np.int64)
+    for u in units:
+        rows[u.files] = u.rows
+    starts = np.concatenate(([0], np.cumsum(rows)[:-1]))
+    merged = None
+    report: dict[str, int] = {}
+    for u in sorted(units, key=lambda u: u.files[0]):
+        # a private, writable copy: Ray hands out results as read-only zero-copy arrays
+        ev = copy.deepcopy(u.evaluator)
+        local = np.concatenate(([0], np.cumsum(u.rows)[:-1]))
+        ev.remap_rows(local, starts[u.files])
+        merged = ev if merged is None else merged.merge(ev)
+        for k, v in u.report.items():
+            report[k] = report.get(k, 0) + int(v)
+    if merged is None:
+        raise ValueError("no units to merge")
+    scorers = {u.scorer for u in units}
+    result = BacktestResult(
+        np.empty(0, ROW_META_DTYPE),
+        np.empty((0, 3), np.float32),
+        np.empty(0, np.int8),
+        sum(sum(u.events) for u in units),
+        sum(u.n_windows for u in units),
+        seconds,
+        {k: report[k] for k in sorted(report)},
+        int(rows.sum()),
+        scorers.pop() if len(scorers) == 1 else ",".join(sorted(scorers)),
+    )
+    return result, merged
+
+
+@dataclass
+class DistributedBacktest:
+    """What :func:`backtest_on_ray` returns."""
+
+    result: Any  # BacktestResult: counts and time, no per-row arrays
+    manifest: dict
+    registry: Registry
+    evaluator: Any  # merged, finished
+    units: list[UnitResult]
+    seconds: float
+
+
+def backtest_on_ray(
+    paths: Sequence[str | Path],
+    model_path: str | Path,
+    *,
+    config_for: Callable[[dict], TradingConfig],
+    thresholds: Sequence[float] = DEFAULT_SWEEP,
+    registry: Registry | None = None,
+    fmt: str = "auto",
+    device: str = "cpu",
+    threads: int | None = 1,
+    batch: int = 256,
+    batch_rows: int | None = None,
+    skip_bad: bool = False,
+    scorer: str = "auto",
+    max_retries: int = 3,
+    hook: Callable[[list[int], int, int], None] | None = None,
+    on_unit: Callable[[int, int], None] | None = None,
+) -> DistributedBacktest:
+    """The backtest of ``paths`` as one-process ``lobstream backtest`` runs it, on the Ray
+    this process is connected to (see :class:`RaySession`): one task per unit (module
+    docstring), retried up to ``max_retries`` times when its worker dies.
+
+    ``config_for(manifest)`` gives the trading config (its horizon follows the artifact);
+    ``on_unit(done, total)`` reports progress."""
+    import ray
+
+    from lobstream.models.artifact import load_model
+
+    t0 = time.perf_counter()
+    paths = [str(p) for p in paths]
+    base = Registry() if registry is None else registry
+    reg, units = plan(_scan_all(ray, paths, base, fmt, skip_bad), base)
+    _, manifest = load_model(model_path)
+    config = config_for(manifest)
+    model_ref = ray.put(Path(model_path).read_bytes())
+    reg_ref = ray.put(reg)
+    task = ray.remote(num_cpus=1, max_retries=max_retries)(backtest_unit)
+    refs = [
+        task.remote(
+            [paths[k] for k in u],
+            model_ref,
+            reg_ref,
+            config,
+            tuple(thresholds),
+            files=u,
+            fmt=fmt,
+            device=device,
+            threads=threads,
+            batch=batch,
+            batch_rows=batch_rows,
+            skip_bad=skip_bad,
+            scorer=scorer,
+            hook=hook,
+        )
+        for u in units
+    ]
+    done: list[UnitResult] = []
+    pending = list(refs)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        done.extend(ray.get(ready))
+        if on_unit is not None:
+            on_unit(len(done), len(refs))
+    seconds = time.perf_counter() - t0
+    result, ev = merge_units(done, len(paths), seconds)
+    return DistributedBacktest(result, manifest, reg, ev, done, seconds)
+
+
+# ---------------------------------------------------------------- convert
+
+
+def convert_unit(
+    paths: Sequence[str | Path],
+    out: str | Path,
+    registry: Registry,
+    *,
+    fmt: str = "auto",
+    skip_bad: bool = False,
+    rows_per_file: int | None = None,
+) -> tuple[dict, dict, dict, dict]:
+    """:func:`lobstream.replay.convert.convert` of one unit's files; (inputs, written,
+    defect counts, where each defect kind was first seen) as plain dicts."""
+    from lobstream.replay.convert import convert
+    from lobstream.replay.readers.parquet import ROWS_PER_FILE
+
+    s = convert(
+        paths,
+        out,
+        Registry(list(registry)),
+        fmt=fmt,
+        skip_bad=skip_bad,
+        rows_per_file=rows_per_file or ROWS_PER_FILE,
+    )
+    return dict(s.inputs), dict(s.written), dict(s.defects), dict(s.defects.first)
+
+
+def convert_on_ray(
+    paths: Sequence[str | Path],
+    out: str | Path,
+    registry: Registry | None = None,
+    *,
+    fmt: str = "auto",
+    skip_bad: bool = False,
+    rows_per_file: int | None = None,
+    max_retries: int = 3,
+):
+    """:func:`lobstream.replay.convert.convert` with one Ray task per unit.
+
+    Units hold every file of their instruments, so each partition folder
+    (``instrument=SYMBOL/date=...``) is written by one task, from the same events in the same
+    order as one process writes it: the same part files. Instrument ids are the one-process
+    run's (:func:`plan`). A task that dies is rerun (``max_retries``); parts it wrote before
+    dying are overwritten only if they have the same names, so retries assume an empty
+    ``out``. Returns a :class:`~lobstream.replay.convert.ConvertSummary`."""
+    import ray
+
+    from lobstream.replay.convert import ConvertSummary
+
+    t0 = time.perf_counter()
+    paths = [Path(p) for p in paths]
+    base = Registry() if registry is None else registry
+    reg, units = plan(_scan_all(ray, [str(p) for p in paths], base, fmt, skip_bad), base)
+    task = ray.remote(num_cpus=1, max_retries=max_retries)(convert_unit)
+    reg_ref = ray.put(reg)
+    parts = ray.get(
+        [
+            task.remote(
+                [paths[k] for k in u],
+                str(out),
+                reg_ref,
+                fmt=fmt,
+                skip_bad=skip_bad,
+                rows_per_file=rows_per_file,
+            )
+            for u in units
+        ]
+    )
+    summary = ConvertSummary()
+    inputs: dict = {}
+    for inp, written, counts, first in parts:
+        inputs.update(inp)
+        summary.written.update(written)
+        for kind, n in counts.items():
+            summary.defects.add(kind, first.get(kind, ""), n)
+    summary.inputs = {p: inputs[p] for p in paths}
+    summary.written = dict(sorted(summary.written.items()))
+    summary.seconds = time.perf_counter() - t0
+    if registry is not None:
+        for inst in list(reg)[len(registry) :]:
+            registry.add(inst.symbol, inst.tick_size, inst.price_scale)
+    return summary
