@@ -12,6 +12,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from lobstream.kernels.registry import Registry
+from lobstream.replay.distributed import check_ray_address, ray_option
 from lobstream.replay.errors import DataError, Defects
 
 _FILES = click.argument(
@@ -205,9 +206,24 @@ def _maybe(v: float | None) -> str:
     help="Events per Parquet part file at most.",
 )  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
-def convert(files, out, fmt, skip_bad, registry, rows_per_file, as_json) -> None:
-    """Convert FILES of any supported format to canonical Parquet under --out."""
+@ray_option
+def convert(files, out, fmt, skip_bad, registry, rows_per_file, as_json, ray_address) -> None:
+    """Convert FILES of any supported format to canonical Parquet under --out.
+
+    With --ray, one Ray task per unit of files (every file of an instrument in one task, so
+    each partition is written by one task: the same part files as in one process)."""
     from lobstream.replay.convert import convert as run_convert
+
+    check_ray_address(ray_address)
+    if ray_address is not None:
+        from lobstream.replay.distributed import RaySession, RayUnavailable, convert_on_ray
+
+        def run_convert(files, out, reg, *, progress=None, **kw):  # noqa: F811
+            try:
+                with RaySession(ray_address):
+                    return convert_on_ray(files, out, reg, **kw)
+            except RayUnavailable as exc:
+                raise click.UsageError(str(exc)) from None
 
     reg = _registry(registry)
     console = Console(stderr=True)

@@ -1,0 +1,200 @@
+"""The merge behind ``--ray`` (lobstream.replay.distributed), without Ray: units planned from the
+files, each unit backtested on its own, the evaluators merged == the one-process backtest.
+
+Files: pieces of the bundled GOOG day under other symbols (GOOGA twice, GOOGB between them, so
+one unit has two files with another file's rows between) and a Tardis file (another format,
+another instrument, too short for a window). Ray itself is in tests/test_ray.py; without Ray
+installed, ``--ray`` must say how to install it (here).
+"""
+
+from __future__ import annotations
+
+import builtins
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lobstream.kernels.registry import Registry
+from lobstream.replay.backtest import backtest_files, trading_config_for
+from lobstream.replay.distributed import (
+    INSTALL_HINT,
+    backtest_unit,
+    file_instruments,
+    merge_units,
+    plan,
+)
+from lobstream.replay.streaming import evaluator_for
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = REPO / "replay" / "samples"
+MODEL = REPO / "models" / "assets" / "binctabl_goog.pt"
+GOOG = "GOOG_2012-06-21_34200000_57600000_{}_10.csv.gz"
+THRESHOLDS = (0.4, 0.5, 0.6)
+CFG = {"threshold": 0.5, "latency_ns": 1_000_000, "cost_bps": 0.1}
+
+
+def write_pieces(out: Path, pieces) -> list[Path]:
+    """LOBSTER pairs cut from the bundled GOOG day: (symbol, start_ms, first, last) each;
+    returns the message files."""
+    out.mkdir(parents=True, exist_ok=True)
+    lines = {
+        kind: gzip.open(SAMPLES / GOOG.format(kind), "rt").read().splitlines(True)
+        for kind in ("message", "orderbook")
+    }
+    paths = []
+    for sym, start, a, b in pieces:
+        for kind, rows in lines.items():
+            p = out / f"{sym}_2012-06-21_{start}_57600000_{kind}_10.csv.gz"
+            with gzip.open(p, "wt") as f:
+                f.writelines(rows[a:b])
+        paths.append(out / f"{sym}_2012-06-21_{start}_57600000_message_10.csv.gz")
+    return paths
+
+
+def test_files(tmp: Path, data_dir: Path | None = None) -> list[Path]:
+    paths = write_pieces(
+        tmp,
+        [("GOOGA", 34200000, 0, 4000), ("GOOGB", 34200000, 2000, 6000), ("GOOGA", 40000000, 4000, 8000)],
+    )  # fmt: skip
+    if data_dir is not None:
+        paths.append(data_dir / "tardis" / "binance-futures_book_snapshot_25_BTCUSDT.csv")
+    return paths
+
+
+test_files.__test__ = False  # a helper, not a test
+
+
+def config_for(manifest: dict):
+    return trading_config_for(manifest, **CFG)
+
+
+def one_process(paths):
+    """The one-process backtest as ``lobstream backtest`` runs it: (summary, trades,
+    evaluator, registry)."""
+    evs = []
+
+    def sink(manifest):
+        evs.append(evaluator_for(manifest, config_for(manifest), THRESHOLDS))
+        return evs[0].add
+
+    result, _, reg = backtest_files(paths, MODEL, keep_rows=False, rows_sink=sink)
+    evs[0].finish()
+    summary, trades = evs[0].summary(result, tick_sizes={i.id: float(i.tick_size) for i in reg})
+    return summary, trades, evs[0], reg
+
+
+def comparable(summary: dict) -> dict:
+    """The summary without its wall-clock fields, as JSON (the CLI prints it so)."""
+    s = json.loads(json.dumps(summary))
+    for k in ("seconds", "windows_per_s"):
+        s.pop(k, None)
+    return s
+
+
+def assert_same(one, merged_summary, merged_trades, merged_ev):
+    summary, trades, ev, _ = one
+    assert comparable(merged_summary) == comparable(summary)
+    for name, a, b in zip(trades._fields, trades, merged_trades, strict=True):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+    np.testing.assert_array_equal(merged_ev.signal_counts, ev.signal_counts)
+    np.testing.assert_array_equal(merged_ev.confusion, ev.confusion)
+    for a, b in zip(ev.calibration, merged_ev.calibration, strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-12)  # float sums in another order
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, data_dir):
+    return test_files(tmp_path_factory.mktemp("pieces"), data_dir)
+
+
+@pytest.fixture(scope="module")
+def reference(files):
+    return one_process(files)
+
+
+def test_plan_groups_files_by_instrument_and_keeps_registry_order(files):
+    scans = [file_instruments(p, Registry()) for p in files]
+    reg, units = plan(scans, Registry())
+    assert [i.symbol for i in reg] == ["GOOGA", "GOOGB", "binance-futures:BTCUSDT"]
+    assert units == [[0, 2], [1], [3]]
+
+
+def test_units_merged_equal_one_process(files, reference):
+    scans = [file_instruments(p, Registry()) for p in files]
+    reg, units = plan(scans, Registry())
+    assert [i.symbol for i in reg] == [i.symbol for i in reference[3]]
+    from lobstream.models.artifact import load_model
+
+    _, manifest = load_model(MODEL)
+    cfg = config_for(manifest)
+    parts = [
+        backtest_unit([files[k] for k in u], MODEL, reg, cfg, THRESHOLDS, files=u) for u in units
+    ]
+    ticks = {i.id: float(i.tick_size) for i in reg}
+    # any order of the units gives the same merged result
+    for order in (parts, parts[::-1]):
+        result, ev = merge_units(order, len(files), 1.0)
+        summary, trades = ev.summary(result, tick_sizes=ticks)
+        assert_same(reference, summary, trades, ev)
+    assert reference[0]["trading"]["n_trades"] > 0  # the comparison covers trades
+    # GOOGA's trades hold rows after GOOGB's file: renumbered into the one stream
+    n_a1 = parts[0].rows[0]
+    assert (reference[1].exit_row[reference[1].instrument == 0] > n_a1).any()
+
+
+def test_merge_refuses_an_instrument_split_across_evaluators(files):
+    from lobstream.models.artifact import load_model
+
+    _, manifest = load_model(MODEL)
+    cfg = config_for(manifest)
+    reg, _ = plan([file_instruments(p, Registry()) for p in files[:3]], Registry())
+    a = backtest_unit([files[0]], MODEL, reg, cfg, THRESHOLDS, files=[0])
+    b = backtest_unit([files[2]], MODEL, reg, cfg, THRESHOLDS, files=[2])
+    with pytest.raises(ValueError, match="in one piece"):
+        a.evaluator.merge(b.evaluator)
+    unfinished = evaluator_for(manifest, cfg, THRESHOLDS)
+    with pytest.raises(RuntimeError, match="finished"):
+        a.evaluator.merge(unfinished)
+
+
+def test_ray_option_without_ray_says_how_to_install(monkeypatch, files):
+    from click.testing import CliRunner
+
+    from lobstream.engine.cli import main
+
+    real_import = builtins.__import__
+
+    def no_ray(name, *args, **kwargs):
+        if name == "ray" or name.startswith("ray."):
+            raise ModuleNotFoundError("No module named 'ray'", name="ray")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    monkeypatch.delitem(__import__("sys").modules, "ray", raising=False)
+    runner = CliRunner()
+    for args in (
+        ["backtest", str(files[1]), "--model", str(MODEL), "--ray"],
+        ["convert", str(files[1]), "--out", "/nonexistent-out", "--ray"],
+    ):
+        res = runner.invoke(main, args)
+        assert res.exit_code == 2, res.output
+        assert INSTALL_HINT in res.output
+    # without --ray the command runs as before
+    res = runner.invoke(main, ["backtest", str(files[1]), "--model", str(MODEL), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output.strip().splitlines()[-1])["n_rows"] > 0
+
+
+def test_bare_ray_before_a_file_is_refused(files):
+    from click.testing import CliRunner
+
+    from lobstream.engine.cli import main
+
+    res = CliRunner().invoke(
+        main, ["backtest", "--model", str(MODEL), "--ray", str(files[0]), str(files[1])]
+    )
+    assert res.exit_code == 2
+    assert "--ray=ADDRESS" in res.output
