@@ -2,7 +2,8 @@
 
     python examples/subscribe.py ipc:///tmp/lobstream-sig [--symbol GOOG] [--seconds 30]
 
-Both encodings (binary SIGNAL_DTYPE records and JSON) are decoded by the subscriber helper.
+Both encodings (binary SIGNAL_DTYPE records and JSON) are decoded by the subscriber helper;
+a multi-horizon model's v2 records also print each head's horizon and class.
 """
 
 from __future__ import annotations
@@ -34,9 +35,15 @@ def main() -> None:
                 probs = " ".join(
                     f"{n}={p:.3f}" for n, p in zip(CLASS_NAMES, rec["prob"], strict=True)
                 )
+                heads = ""
+                if "n_heads" in rec.dtype.names:  # v2: every head of a multi-horizon model
+                    heads = " heads " + " ".join(
+                        f"k={rec['horizon'][h]:g}:{CLASS_NAMES[rec['head_pred'][h]]}"
+                        for h in range(int(rec["n_heads"]))
+                    )
                 print(
                     f"{msg.symbol} seq={rec['seq']} {CLASS_NAMES[rec['pred']]:>4} {probs} "
-                    f"latency={lat / 1e3:.0f}us"
+                    f"latency={lat / 1e3:.0f}us{heads}"
                 )
 
 
