@@ -1,0 +1,193 @@
+"""Backtest of N copies of the GOOG day: one process vs a local Ray of 2 workers (``python -m bench.scale``).
+
+The copies are the bundled LOBSTER GOOG day (``replay/samples``) written to a temporary folder
+as GOOG0 .. GOOG{N-1} (distinct symbols: independent instruments, one Ray task each). Both
+paths run the bundled model with one torch thread per process, in the same run:
+
+- one process: ``backtest_files`` over all N files into one evaluator (``lobstream
+  backtest``);
+- Ray: ``backtest_on_ray`` on a fresh local Ray (``num_cpus`` = workers) per N, timed from the
+  first task submitted to the merged result (worker start-up, model loading and file planning
+  included; ``ray.init`` itself is reported apart, a cluster pays it once).
+
+Outputs are checked equal (the summaries without their wall-clock fields, and every trade).
+Memory: each task reports ``ru_maxrss`` of its worker process at its end; the peak per worker
+(its largest) is reported for each N, and must not grow with N (each worker holds one day's
+state at a time). The one-process run's own peak RSS is given for comparison.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import resource
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from bench._common import emit_json, machine, parser, print_table
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "replay" / "samples" / "GOOG_2012-06-21_34200000_57600000_{}_10.csv.gz"
+MODEL = REPO / "models" / "assets" / "binctabl_goog.pt"
+
+
+def write_copies(out: Path, n: int, events: int | None = None) -> list[Path]:
+    """N copies of the GOOG day as GOOG0.. (the first ``events`` rows only, if given)."""
+    paths = []
+    for k in range(n):
+        for kind in ("message", "orderbook"):
+            dst = out / SAMPLE.name.format(kind).replace("GOOG_", f"GOOG{k}_", 1)
+            if events is None:
+                shutil.copyfile(str(SAMPLE).format(kind), dst)
+            else:
+                with gzip.open(str(SAMPLE).format(kind), "rt") as f:
+                    lines = [next(f) for _ in range(events)]
+                with gzip.open(dst, "wt") as f:
+                    f.writelines(lines)
+        paths.append(out / SAMPLE.name.format("message").replace("GOOG_", f"GOOG{k}_", 1))
+    return paths
+
+
+def _pid() -> int:
+    return os.getpid()
+
+
+def _config_for(manifest: dict):
+    from lobstream.replay.backtest import trading_config_for
+
+    return trading_config_for(manifest)
+
+
+def _comparable(summary: dict) -> dict:
+    s = json.loads(json.dumps(summary))
+    for k in ("seconds", "windows_per_s"):
+        s.pop(k, None)
+    return s
+
+
+def one_process(paths: list[Path], model: Path, threads: int):
+    from lobstream.replay.backtest import backtest_files
+    from lobstream.replay.streaming import evaluator_for
+
+    evs = []
+
+    def sink(manifest):
+        evs.append(evaluator_for(manifest, _config_for(manifest)))
+        return evs[0].add
+
+    t0 = time.perf_counter()
+    result, _, reg = backtest_files(paths, model, threads=threads, keep_rows=False, rows_sink=sink)
+    evs[0].finish()
+    summary, trades = evs[0].summary(result, tick_sizes={i.id: float(i.tick_size) for i in reg})
+    return time.perf_counter() - t0, summary, trades, result
+
+
+def on_ray(paths: list[Path], model: Path, workers: int, threads: int):
+    from lobstream.replay.distributed import RaySession, backtest_on_ray
+
+    t0 = time.perf_counter()
+    with RaySession("local", num_cpus=workers) as ray:
+        t_init = time.perf_counter() - t0
+        # Ray starts its workers in the background: let them come up before the clock starts,
+        # as on a cluster that is already running
+        ray.get([ray.remote(num_cpus=1)(_pid).remote() for _ in range(workers)])
+        t1 = time.perf_counter()
+        run = backtest_on_ray(paths, model, config_for=_config_for, threads=threads)
+        seconds = time.perf_counter() - t1
+    ticks = {i.id: float(i.tick_size) for i in run.registry}
+    summary, trades = run.evaluator.summary(run.result, tick_sizes=ticks)
+    peak: dict[int, int] = {}
+    for u in run.units:
+        peak[u.pid] = max(peak.get(u.pid, 0), u.peak_rss_kib)
+    tasks = [
+        {"file": u.files, "pid": u.pid, "seconds": u.seconds, "peak_rss_mib": u.peak_rss_kib / 1024}
+        for u in sorted(run.units, key=lambda u: u.files[0])
+    ]
+    return seconds, t_init, summary, trades, sorted(v / 1024 for v in peak.values()), tasks
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = parser(__doc__.splitlines()[0])
+    ap.add_argument("--copies", type=int, default=8, help="N, copies of the day timed")
+    ap.add_argument(
+        "--memory-ns", default="2,4", help="further N run on Ray only, for peak RSS per worker"
+    )
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    ap.add_argument("--events", type=int, default=None, help="first N events of the day only")
+    ap.add_argument("--model", default=str(MODEL))
+    args = ap.parse_args(argv)
+    os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    model = Path(args.model)
+    tmp = Path(tempfile.mkdtemp(prefix="lobstream-scale-"))
+    try:
+        n = args.copies
+        paths = write_copies(tmp, max([n, *map(int, filter(None, args.memory_ns.split(",")))]),
+                             args.events)  # fmt: skip
+        t_one, s_one, tr_one, res = one_process(paths[:n], model, args.threads)
+        rss_one = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        t_ray, t_init, s_ray, tr_ray, peaks, tasks = on_ray(
+            paths[:n], model, args.workers, args.threads
+        )
+        equal = _comparable(s_one) == _comparable(s_ray) and all(
+            (a == b).all() for a, b in zip(tr_one, tr_ray, strict=True)
+        )
+        memory = [{"n": n, "worker_peak_rss_mib": peaks, "tasks": tasks}]
+        for m in sorted({int(x) for x in args.memory_ns.split(",") if x} - {n}):
+            _, _, _, _, pk, tk = on_ray(paths[:m], model, args.workers, args.threads)
+            memory.append({"n": m, "worker_peak_rss_mib": pk, "tasks": tk})
+        memory.sort(key=lambda r: r["n"])
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    out = {
+        "copies": n,
+        "workers": args.workers,
+        "threads": args.threads,
+        "events_per_copy": res.n_events // n,
+        "rows": res.n_rows,
+        "one_process_s": t_one,
+        "ray_s": t_ray,
+        "ray_init_s": t_init,
+        "speedup": t_one / t_ray,
+        "outputs_equal": bool(equal),
+        "one_process_peak_rss_mib": rss_one,
+        "memory": memory,
+        "load_average": os.getloadavg(),
+        "machine": machine(),
+    }
+    if args.json:
+        emit_json(out)
+        return
+    print_table(
+        f"backtest of {n} copies of the GOOG day ({res.n_rows:,} rows), bundled model, "
+        f"{args.threads} torch thread(s) per process",
+        ("path", "seconds", "speed-up", "outputs"),
+        [
+            ("one process", t_one, 1.0, ""),
+            (f"local Ray, {args.workers} workers", t_ray, t_one / t_ray,
+             "equal" if equal else "DIFFERENT"),
+        ],
+    )  # fmt: skip
+    print(f"(ray.init {t_init:.1f} s, not counted; load average {out['load_average']})")
+    print_table(
+        "peak RSS per Ray worker (MiB; ru_maxrss at the end of its tasks)",
+        ("N", "workers' peaks", "largest"),
+        [
+            (r["n"], ", ".join(f"{v:.0f}" for v in r["worker_peak_rss_mib"]),
+             max(r["worker_peak_rss_mib"]))
+            for r in memory
+        ],
+    )  # fmt: skip
+    print(f"one process over {n} copies: peak RSS {rss_one:.0f} MiB")
+    if not equal:
+        raise SystemExit("outputs differ between one process and Ray")
+
+
+if __name__ == "__main__":
+    main()
