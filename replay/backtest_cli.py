@@ -323,6 +323,8 @@ def _tables(console, s: dict) -> None:
             name = f"majority ({('down', 'flat', 'up')[b['class']]})"
         cls.add_row(name, *(f"{b[k]:.4f}" for k in keys))
     console.print(cls)
+    if s.get("heads"):
+        _heads_table(console, s["heads"], float(t["config"]["threshold"]))
     conf = Table(title="confusion (rows true, columns predicted)")
     conf.add_column("")
     names = ("down", "flat", "up")
@@ -369,6 +371,30 @@ def _tables(console, s: dict) -> None:
         console.print(pi)
     if s.get("plots"):
         console.print("plots: " + ", ".join(s["plots"]))
+
+
+def _heads_table(console, heads: list[dict], threshold: float) -> None:
+    """One row per head of a multi-horizon artifact: its label, the model against that head's
+    baselines, and its trading at the chosen threshold (held for that head's horizon); the
+    tables above and below are the primary head's (head 0)."""
+    from rich.table import Table
+
+    tab = Table(title=f"every head (tables above and below: head 0); trading at {threshold:g}")
+    for col in ("head", "k", "n_scored", "macro-F1", "trend", "majority", "trades", "net_pnl"):
+        tab.add_column(col, justify="left" if col == "head" else "right")
+    for h in heads:
+        lab, b, tr = h["model"]["label"], h["baselines"], h["trading"]
+        tab.add_row(
+            str(h["head"]),
+            f"{lab['horizon']:g} {lab.get('unit', 'events')}",
+            f"{h['n_scored']:,}",
+            f"{h['metrics']['f1_macro']:.4f}",
+            f"{b['trend']['f1_macro']:.4f}" if "trend" in b else "-",
+            f"{b['majority']['f1_macro']:.4f}" if "majority" in b else "-",
+            f"{tr['n_trades']:,}",
+            _cell(tr["net_pnl"]),
+        )
+    console.print(tab)
 
 
 def _cell(v) -> str:

@@ -329,3 +329,22 @@ def test_train_cli_multi_horizon_manifest_and_reproduce_line(tmp_path):
         train, [str(GOOG_MESSAGE_10), "--horizon", "5", "--horizons", "5,9", "--out", "x.pt"]
     )
     assert r.exit_code != 0 and "not both" in r.output
+
+
+def test_backtest_cli_reports_every_head(heads_pt):
+    import json
+
+    from click.testing import CliRunner
+
+    from lobstream.replay.backtest_cli import backtest
+    from lobstream.replay.samples import GOOG_MESSAGE_10
+
+    args = [str(GOOG_MESSAGE_10), "--model", str(heads_pt), "--max-rows", "3000"]
+    r = CliRunner().invoke(backtest, [*args, "--json"])
+    assert r.exit_code == 0, r.output
+    s = json.loads(r.output.splitlines()[-1])
+    assert [h["model"]["label"]["horizon"] for h in s["heads"]] == list(HORIZONS)
+    assert [h["trading"]["config"]["horizon"] for h in s["heads"]] == list(HORIZONS)
+    assert s["heads"][0]["metrics"] == s["metrics"]
+    table = CliRunner().invoke(backtest, args)
+    assert table.exit_code == 0 and "every head" in table.output
