@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lobstream.models.heads import n_heads
 from lobstream.models.zoo import build_from_config, config_from_dict
 
 GRAD_CAM = "grad_cam"
@@ -85,6 +86,28 @@ def eager_model(module: nn.Module | torch.jit.ScriptModule, manifest: dict[str, 
     state = {k: v.detach().cpu() for k, v in module.state_dict().items() if k in want}
     model.load_state_dict(state)
     return model.eval()
+
+
+class HeadOf(nn.Module):
+    """Head ``h`` of a multi-horizon model as a 3-class model: logits (B, 3) of columns
+    ``3h .. 3h + 2`` (see :mod:`lobstream.models.heads`); ``base`` keeps its layers, so
+    Grad-CAM hooks them as usual."""
+
+    def __init__(self, base: nn.Module, h: int) -> None:
+        super().__init__()
+        self.base = base
+        self.h = int(h)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x)[:, 3 * self.h : 3 * self.h + 3]
+
+
+def select_head(model: nn.Module, manifest: dict[str, Any], head: int) -> nn.Module:
+    """``model`` itself for a single-head artifact (head 0), else :class:`HeadOf` head."""
+    n = n_heads(manifest)
+    if not 0 <= head < n:
+        raise ValueError(f"head {head}: the artifact has {n} head(s) (0 .. {n - 1})")
+    return model if n == 1 else HeadOf(model, head)
 
 
 @dataclass(frozen=True)
@@ -139,7 +162,8 @@ def explain(
     tgt = probs.argmax(dim=1) if target is None else torch.as_tensor(target, dtype=torch.int64)
     if method == GRAD_CAM:
         get_layer, time_mode = GRADCAM_LAYERS[arch]
-        maps = grad_cam(model, get_layer(model), x, tgt, time_mode)
+        base = model.base if isinstance(model, HeadOf) else model
+        maps = grad_cam(model, get_layer(base), x, tgt, time_mode)
     else:
         maps = input_x_gradient(model, x, tgt)
     return Explanation(probs.numpy(), tgt.numpy(), maps, method)

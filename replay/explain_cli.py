@@ -157,9 +157,16 @@ def _files_label(files) -> str:
 @_REGISTRY
 @_FORMAT
 @_SKIP_BAD
+@click.option(
+    "--head",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Multi-horizon artifacts: which head to explain (0 = the first horizon).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per PNG.")
 def explain(
-    files, model_path, at, row, top, min_gap, out, registry, fmt, skip_bad, as_json
+    files, model_path, at, row, top, min_gap, out, registry, fmt, skip_bad, head, as_json
 ) -> None:
     """Write PNG(s) of the input window of MODEL at a row of FILES, with the attribution of the
     predicted class over it (Grad-CAM for CNN-type models, input x gradient for others)."""
@@ -168,6 +175,7 @@ def explain(
     from lobstream.kernels.dtypes import CLASS_NAMES
     from lobstream.models import explain as ex
     from lobstream.models.artifact import ArtifactError, load_model
+    from lobstream.models.heads import head_manifest, n_heads
     from lobstream.replay.backtest import make_scorer
     from lobstream.replay.errors import DataError
 
@@ -178,6 +186,8 @@ def explain(
     torch.set_num_threads(1)  # the machine is shared, as the backtest's default
     try:
         module, manifest = load_model(model_path)
+        model = ex.select_head(ex.eager_model(module, manifest), manifest, head)
+        horizon = head_manifest(manifest, head)["label"].get("horizon")
         reg = _registry(registry)
         T, arch = int(manifest["T"]), str(manifest["arch"])
         scorer = None
@@ -225,14 +235,14 @@ def explain(
             )
         picks = [i]
     else:
-        picks = ex.confident_rows(data.probs, top, T if min_gap is None else min_gap).tolist()
+        p = data.probs if data.probs.ndim == 2 else data.probs[:, head]  # (n, 3) of the head
+        picks = ex.confident_rows(p, top, T if min_gap is None else min_gap).tolist()
         if not picks:
             raise click.ClickException(
                 f"{where}: no row has a full window of T = {T} rows ({n:,} feature rows)"
             )
         if len(picks) < top:
             logger.warning("only %d rows with a window apart by the gap; writing those", len(picks))
-    model = ex.eager_model(module, manifest)
     windows = np.stack([window_of(data, i, T, where) for i in picks])
     e = ex.explain(model, arch, windows)
     out = Path(out)
@@ -250,7 +260,9 @@ def explain(
         probs = [float(p) for p in e.probs[k]]
         cls = CLASS_NAMES[int(e.target[k])]
         title = (
-            f"{symbol} row {i:,} ({_utc(int(data.meta['ts_event'][i]))}): {arch} says {cls}\n"
+            f"{symbol} row {i:,} ({_utc(int(data.meta['ts_event'][i]))}): {arch} says {cls}"
+            + (f" (head {head}, k = {horizon:g})" if n_heads(manifest) > 1 else "")
+            + "\n"
             + ", ".join(f"p_{c} {p:.3f}" for c, p in zip(CLASS_NAMES, probs, strict=True))
             + f"; {e.method.replace('_', ' ')}"
         )
@@ -271,6 +283,8 @@ def explain(
             "predicted": cls,
             "probs": dict(zip(CLASS_NAMES, probs, strict=True)),
             "method": e.method,
+            "head": head,
+            "horizon": horizon,
         }
         if as_json:
             click.echo(json.dumps(record))

@@ -348,3 +348,32 @@ def test_backtest_cli_reports_every_head(heads_pt):
     assert s["heads"][0]["metrics"] == s["metrics"]
     table = CliRunner().invoke(backtest, args)
     assert table.exit_code == 0 and "every head" in table.output
+
+
+def test_explain_a_head(heads_pt, tmp_path):
+    """``lobstream explain --head H`` attributes that head's class; a head past the last is
+    refused naming the count."""
+    import json
+
+    from click.testing import CliRunner
+
+    from lobstream.models.explain import HeadOf, eager_model, explain, select_head
+    from lobstream.replay.explain_cli import explain as explain_cmd
+    from lobstream.replay.samples import GOOG_MESSAGE_10
+
+    module, manifest = load_model(heads_pt)
+    x = np.random.default_rng(2).standard_normal((4, T, F)).astype(np.float32)
+    full = ModelRunner(module, manifest, device="cpu", max_batch=4).predict(x)
+    for h in range(3):
+        m = select_head(eager_model(module, manifest), manifest, h)
+        assert isinstance(m, HeadOf)
+        e = explain(m, "cnn_causal", x)
+        np.testing.assert_allclose(e.probs, full[:, h], atol=1e-5)
+        assert e.maps.shape == (4, T, F) and np.isfinite(e.maps).all()
+    args = [str(GOOG_MESSAGE_10), "--model", str(heads_pt), "--row", "400", "--json"]
+    r = CliRunner().invoke(explain_cmd, [*args, "--head", "1", "--out", str(tmp_path / "a.png")])
+    assert r.exit_code == 0, r.output
+    rec = json.loads(r.output.splitlines()[-1])
+    assert rec["head"] == 1 and rec["horizon"] == HORIZONS[1]
+    r = CliRunner().invoke(explain_cmd, [*args, "--head", "3", "--out", str(tmp_path / "b.png")])
+    assert r.exit_code != 0 and "3 head(s)" in r.output
