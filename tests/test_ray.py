@@ -133,3 +133,24 @@ def test_convert_on_ray_writes_the_same_parts(local_ray, files, tmp_path):
         a, b = pl.read_parquet(tmp_path / "one" / p), pl.read_parquet(tmp_path / "ray" / p)
         assert a.equals(b), p
     assert np.sum(list(rel.values())) == one.events
+
+
+def test_train_sweep_on_ray_equals_in_process(local_ray, tmp_path):
+    from click.testing import CliRunner
+
+    from lobstream.engine.cli import main
+    from tests.test_sweep import sweep_args
+
+    spec = "horizon=10,20 arch=binctabl"
+    runner = CliRunner()
+    one = runner.invoke(main, sweep_args(tmp_path / "one", spec))
+    dist = runner.invoke(main, sweep_args(tmp_path / "ray", spec) + ["--ray"])
+    assert one.exit_code == 0, one.output
+    assert dist.exit_code == 0, dist.output
+    a = json.loads((tmp_path / "one" / "sweep.json").read_text())
+    b = json.loads((tmp_path / "ray" / "sweep.json").read_text())
+    assert a["best"] == b["best"]
+    keys = ("params", "val_f1_macro", "test_f1_macro", "test_accuracy", "alpha")
+    assert [{k: t[k] for k in keys} for t in a["trials"]] == [
+        {k: t[k] for k in keys} for t in b["trials"]
+    ]
