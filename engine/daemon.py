@@ -200,6 +200,9 @@ class Daemon:
         self._lock = threading.Lock()
         self._pulling = False
         self._hold = False
+        # set by each round: due windows are left for the next round (more than max_batch were
+        # due), so the loop must not block before it; what run() checks instead of scanning
+        self._more_due = False
         self.poller = zmq.Poller()
         self.started = threading.Event()  # set once sockets are open (tests wait on it)
         self.t_start = time.monotonic()
@@ -257,8 +260,9 @@ class Daemon:
             while not self._stop.is_set():
                 if self._pending is not None and self._worker_parked():
                     self._swap_model()
-                busy = self.ingest.backlog or self._inline_due()
-                if not busy and not (spin_s and self._spin(spin_s)):
+                if not (self.ingest.backlog or self._more_due) and not (
+                    spin_s and self._spin(spin_s)
+                ):
                     self.poller.poll(_IDLE_WAIT_MS)
                 self.round()
                 now = time.monotonic()
@@ -310,22 +314,27 @@ class Daemon:
         return sent
 
     def _dispatch(self) -> int:
-        """Start the inference thread when a large batch is due, else infer inline."""
-        if self.worker is not None:
-            with self._lock:
-                if self._pulling:
-                    return 0
-                due = len(self.scheduler.due(self.ring.count, self.book.stale))
-                if due == 0:
-                    return 0
-                big = min(due, self.max_batch) >= self.cfg.model.overlap_batch
-                if big and not self._hold:
-                    self._pulling = True
-                    self.worker.kick()
-                    return 0
-        # the thread is idle and only this thread starts it: no lock needed from here. Its
-        # last results go out first, so an instrument's signals stay in order.
-        return self._publish_finished() + self.infer_and_publish()
+        """Start the inference thread when a large batch is due, else infer inline.
+
+        The due windows are scanned once, under the lock; an inline batch is chosen from that
+        scan. ``_more_due`` records whether some stay due for the next round."""
+        self._more_due = False
+        if self.worker is None:
+            return self.infer_and_publish()
+        with self._lock:
+            if self._pulling:
+                return 0  # the thread takes whatever is due, and wakes the loop when done
+            due = self.scheduler.due(self.ring.count, self.book.stale)
+            if len(due) == 0:
+                return 0
+            if min(len(due), self.max_batch) >= self.cfg.model.overlap_batch and not self._hold:
+                self._pulling = True
+                self.worker.kick()
+                return 0
+        # the thread is idle and only this thread starts it: no lock needed from here (the
+        # loop is the only writer of the rings). Its last results go out first, so an
+        # instrument's signals stay in order.
+        return self._publish_finished() + self.infer_and_publish(due)
 
     def _next_job(self) -> tuple | None:
         """The inference thread's next batch, ``(runner, n, tag)``; None parks the thread.
@@ -371,13 +380,6 @@ class Daemon:
             sent += self._publish(ids, meta, probs, conflated, t0, t1, t2)
         return sent
 
-    def _inline_due(self) -> bool:
-        """Whether the loop itself has windows to infer (the inference thread is parked)."""
-        with self._lock:
-            if self._pulling:
-                return False
-            return len(self.scheduler.due(self.ring.count, self.book.stale)) > 0
-
     def _worker_parked(self, timeout_s: float = 0.0) -> bool:
         """Hold the inference thread and wait up to ``timeout_s`` for it to park, publishing
         what it finishes meanwhile; whether it is parked (then the runner is the loop's).
@@ -421,9 +423,11 @@ class Daemon:
                 self._log_stale_changes(stale_before, rep)
             rep[0] = 0
             rep[1] = -1
-        with self._lock:
-            self.scheduler.forget_stale(self.ring.count, self.book.stale)
-        self.metrics.stale.set(int(np.count_nonzero(self.book.stale)))
+        n_stale = int(np.count_nonzero(self.book.stale))
+        if n_stale:  # else nothing to forget: no lock taken on a quiet, healthy round
+            with self._lock:
+                self.scheduler.forget_stale(self.ring.count, self.book.stale)
+        self.metrics.stale.set(n_stale)
 
     def _log_stale_changes(self, before: np.ndarray, rep: np.ndarray) -> None:
         now = self.book.stale
@@ -436,12 +440,16 @@ class Daemon:
         for i in np.flatnonzero(before & ~now):
             self.rlog.warning("healed", "%s healed by a snapshot", self.symbols[i])
 
-    def infer_and_publish(self) -> int:
+    def infer_and_publish(self, due: np.ndarray | None = None) -> int:
         """Infer the due instruments (at most ``max_batch``) inline and publish their signals.
 
-        Only while the inference thread is parked (it owns the runner when it runs)."""
-        ids, conflated = self.scheduler.select(self.ring.count, self.book.stale)
+        Only while the inference thread is parked (it owns the runner when it runs). ``due``:
+        the ids of a scan just made (none: scan here)."""
+        if due is None:
+            due = self.scheduler.due(self.ring.count, self.book.stale)
+        ids, conflated = self.scheduler.select(self.ring.count, self.book.stale, due=due)
         b = len(ids)
+        self._more_due = len(due) > b
         if b == 0:
             return 0
         runner, meta, t0, t1 = self._gather(ids)
@@ -518,6 +526,7 @@ class Daemon:
         return out
 
     def send_status(self) -> None:
+        self.publisher.poll_peers(self.metrics)  # subscribers come and gone: once a heartbeat
         self.publisher.send_status(self.status())
 
     # -- hot reload ------------------------------------------------------------------------
@@ -554,6 +563,7 @@ class Daemon:
         except Exception as exc:  # a bad file must never stop a running daemon
             logger.error("reload refused, keeping %s: %s", self.model.sha256[:12], exc)
             self.metrics.reloads.labels("refused").inc()
+            self.metrics.totals["reloads.refused"] += 1  # the heartbeat's count
             self._remember_file()
             return
         self._pending = new
@@ -587,6 +597,7 @@ class Daemon:
         with self._lock:
             self._hold = False  # the inference thread may take batches again
         self.metrics.reloads.labels("ok").inc()
+        self.metrics.totals["reloads.ok"] += 1
         logger.info(
             "model reloaded: %s -> %s (%s)", old.sha256[:12], new.sha256[:12], new.inference
         )

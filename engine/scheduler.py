@@ -55,10 +55,17 @@ class Scheduler:
         return np.flatnonzero((count > self.last) & (stale == 0))
 
     def select(
-        self, count: np.ndarray, stale: np.ndarray, min_batch: int = 1
+        self,
+        count: np.ndarray,
+        stale: np.ndarray,
+        min_batch: int = 1,
+        due: np.ndarray | None = None,
     ) -> tuple[np.ndarray, int]:
         """Take up to ``max_batch`` due instruments and mark them inferred at their current count;
         none when fewer than ``min_batch`` are due.
+
+        ``due``: the ids :meth:`due` gave for these ``count`` and ``stale`` (a caller that has
+        just scanned passes them instead of scanning again).
 
         Returns
         -------
@@ -67,7 +74,7 @@ class Scheduler:
         conflated : int
             Rows of those instruments that will never be inferred on their own window.
         """
-        ids = self.due(count, stale)
+        ids = self.due(count, stale) if due is None else due
         if len(ids) < min(max(min_batch, 1), self.max_batch):
             return ids[:0], 0
         if len(ids) > self.max_batch:
@@ -100,7 +107,8 @@ class InferenceWorker:
     announced with one empty message on an inproc PAIR socket: the loop owns ``sock`` (created
     here, in the loop's thread), polls it next to its ingest socket and calls :meth:`take`.
     A result is queued before the next ``next_job`` call, so once ``next_job`` has returned None
-    every result of the run is in the queue.
+    every result of the run is in the queue; parking is announced too (an empty message with
+    nothing queued), so the loop never sleeps on windows the thread left due.
     """
 
     def __init__(self, ctx: zmq.Context, next_job, cpus: tuple[int, ...] = ()) -> None:
@@ -158,6 +166,9 @@ class InferenceWorker:
                         sock.send(b"")
                         break
                     if job is None:
+                        # parked: wake the loop, which infers inline what is still due (fewer
+                        # than the thread's batch) instead of waiting for the next message
+                        sock.send(b"")
                         break
                     runner, n, tag = job
                     try:
