@@ -76,6 +76,9 @@ class IngestConfig:
     max_ts_jump_s: float = 86_400.0
     # ... or further than this ahead of this host's clock (UTC); 0 = off
     max_clock_lead_s: float = 60.0
+    # no market-data message for longer than this is a feed pause, counted (and its end);
+    # nothing else changes; 0 = not counted
+    idle_after_s: float = 5.0
     curve: CurveConfig = CurveConfig()
 
 
@@ -287,7 +290,7 @@ def _check(cfg: ServeConfig, source: str) -> None:
             f"{source}: model.overlap_batch = {cfg.model.overlap_batch}; expected >= 0 "
             "(0 runs every model call inline)"
         )
-    for key in ("max_ts_jump_s", "max_clock_lead_s"):
+    for key in ("max_ts_jump_s", "max_clock_lead_s", "idle_after_s"):
         value = getattr(cfg.ingest, key)
         if not value >= 0 or value == float("inf"):
             raise ConfigError(

@@ -13,6 +13,12 @@ otherwise change state that the rest of the message, and every later one, is jud
 time checks follow the instrument's clock as the book will have it, message by message,
 starting from the book's ``last_ts``: a far-future record adopted by the book would make every
 later event, the next snapshot included, look like time going backwards.
+
+A feed that pauses is counted, not acted on: no message for longer than ``idle_after_s`` is an
+idle period (``ingest.idle_periods``; the ``ingest_idle`` gauge is 1 until the next message,
+``ingest.resumes``), and the longest gap between two messages is kept. Nothing else changes:
+a pause marks no instrument stale (a quiet market is not a broken book), so the first message
+after it gives signals again.
 """
 
 from __future__ import annotations
@@ -167,6 +173,11 @@ class Ingest:
         self._n_msg = 0
         self._n_events = 0
         self._receive_ns: int | None = None
+        # feed pauses, followed by account() (off the hot path): when the last message came
+        self._idle_after = cfg.idle_after_s
+        self._last_msg: float | None = None  # monotonic s; None before the first message
+        self._idle = False
+        self._longest = 0.0
 
     def drain(self) -> tuple[np.ndarray | None, int]:
         """Take what has arrived, at most ``max_drain`` messages, without blocking.
@@ -252,12 +263,33 @@ class Ingest:
             m.count("messages", self._n_msg)
             m.backlog.set(1 if self.backlog else 0)
             self._n_msg = 0
+            self._arrived(time.monotonic())
+        elif self._idle_after > 0 and not self._idle and self._last_msg is not None:
+            if time.monotonic() - self._last_msg > self._idle_after:
+                self._idle = True  # the pause is counted as it begins, and its end below
+                m.feed_paused()
         if self._n_events:
             m.count("events", self._n_events)
             self._n_events = 0
         if self._receive_ns is not None:
             m.observe("receive", self._receive_ns * 1e-9)
             self._receive_ns = None
+
+    def _arrived(self, now: float) -> None:
+        """Messages were taken at ``now``: end an idle period, keep the longest gap."""
+        last, self._last_msg = self._last_msg, now
+        if last is None:
+            return  # the first message: the time before it is start-up, not a pause
+        gap = now - last
+        if gap > self._longest:
+            self._longest = gap
+            self.metrics.gap(gap)
+        if self._idle_after > 0 and gap > self._idle_after:
+            if not self._idle:  # the loop did not look while it lasted: counted now
+                self.metrics.feed_paused()
+            self._idle = False
+            self.metrics.feed_resumed(gap)
+            logger.info("market data resumed after %.1f s without a message", gap)
 
     def _clock_limit(self) -> int:
         if self._lead_ns < 0:

@@ -30,6 +30,14 @@ LATENCY_BUCKETS = tuple(m * 10.0**e for e in range(-6, 0) for m in (1.0, 2.0, 5.
     5.0,
 )
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+# heartbeat counts of the faults the daemon serves through (subscribers, feed pauses)
+FAULT_TOTALS = (
+    "publish.peer_connected",
+    "publish.peer_disconnected",
+    "ingest.idle_periods",
+    "ingest.resumes",
+    "ingest.longest_gap_ms",
+)
 
 
 class Metrics:
@@ -89,14 +97,49 @@ class Metrics:
             namespace=ns,
             registry=r,
         )
+        # faults the daemon serves through (tests/test_daemon_faults.py)
+        self.peers = Counter(
+            "publish_peer_events",
+            "Signal subscribers that connected or disconnected (socket monitor), by event",
+            ["event"],
+            namespace=ns,
+            registry=r,
+        )
+        self.peers_now = Gauge(
+            "publish_peers", "Signal subscribers connected now", namespace=ns, registry=r
+        )
+        self.idle_periods = Counter(
+            "ingest_idle_periods",
+            "Market-data pauses: no message for longer than ingest.idle_after_s",
+            namespace=ns,
+            registry=r,
+        )
+        self.resumes = Counter(
+            "ingest_resumes", "Market data resumed after a pause", namespace=ns, registry=r
+        )
+        self.idle = Gauge(
+            "ingest_idle", "1 while market data is paused, else 0", namespace=ns, registry=r
+        )
+        self.longest_gap = Gauge(
+            "ingest_longest_gap_seconds",
+            "Longest time between two market-data messages so far",
+            namespace=ns,
+            registry=r,
+        )
         # label values at start: a scrape shows every series from the first second
         self._rejected = {k: self.rejected.labels(k) for k in FRAME_REASONS}
         self._conditions = [self.conditions.labels(k) for k in CODE_NAMES]
         self._stage = {k: self.stage.labels(k) for k in STAGES}
         for k in ("ok", "refused"):
             self.reloads.labels(k)
+        self._peers = {k: self.peers.labels(k) for k in ("connected", "disconnected")}
         # plain totals for the status heartbeat (prometheus values are not meant to be read back)
         self.totals: PyCounter = PyCounter()
+        # keys other threads add to (the reload helper) exist from the start: a key inserted
+        # while the loop iterates the totals for a heartbeat would break that iteration. The
+        # fault counts too, so a heartbeat shows their zeros.
+        for k in (*FAULT_TOTALS, "reloads.ok", "reloads.refused"):
+            self.totals[k] = 0
 
     def reject(self, reason: str, n: int = 1) -> None:
         child = self._rejected.get(reason)
@@ -140,6 +183,36 @@ class Metrics:
         """Add to a plain counter (events, messages, signals, conflated, model_calls)."""
         getattr(self, name).inc(n)
         self.totals[name] += n
+
+    def peer_events(self, connected: int, disconnected: int, now: int) -> None:
+        """Subscribers that came and went since the last monitor poll; ``now`` connected."""
+        if connected:
+            self._peers["connected"].inc(connected)
+            self.totals["publish.peer_connected"] += connected
+        if disconnected:
+            self._peers["disconnected"].inc(disconnected)
+            self.totals["publish.peer_disconnected"] += disconnected
+        self.peers_now.set(now)
+
+    def feed_paused(self) -> None:
+        """No market data for longer than ``ingest.idle_after_s``: one idle period begins."""
+        self.idle_periods.inc()
+        self.totals["ingest.idle_periods"] += 1
+        self.idle.set(1)
+
+    def feed_resumed(self, gap_s: float) -> None:
+        """A message after an idle period that lasted ``gap_s`` seconds."""
+        self.resumes.inc()
+        self.totals["ingest.resumes"] += 1
+        self.idle.set(0)
+        self.gap(gap_s)
+
+    def gap(self, gap_s: float) -> None:
+        """A gap between two messages: kept if it is the longest so far."""
+        ms = int(gap_s * 1000)
+        if ms > self.totals["ingest.longest_gap_ms"]:
+            self.totals["ingest.longest_gap_ms"] = ms
+            self.longest_gap.set(gap_s)
 
     def serve_http(self, address: str) -> int:
         """Expose the registry at ``http://address/metrics`` (a thread of prometheus_client).
