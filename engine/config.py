@@ -40,6 +40,9 @@ class ModelConfig:
     # causal artifacts on the CPU: push each new row through an incremental runner instead of
     # recomputing the window; false forces whole windows (for comparison)
     incremental: bool = True
+    # a quiet market: a throwaway model call after this many ms without one keeps the model's
+    # weights in cache for the next real call (costs CPU); 0 = off
+    keep_warm_ms: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -285,6 +288,11 @@ def _check(cfg: ServeConfig, source: str) -> None:
         value = getattr(getattr(cfg, table), key)
         if value <= 0:
             raise ConfigError(f"{source}: {table}.{key} = {value!r}; expected a positive number")
+    if not cfg.model.keep_warm_ms >= 0 or cfg.model.keep_warm_ms == float("inf"):
+        raise ConfigError(
+            f"{source}: model.keep_warm_ms = {cfg.model.keep_warm_ms!r}; expected a finite "
+            "number of milliseconds >= 0 (0 turns it off)"
+        )
     if cfg.model.overlap_batch < 0:
         raise ConfigError(
             f"{source}: model.overlap_batch = {cfg.model.overlap_batch}; expected >= 0 "

@@ -203,6 +203,7 @@ class Daemon:
         # set by each round: due windows are left for the next round (more than max_batch were
         # due), so the loop must not block before it; what run() checks instead of scanning
         self._more_due = False
+        self._last_call = 0.0  # perf_counter() of the last model call (model.keep_warm_ms)
         self.poller = zmq.Poller()
         self.started = threading.Event()  # set once sockets are open (tests wait on it)
         self.t_start = time.monotonic()
@@ -254,6 +255,7 @@ class Daemon:
             self.max_batch,
         )
         spin_s = self.cfg.ingest.busy_poll_us * 1e-6
+        warm_s = self.cfg.model.keep_warm_ms * 1e-3
         next_status = time.monotonic() + self.cfg.publish.status_interval_s
         next_poll = time.monotonic() + (self.cfg.model.reload_poll_s or 1e18)
         try:
@@ -263,7 +265,7 @@ class Daemon:
                 if not (self.ingest.backlog or self._more_due) and not (
                     spin_s and self._spin(spin_s)
                 ):
-                    self.poller.poll(_IDLE_WAIT_MS)
+                    self.poller.poll(self._idle_wait_ms(warm_s) if warm_s else _IDLE_WAIT_MS)
                 self.round()
                 now = time.monotonic()
                 if now >= next_status:
@@ -279,6 +281,18 @@ class Daemon:
         finally:
             self.shutdown()
         return 0
+
+    def _idle_wait_ms(self, warm_s: float) -> float:
+        """How long to block with ``model.keep_warm_ms`` on: until the model is next due a
+        throwaway call, made here when it is (only while the loop owns the runner)."""
+        left = self._last_call + warm_s - time.perf_counter()
+        if left <= 0 and not self._pulling:
+            feed = self.model.feed
+            (feed.runner if feed is not None else self.model.runner).keep_warm()
+            self._last_call = time.perf_counter()
+            self.metrics.totals["keep_warm_calls"] += 1  # the heartbeat's count
+            left = warm_s
+        return min(_IDLE_WAIT_MS, 1e3 * left)
 
     def _spin(self, seconds: float) -> bool:
         """Poll without blocking for up to ``seconds``; whether something arrived.
@@ -458,6 +472,7 @@ class Daemon:
 
     def _publish(self, ids, meta, probs, conflated: int, t0: int, t1: int, t2: int) -> int:
         tp = time.perf_counter_ns()
+        self._last_call = tp * 1e-9
         b = len(ids)
         m = self.metrics
         rec = self.records[:b]  # model_id is set once, at start and on a swap

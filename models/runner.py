@@ -323,6 +323,15 @@ class ModelRunner:
                 self._capture()
                 torch.cuda.synchronize(self.device)
 
+    def keep_warm(self) -> None:
+        """A throwaway batch-1 call on whatever ``input[0]`` holds (read only), so that the
+        weights and the call's code stay in cache while a quiet market sends nothing; a no-op
+        on CUDA, where the call is the device's."""
+        if self.is_cuda:
+            return
+        with torch.inference_mode(), _no_profiling():
+            self._call(self._chunk_views(1)[0])
+
     def infer(self, n: int) -> np.ndarray:
         """Class probabilities of the first ``n`` windows of ``input``.
 
