@@ -31,7 +31,8 @@ from lobstream.engine.signals import SIGNAL_TOPIC_PREFIX, decode
 class Message:
     """One received message.
 
-    ``kind`` is "signal" (``records``: ndarray (n,) SIGNAL_DTYPE, a private copy) or "status"
+    ``kind`` is "signal" (``records``: ndarray (n,) SIGNAL_DTYPE, or SIGNAL_V2_DTYPE from a
+    multi-horizon model with every head's ``head_prob``; a private copy) or "status"
     (``status``: the decoded heartbeat dict). ``t_recv_ns`` is ``time.monotonic_ns()`` at receipt,
     the clock the daemon stamps ``ts_recv``/``ts_publish`` with on the same host.
     """
