@@ -63,6 +63,11 @@ import zmq
 from bench._common import emit_json, machine, parser, print_table
 
 REPO = Path(__file__).resolve().parents[1]
+# How the daemon under test runs, set once from the command line: the interpreter of
+# ``lobstream serve`` (another venv's python compares two versions of the daemon in one run)
+# and extra [model] lines of its config (``--keep-warm-ms``; none by default, so a config
+# stays readable by older daemons).
+DAEMON = {"python": sys.executable, "model_toml": ""}
 
 
 def default_model() -> Path | None:
@@ -198,6 +203,7 @@ max_batch = {max_batch}
 reload_poll_s = 0.0
 cpus = {list(pin["model"]) if pin else []}
 incremental = {"true" if incremental else "false"}
+{DAEMON["model_toml"]}
 
 [instruments]
 {inst}
@@ -331,7 +337,7 @@ class Harness:
             )  # fmt: skip
             self.proc.start()
         else:
-            cmd = [sys.executable, "-c", "from lobstream.engine.cli import main; main()"]
+            cmd = [DAEMON["python"], "-c", "from lobstream.engine.cli import main; main()"]
             # the feeder may be pinned: the daemon starts free and pins its own threads
             cpus = set(pin["loop"]) | set(pin["model"]) if pin else None
             self.proc = subprocess.Popen(
@@ -650,8 +656,9 @@ def _print_quiet(args, info: dict, q: dict) -> None:
 
 def _report_low(args, model: Path, info: dict, quiet: dict, other: dict | None) -> int:
     result = {"machine": machine(), "model": str(model), "model_alone": info,
-              "quiet_market": quiet, "low_load": quiet["low"],
-              "low_load_other_path": other}  # fmt: skip
+              "busy_poll_us": args.busy_poll_us, "keep_warm_ms": args.keep_warm_ms,
+              "daemon_python": args.daemon_python, "quiet_market": quiet,
+              "low_load": quiet["low"], "low_load_other_path": other}  # fmt: skip
     if args.json:
         emit_json(result)
         return 0
@@ -704,7 +711,17 @@ def main(argv=None) -> int:
         "--busy-poll-us", type=int, default=0,
         help="the daemon's ingest.busy_poll_us (spin before blocking); 0 = block",
     )  # fmt: skip
+    ap.add_argument(
+        "--keep-warm-ms", type=float, default=0.0,
+        help="the daemon's model.keep_warm_ms (throwaway model calls on a quiet market); 0 = off",
+    )  # fmt: skip
+    ap.add_argument(
+        "--daemon-python", default=sys.executable,
+        help="interpreter that runs lobstream serve (another venv: another daemon version)",
+    )  # fmt: skip
     args = ap.parse_args(argv)
+    DAEMON["python"] = args.daemon_python
+    DAEMON["model_toml"] = f"keep_warm_ms = {args.keep_warm_ms}" if args.keep_warm_ms else ""
     made = None
     if args.causal:
         made = Path(tempfile.mkdtemp(prefix="lobbench-model", dir="/tmp"))
@@ -773,6 +790,8 @@ def _main(args, model: Path) -> int:
         "model": str(model),
         "pin": {ph: {k: list(v) for k, v in p.items()} for ph, p in pin.items()} if pin else None,
         "busy_poll_us": spin,
+        "keep_warm_ms": args.keep_warm_ms,
+        "daemon_python": args.daemon_python,
         "model_alone": info,
         "quiet_market": quiet,
         "low_load": low,
