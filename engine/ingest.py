@@ -18,7 +18,9 @@ A feed that pauses is counted, not acted on: no message for longer than ``idle_a
 idle period (``ingest.idle_periods``; the ``ingest_idle`` gauge is 1 until the next message,
 ``ingest.resumes``), and the longest gap between two messages is kept. Nothing else changes:
 a pause marks no instrument stale (a quiet market is not a broken book), so the first message
-after it gives signals again.
+after it gives signals again. Feeds connecting and disconnecting (a feed handler restarting) are
+counted from a socket monitor (``ingest.peer_connected`` / ``ingest.peer_disconnected``), read
+by :meth:`Ingest.account` every ``_PEER_POLL_S``; ZeroMQ reconnects and resubscribes itself.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import numpy as np
 import zmq
 
 from lobstream.engine.config import IngestConfig
-from lobstream.engine.metrics import Metrics, RateLimitedLog
+from lobstream.engine.metrics import Metrics, PeerMonitor, RateLimitedLog
 from lobstream.engine.security import setup_curve
 from lobstream.kernels._jit import njit
 from lobstream.kernels.dtypes import ACTION_CLEAR, ACTION_TRADE, EVENT_DTYPE, SIDE_ASK
@@ -41,6 +43,7 @@ logger = logging.getLogger(__name__)
 _NOBLOCK = int(zmq.NOBLOCK)  # plain ints: no enum conversion per call
 _RCVMORE = int(zmq.RCVMORE)
 
+_PEER_POLL_S = 0.25  # how often account() reads the socket monitor (feeds come and go)
 _TS_MIN = np.iinfo(np.int64).min
 _TS_MAX = np.iinfo(np.int64).max
 # verdict of _check_frames per message: 0 accepted, else the index of its reason here
@@ -154,6 +157,7 @@ class Ingest:
         self.auth = setup_curve(ctx, self.sock, cfg.curve, server=cfg.mode == "bind")
         for t in cfg.topics:
             self.sock.setsockopt(zmq.SUBSCRIBE, t.encode())
+        self.peers = PeerMonitor(ctx, self.sock, "ingest")  # before the first connection
         for ep in cfg.endpoints:
             (self.sock.bind if cfg.mode == "bind" else self.sock.connect)(ep)
         logger.info("ingest %s %s, topics %s", cfg.mode, list(cfg.endpoints), list(cfg.topics))
@@ -178,6 +182,7 @@ class Ingest:
         self._last_msg: float | None = None  # monotonic s; None before the first message
         self._idle = False
         self._longest = 0.0
+        self._next_peer_poll = 0.0
 
     def drain(self) -> tuple[np.ndarray | None, int]:
         """Take what has arrived, at most ``max_drain`` messages, without blocking.
@@ -259,15 +264,19 @@ class Ingest:
         out: none of it is needed to produce them.
         """
         m = self.metrics
+        now = time.monotonic()
         if self._n_msg:
             m.count("messages", self._n_msg)
             m.backlog.set(1 if self.backlog else 0)
             self._n_msg = 0
-            self._arrived(time.monotonic())
+            self._arrived(now)
         elif self._idle_after > 0 and not self._idle and self._last_msg is not None:
-            if time.monotonic() - self._last_msg > self._idle_after:
+            if now - self._last_msg > self._idle_after:
                 self._idle = True  # the pause is counted as it begins, and its end below
                 m.feed_paused()
+        if now >= self._next_peer_poll:
+            self._next_peer_poll = now + _PEER_POLL_S
+            self.peers.poll(m)
         if self._n_events:
             m.count("events", self._n_events)
             self._n_events = 0
@@ -336,6 +345,7 @@ class Ingest:
         self.rlog.warning(reason, "dropped market-data message: " + msg, *args)
 
     def close(self) -> None:
+        self.peers.close()
         self.sock.close(linger=0)
         if self.auth is not None:
             self.auth.stop()

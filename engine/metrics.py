@@ -8,10 +8,12 @@ missing series. Latencies are Histograms in seconds with microsecond-scale bucke
 from __future__ import annotations
 
 import logging
+import struct
 import time
 from collections import Counter as PyCounter
 
 import numpy as np
+import zmq
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from lobstream.kernels.dtypes import CODE_NAMES
@@ -30,10 +32,14 @@ LATENCY_BUCKETS = tuple(m * 10.0**e for e in range(-6, 0) for m in (1.0, 2.0, 5.
     5.0,
 )
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
-# heartbeat counts of the faults the daemon serves through (subscribers, feed pauses)
+# sockets whose peers a PeerMonitor counts: signal subscribers, market-data feeds
+PEER_SIDES = {
+    "publish": "Signal subscribers",
+    "ingest": "Market-data feeds (publishers the ingest socket is connected to)",
+}
+# heartbeat counts of the faults the daemon serves through (peers, feed pauses)
 FAULT_TOTALS = (
-    "publish.peer_connected",
-    "publish.peer_disconnected",
+    *(f"{side}.peer_{e}" for side in PEER_SIDES for e in ("connected", "disconnected")),
     "ingest.idle_periods",
     "ingest.resumes",
     "ingest.longest_gap_ms",
@@ -98,16 +104,20 @@ class Metrics:
             registry=r,
         )
         # faults the daemon serves through (tests/test_daemon_faults.py)
-        self.peers = Counter(
-            "publish_peer_events",
-            "Signal subscribers that connected or disconnected (socket monitor), by event",
-            ["event"],
-            namespace=ns,
-            registry=r,
-        )
-        self.peers_now = Gauge(
-            "publish_peers", "Signal subscribers connected now", namespace=ns, registry=r
-        )
+        self.peer_events_total = {
+            side: Counter(
+                f"{side}_peer_events",
+                f"{who} that connected or disconnected (socket monitor), by event",
+                ["event"],
+                namespace=ns,
+                registry=r,
+            )
+            for side, who in PEER_SIDES.items()
+        }
+        self.peers = {
+            side: Gauge(f"{side}_peers", f"{who} connected now", namespace=ns, registry=r)
+            for side, who in PEER_SIDES.items()
+        }
         self.idle_periods = Counter(
             "ingest_idle_periods",
             "Market-data pauses: no message for longer than ingest.idle_after_s",
@@ -132,7 +142,11 @@ class Metrics:
         self._stage = {k: self.stage.labels(k) for k in STAGES}
         for k in ("ok", "refused"):
             self.reloads.labels(k)
-        self._peers = {k: self.peers.labels(k) for k in ("connected", "disconnected")}
+        self._peers = {
+            (side, e): c.labels(e)
+            for side, c in self.peer_events_total.items()
+            for e in ("connected", "disconnected")
+        }
         # plain totals for the status heartbeat (prometheus values are not meant to be read back)
         self.totals: PyCounter = PyCounter()
         # keys other threads add to (the reload helper) exist from the start: a key inserted
@@ -184,15 +198,14 @@ class Metrics:
         getattr(self, name).inc(n)
         self.totals[name] += n
 
-    def peer_events(self, connected: int, disconnected: int, now: int) -> None:
-        """Subscribers that came and went since the last monitor poll; ``now`` connected."""
-        if connected:
-            self._peers["connected"].inc(connected)
-            self.totals["publish.peer_connected"] += connected
-        if disconnected:
-            self._peers["disconnected"].inc(disconnected)
-            self.totals["publish.peer_disconnected"] += disconnected
-        self.peers_now.set(now)
+    def peer_events(self, side: str, connected: int, disconnected: int, now: int) -> None:
+        """Peers of ``side`` (see PEER_SIDES) that came and went since the last monitor poll;
+        ``now`` connected."""
+        for event, n in (("connected", connected), ("disconnected", disconnected)):
+            if n:
+                self._peers[side, event].inc(n)
+                self.totals[f"{side}.peer_{event}"] += n
+        self.peers[side].set(now)
 
     def feed_paused(self) -> None:
         """No market data for longer than ``ingest.idle_after_s``: one idle period begins."""
@@ -234,6 +247,70 @@ class Metrics:
             server.server_close()
             thread.join(timeout=1.0)
             self._http = None
+
+
+# Peer events of a socket monitor. A transport connection is a peer: ACCEPTED where the socket
+# binds, CONNECTED where it connects (a lost connection is retried by ZeroMQ and CONNECTED
+# again), DISCONNECTED in both modes, so the two counts balance.
+_PEER_UP = int(zmq.EVENT_ACCEPTED | zmq.EVENT_CONNECTED)
+_PEER_DOWN = int(zmq.EVENT_DISCONNECTED)
+_MONITOR_MAX = 10_000  # monitor messages read per poll: a poll is bounded whatever the churn
+
+
+class PeerMonitor:
+    """Counts the peers of one socket from a ZeroMQ socket monitor, off the hot path.
+
+    Create it before the socket binds or connects (so the first peer is seen), poll it from
+    the socket's own thread now and then (:meth:`poll`: non-blocking, bounded), close it
+    before the socket.
+
+    Not ``Socket.get_monitor_socket()``: the PAIR that reads the events must have RCVHWM 0
+    before it connects. libzmq sends monitor events blocking, from its I/O thread; with a
+    bounded pipe, events left unread between two polls would stall that thread, and every
+    socket of the context with it. Unbounded is safe here: the pipe holds only connect and
+    disconnect events, drained at every poll.
+    """
+
+    def __init__(self, ctx: zmq.Context, sock: zmq.Socket, side: str) -> None:
+        self.side = side
+        self.peers = 0  # connected now, as far as the monitor has been read
+        self._sock = sock
+        addr = f"inproc://lobstream-monitor-{side}-{id(self)}"
+        sock.monitor(addr, _PEER_UP | _PEER_DOWN)
+        self._mon = ctx.socket(zmq.PAIR)
+        self._mon.setsockopt(zmq.RCVHWM, 0)
+        self._mon.setsockopt(zmq.LINGER, 0)
+        self._mon.connect(addr)
+
+    def poll(self, metrics: Metrics | None = None) -> tuple[int, int]:
+        """Read what the monitor reported since the last poll; add it to ``metrics``
+        (``<side>.peer_connected`` / ``<side>.peer_disconnected`` and the ``<side>_peers``
+        gauge). Returns ``(connected, disconnected)`` of this poll."""
+        up = down = 0
+        if self._mon is None:
+            return 0, 0
+        for _ in range(_MONITOR_MAX):
+            try:
+                frames = self._mon.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if len(frames[0]) < 6:  # pragma: no cover - not a libzmq v1 monitor event
+                continue
+            event, _value = struct.unpack("=Hi", frames[0][:6])
+            if event & _PEER_UP:
+                up += 1
+            elif event & _PEER_DOWN:
+                down += 1
+        self.peers = max(self.peers + up - down, 0)
+        if metrics is not None and (up or down):
+            metrics.peer_events(self.side, up, down, self.peers)
+        return up, down
+
+    def close(self) -> None:
+        if self._mon is not None:
+            self._sock.disable_monitor()
+            self._mon.close(linger=0)
+            self._mon = None
 
 
 class RateLimitedLog:

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import json
 import logging
-import struct
 
 import numpy as np
 import zmq
 
 from lobstream.engine.config import PublishConfig
+from lobstream.engine.metrics import PeerMonitor
 from lobstream.engine.security import setup_curve
 from lobstream.engine.signals import encode_json, signal_topic
 
@@ -26,17 +26,6 @@ logger = logging.getLogger(__name__)
 
 _NOBLOCK = int(zmq.NOBLOCK)  # plain ints: no enum arithmetic per call
 _MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
-# Peer events of the monitor. A transport connection is a subscriber: ACCEPTED where we bind,
-# CONNECTED where we connect (a lost one is retried by ZeroMQ and CONNECTED again), and
-# DISCONNECTED in both modes, so the two counts balance. Why a monitor and not an XPUB that
-# counts (un)subscriptions: an XPUB passes on a topic's subscription only for its first
-# subscriber and its unsubscription only for its last (unless XPUB_VERBOSER), so a second
-# subscriber, or one of two leaving, goes unseen; its subscription messages must be read or
-# they queue; and it would change the socket every signal goes through. The monitor sees every
-# connection in both modes over ipc:// and tcp:// and is read off the hot path.
-_PEER_UP = int(zmq.EVENT_ACCEPTED | zmq.EVENT_CONNECTED)
-_PEER_DOWN = int(zmq.EVENT_DISCONNECTED)
-_MONITOR_MAX = 10_000  # monitor messages read per poll: a poll is bounded whatever the churn
 
 
 class Publisher:
@@ -61,8 +50,14 @@ class Publisher:
         self.sock.setsockopt(zmq.SNDHWM, cfg.sndhwm)
         self.sock.setsockopt(zmq.LINGER, cfg.linger_ms)
         self.auth = setup_curve(ctx, self.sock, cfg.curve, server=cfg.mode == "bind")
-        self.monitor = self._open_monitor(ctx)
-        self.peers = 0  # connected subscribers, as far as the monitor has been read
+        # Subscribers are counted by a socket monitor, not by making this an XPUB that counts
+        # (un)subscriptions: an XPUB passes on a topic's subscription only for its first
+        # subscriber and its unsubscription only for its last (unless XPUB_VERBOSER), so a
+        # second subscriber, or one of two leaving, goes unseen; its subscription messages
+        # must be read or they queue; and it would change the socket every signal goes
+        # through. The monitor sees every connection, bind or connect, ipc:// or tcp://, and
+        # is read once per heartbeat (poll_peers), never per signal.
+        self.monitor = PeerMonitor(ctx, self.sock, "publish")
         if cfg.mode == "bind":
             self.sock.bind(cfg.endpoint)
         else:
@@ -94,49 +89,12 @@ class Publisher:
             part(topics[i], _MORE_NOBLOCK)
             part(raw[k * size : (k + 1) * size], _NOBLOCK)
 
-    def _open_monitor(self, ctx: zmq.Context) -> zmq.Socket:
-        # before bind/connect, so the first peer is seen. Not get_monitor_socket(): the PAIR
-        # that reads the events must have RCVHWM 0 before it connects. libzmq sends monitor
-        # events blocking, from its I/O thread; with a bounded pipe, events left unread between
-        # two polls would stall that thread (and with it the market-data socket). Unbounded is
-        # safe: the pipe holds only connect/disconnect events, drained every heartbeat.
-        addr = f"inproc://lobstream-pub-monitor-{id(self)}"
-        self.sock.monitor(addr, _PEER_UP | _PEER_DOWN)
-        mon = ctx.socket(zmq.PAIR)
-        mon.setsockopt(zmq.RCVHWM, 0)
-        mon.setsockopt(zmq.LINGER, 0)
-        mon.connect(addr)
-        return mon
-
     def poll_peers(self, metrics=None) -> tuple[int, int]:
-        """Count the subscribers that connected and disconnected since the last poll.
-
-        Non-blocking and bounded; called from the loop thread once per heartbeat, never per
-        signal. Adds to ``publish.peer_connected`` / ``publish.peer_disconnected`` of
-        ``metrics`` (default: the one given at construction) and sets the peers gauge.
-        Returns ``(connected, disconnected)`` of this poll.
-        """
-        up = down = 0
-        mon = self.monitor
-        if mon is None:
-            return 0, 0
-        for _ in range(_MONITOR_MAX):
-            try:
-                frames = mon.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            if len(frames[0]) < 6:  # pragma: no cover - not a libzmq v1 monitor event
-                continue
-            event, _value = struct.unpack("=Hi", frames[0][:6])
-            if event & _PEER_UP:
-                up += 1
-            elif event & _PEER_DOWN:
-                down += 1
-        self.peers = max(self.peers + up - down, 0)
-        m = metrics if metrics is not None else self.metrics
-        if m is not None and (up or down):
-            m.peer_events(up, down, self.peers)
-        return up, down
+        """Count the subscribers that connected and disconnected since the last poll
+        (``publish.peer_connected`` / ``publish.peer_disconnected`` of ``metrics``, default:
+        the one given at construction). Non-blocking and bounded; from the loop thread once
+        per heartbeat. Returns ``(connected, disconnected)`` of this poll."""
+        return self.monitor.poll(metrics if metrics is not None else self.metrics)
 
     def send_status(self, status: dict) -> None:
         try:
@@ -148,10 +106,7 @@ class Publisher:
             logger.debug("status heartbeat dropped: publisher queue full")
 
     def close(self) -> None:
-        if self.monitor is not None:
-            self.sock.disable_monitor()
-            self.monitor.close(linger=0)
-            self.monitor = None
+        self.monitor.close()
         self.sock.close(linger=self.cfg.linger_ms)
         if self.auth is not None:
             self.auth.stop()

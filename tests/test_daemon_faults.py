@@ -83,20 +83,36 @@ class FaultRun:
         self.cfg = cfg
         self.symbols = list(symbols)
         self.ctx = zmq.Context()
-        self.feed = self.ctx.socket(zmq.XPUB)
-        self.feed.setsockopt(zmq.SNDHWM, 0)
-        self.feed.setsockopt(zmq.LINGER, 0)
-        self.feed.bind(cfg.ingest.endpoints[0])
+        self.feed: zmq.Socket | None = None
+        self.open_feed(wait=False)
         self.daemon = Daemon(cfg, self.symbols, load_checked_model(cfg))
         self.thread = threading.Thread(target=self.daemon.run, name="daemon", daemon=True)
         self.thread.start()
         assert self.daemon.started.wait(180), "daemon did not open its sockets"
-        self.feed.setsockopt(zmq.RCVTIMEO, 10_000)
-        assert self.feed.recv()[:1] == b"\x01"  # its subscription: no market data is lost
+        self.wait_subscribed()
         self.sub: zmq.Socket | None = None
         self.sent = 0  # messages sent
         self.heartbeats: list[dict] = []
         self.open_sub()
+
+    def open_feed(self, wait: bool = True) -> None:
+        """The feed binds (again); with ``wait``, returns once the daemon subscribed to it."""
+        assert self.feed is None
+        self.feed = self.ctx.socket(zmq.XPUB)
+        self.feed.setsockopt(zmq.SNDHWM, 0)
+        self.feed.setsockopt(zmq.LINGER, 0)
+        self.feed.bind(self.cfg.ingest.endpoints[0])
+        if wait:
+            self.wait_subscribed()
+
+    def wait_subscribed(self) -> None:
+        # the daemon's subscription reaching the XPUB: no market data sent now is lost
+        self.feed.setsockopt(zmq.RCVTIMEO, 10_000)
+        assert self.feed.recv()[:1] == b"\x01"
+
+    def close_feed(self) -> None:
+        self.feed.close(0)
+        self.feed = None
 
     @property
     def totals(self):
@@ -188,8 +204,19 @@ class FaultRun:
         assert not self.thread.is_alive(), "daemon did not stop"
         if self.sub is not None:
             self.sub.close(0)
-        self.feed.close(0)
+        if self.feed is not None:
+            self.feed.close(0)
         self.ctx.term()
+
+
+def prom_peers(run: FaultRun, side: str) -> tuple[float, float, float]:
+    """Peers of ``side`` on the Prometheus endpoint: (connected, disconnected, now)."""
+    prom = run.scrape()
+    return (
+        prom[f'lobstream_{side}_peer_events_total{{event="connected"}}'],
+        prom[f'lobstream_{side}_peer_events_total{{event="disconnected"}}'],
+        prom[f"lobstream_{side}_peers"],
+    )
 
 
 def backtest_rows(events: np.ndarray, manifest: dict, n: int) -> np.ndarray:
@@ -271,14 +298,12 @@ def test_subscriber_disappears_and_returns(artifact, ipc_dir, mode):
         run.wait_settled()
         got.append(run.collect())
         assert len(got[1]) > 0
-        assert run.daemon.metrics.peers_now._value.get() == 1
+        assert run.daemon.metrics.peers["publish"]._value.get() == 1
         counts = run.heartbeats[-1]["counts"]
         assert counts["publish.peer_connected"] == 2
         assert counts["publish.peer_disconnected"] == 1
-        prom = run.scrape()
-        assert prom['lobstream_publish_peer_events_total{event="connected"}'] == 2
-        assert prom['lobstream_publish_peer_events_total{event="disconnected"}'] == 1
-        assert prom["lobstream_publish_peers"] == 1
+        assert prom_peers(run, "publish") == (2, 1, 1)
+        assert run.totals["ingest.peer_disconnected"] == 0  # the feed stayed
         expected = expected_for(artifact, events, 3)
         check_nothing_lost(run, events, np.concatenate(got), expected)
         # the newest signals went to the new subscriber
@@ -293,11 +318,13 @@ def test_subscriber_disappears_and_returns(artifact, ipc_dir, mode):
 
 
 @pytest.mark.parametrize(
-    "pause_s",
-    [2.5, pytest.param(60.0, marks=pytest.mark.slow)],
-    ids=["pause-2.5s", "pause-60s"],
+    "pause_s, feed_gone",
+    [(2.5, False), (2.5, True), pytest.param(60.0, False, marks=pytest.mark.slow)],
+    ids=["pause-2.5s", "feed-gone-2.5s", "pause-60s"],
 )
-def test_feed_pauses_and_resumes(artifact, ipc_dir, pause_s):
+def test_feed_pauses_and_resumes(artifact, ipc_dir, pause_s, feed_gone):
+    """The feed goes quiet (``feed_gone``: its socket closes, and a new one binds at the end,
+    as a feed handler restarting) and resumes where it stopped."""
     symbols = ["AAA", "BBB", "CCC"]
     events = synthetic_events(3000, n_instruments=3, seed=22, levels=4, snapshot_every=300)
     half = len(events) // 2
@@ -318,6 +345,10 @@ def test_feed_pauses_and_resumes(artifact, ipc_dir, pause_s):
         got = [run.collect()]
         assert run.totals["ingest.idle_periods"] == 0
         paused_at = time.monotonic()
+        until(lambda: run.totals["ingest.peer_connected"] == 1, "the feed counted")
+        if feed_gone:
+            run.close_feed()
+            until(lambda: run.totals["ingest.peer_disconnected"] == 1, "the feed's going")
         # counted while it lasts, not only when it ends
         until(lambda: run.totals["ingest.idle_periods"] == 1, "the pause counted", pause_s)
         assert run.daemon.metrics.idle._value.get() == 1
@@ -328,9 +359,14 @@ def test_feed_pauses_and_resumes(artifact, ipc_dir, pause_s):
         assert during["counts"]["ingest.resumes"] == 0
         # a quiet market is not a broken book: nothing is stale while it is quiet
         assert {v["state"] for v in during["instruments"].values()} == {"healthy"}
+        if feed_gone:
+            run.open_feed()  # the daemon reconnected and subscribed again
         run.send(msgs_b)
         run.wait_settled()
         got.append(run.collect())
+        assert run.totals["ingest.peer_connected"] == 1 + feed_gone
+        assert run.totals["ingest.peer_disconnected"] == int(feed_gone)
+        assert prom_peers(run, "ingest") == (1 + feed_gone, int(feed_gone), 1)
         assert run.totals["ingest.idle_periods"] == 1
         assert run.totals["ingest.resumes"] == 1
         assert run.daemon.metrics.idle._value.get() == 0
