@@ -61,7 +61,7 @@ LOCAL_OBJECT_STORE_BYTES = 256 * 1024**2
 
 
 class RayUnavailable(RuntimeError):
-    """Ray is not installed; the message says how to install it."""
+    """Ray is not installed, or the cluster cannot be reached; the message says which."""
 
 
 def import_ray():
@@ -135,7 +135,13 @@ class RaySession:
                     **self.init,
                 )
             else:
-                ray.init(address=self.address, **self.init)
+                try:
+                    ray.init(address=self.address, **self.init)
+                except (ConnectionError, RuntimeError, ValueError) as exc:
+                    raise RayUnavailable(
+                        f"--ray={self.address}: cannot join that Ray cluster ({exc}); start one "
+                        "with `ray start --head`, or give a bare --ray for a local Ray"
+                    ) from None
             self._started = True
         return ray
 
