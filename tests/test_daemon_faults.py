@@ -318,25 +318,40 @@ def test_subscriber_disappears_and_returns(artifact, ipc_dir, mode):
 
 
 @pytest.mark.parametrize(
-    "pause_s, feed_gone",
-    [(2.5, False), (2.5, True), pytest.param(60.0, False, marks=pytest.mark.slow)],
-    ids=["pause-2.5s", "feed-gone-2.5s", "pause-60s"],
+    "pause_s, feed_gone, warm",
+    [
+        (2.5, False, False),
+        (2.5, True, False),
+        (2.5, False, True),
+        pytest.param(60.0, False, False, marks=pytest.mark.slow),
+    ],
+    ids=["pause-2.5s", "feed-gone-2.5s", "causal-kept-warm-2.5s", "pause-60s"],
 )
-def test_feed_pauses_and_resumes(artifact, ipc_dir, pause_s, feed_gone):
+def test_feed_pauses_and_resumes(artifact, ipc_dir, tmp_path, pause_s, feed_gone, warm):
     """The feed goes quiet (``feed_gone``: its socket closes, and a new one binds at the end,
-    as a feed handler restarting) and resumes where it stopped."""
+    as a feed handler restarting) and resumes where it stopped. ``warm``: a causal model run
+    incrementally, kept warm (``model.keep_warm_ms``) by throwaway calls during the pause,
+    which must not move any instrument's state."""
     symbols = ["AAA", "BBB", "CCC"]
     events = synthetic_events(3000, n_instruments=3, seed=22, levels=4, snapshot_every=300)
     half = len(events) // 2
     # exchange time passes during the pause as well
     events["ts_event"][half:] += int(pause_s * 1e9)
     msgs_a, msgs_b = packets(events[:half]), packets(events[half:])
+    model_path, model_t = artifact, {}
+    if warm:
+        from tests.test_daemon_causal import TC, export_causal
+
+        model_path = tmp_path / "causal.pt"
+        export_causal(model_path)
+        model_t = {"window": TC, "keep_warm_ms": 100.0}
     cfg = make_cfg(
         ipc_dir,
-        artifact,
+        model_path,
         symbols,
         ingest={"idle_after_s": 1.0},
         metrics={"address": "127.0.0.1:0"},
+        model=model_t,
     )
     run = FaultRun(cfg, symbols)
     try:
@@ -354,6 +369,9 @@ def test_feed_pauses_and_resumes(artifact, ipc_dir, pause_s, feed_gone):
         assert run.daemon.metrics.idle._value.get() == 1
         while time.monotonic() < paused_at + pause_s:  # the rest of the pause, heartbeats on
             got.append(run.collect(idle_s=0.1))
+        if warm:
+            assert run.daemon.model.inference == "incremental"
+            until(lambda: run.totals["keep_warm_calls"] > 0, "a keep-warm call", pause_s)
         during = run.heartbeats[-1]
         assert during["counts"]["ingest.idle_periods"] == 1
         assert during["counts"]["ingest.resumes"] == 0
@@ -383,7 +401,7 @@ def test_feed_pauses_and_resumes(artifact, ipc_dir, pause_s, feed_gone):
         before = events["ts_event"][:half].max()
         for i in range(3):
             assert (sig["ts_event"][sig["instrument"] == i] > before).any(), symbols[i]
-        check_nothing_lost(run, events, sig, expected_for(artifact, events, 3))
+        check_nothing_lost(run, events, sig, expected_for(model_path, events, 3))
     finally:
         run.stop()
 
