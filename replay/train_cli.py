@@ -15,6 +15,7 @@ import numpy as np
 from click.core import ParameterSource
 
 from lobstream.models.zoo import ARCHITECTURES
+from lobstream.replay.sweep import sweep_options  # train --sweep [--ray]: lobstream.replay.sweep
 
 logger = logging.getLogger(__name__)
 
@@ -270,6 +271,7 @@ def run_training(
 
 
 @click.command("train")
+@sweep_options
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option(
     "--arch", type=click.Choice(sorted(ARCHITECTURES)), default="deeplob", show_default=True
