@@ -131,11 +131,11 @@ class InferenceWorker:
 
     def take(self) -> list[tuple]:
         """Finished calls, oldest first: ``(tag, probs, error, t_done_ns)`` each."""
-        try:
-            while True:
-                self.sock.recv(zmq.NOBLOCK)
-        except zmq.Again:
-            pass
+        # the loop calls this twice a round: asking for readiness (~2 us here) costs half of a
+        # recv that raises zmq.Again on an empty socket, the common case at low load
+        sock, events, pollin = self.sock, zmq.EVENTS, zmq.POLLIN
+        while sock.getsockopt(events) & pollin:
+            sock.recv(zmq.NOBLOCK)
         out = []
         while self._done:
             out.append(self._done.popleft())
