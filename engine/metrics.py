@@ -3,6 +3,10 @@
 Metrics live in their own ``CollectorRegistry`` (so tests and several daemons in one process do
 not collide) and every label value is created at start-up, so a scrape shows zeros rather than
 missing series. Latencies are Histograms in seconds with microsecond-scale buckets.
+
+The faults the daemon serves through are counted here too: peers of its sockets coming and
+going (:class:`PeerMonitor`, a ZeroMQ socket monitor read off the hot path), market-data pauses
+and their ends, reloads; the heartbeat's ``counts`` show them from the start, as zeros.
 """
 
 from __future__ import annotations
