@@ -276,6 +276,44 @@ def _model_file(model: str | Path | bytes) -> Path:
     return path
 
 
+# per worker process: (model file, device, batch, threads) -> (manifest, module, ModelRunner).
+# A worker runs task after task; loading and warming the runner (every micro-batch size) once
+# per process instead of once per task is what a one-process run does for all its files.
+_RUNNERS: dict[tuple, tuple] = {}
+
+
+def _scorer(path: Path, device: str, scorer: str, batch: int, threads, n_inst: int):
+    """(manifest, a fresh scorer) of the artifact: a full-window scorer over this process's
+    cached runner (the scorer's carry is new, the runner stateless between calls), or
+    :func:`make_scorer`'s (incremental runners hold per-slot state: never shared)."""
+    from lobstream.models.artifact import load_model
+    from lobstream.replay.backtest import (
+        WindowScorer,
+        choose_scorer,
+        make_scorer,
+        spec_from_manifest,
+    )
+
+    key = (str(path), os.path.getmtime(path), device, int(batch), threads)
+    if key not in _RUNNERS:
+        module, manifest = load_model(path, device=device)
+        _RUNNERS.clear()  # one artifact at a time per worker
+        _RUNNERS[key] = (manifest, module, None)
+    manifest, module, runner = _RUNNERS[key]
+    if choose_scorer(manifest, scorer, device) != "full-window":
+        return manifest, make_scorer(
+            module, manifest, scorer=scorer, device=device, batch=batch, threads=threads,
+            n_instruments=n_inst,
+        )  # fmt: skip
+    if runner is None:
+        from lobstream.models.runner import ModelRunner
+
+        runner = ModelRunner(module, manifest, device=device, max_batch=batch, threads=threads)
+        _RUNNERS[key] = (manifest, module, runner)
+    T, F = int(manifest["T"]), spec_from_manifest(manifest).n_features
+    return manifest, WindowScorer(runner, T, F, batch)
+
+
 def backtest_unit(
     paths: Sequence[str | Path],
     model: str | Path | bytes,
@@ -300,8 +338,7 @@ def backtest_unit(
     to kill the worker mid-task)."""
     import torch
 
-    from lobstream.models.artifact import load_model
-    from lobstream.replay.backtest import make_scorer, run_backtest
+    from lobstream.replay.backtest import run_backtest
     from lobstream.replay.readers import DEFAULT_BATCH_ROWS, read_events
     from lobstream.replay.streaming import evaluator_for
 
@@ -310,17 +347,8 @@ def backtest_unit(
         torch.set_num_threads(int(threads))
     registry = Registry(list(registry))
     files = list(range(len(paths))) if files is None else list(files)
-    module, manifest = load_model(_model_file(model), device=device)
     n_inst = max(1, len(registry))
-    sc = make_scorer(
-        module,
-        manifest,
-        scorer=scorer,
-        device=device,
-        batch=batch,
-        threads=threads,
-        n_instruments=n_inst,
-    )
+    manifest, sc = _scorer(_model_file(model), device, scorer, batch, threads, n_inst)
     ev = evaluator_for(manifest, config, thresholds, n_instruments=n_inst)
     rows = [0] * len(paths)
     events = [0] * len(paths)
