@@ -275,7 +275,9 @@ class Daemon:
                 if now >= next_poll:
                     self._check_file()
                     next_poll = now + self.cfg.model.reload_poll_s
-                if self._reload.is_set():
+                if self._reload.is_set() and self._reload_idle():
+                    # a request waits while a load runs or its model waits to be swapped in:
+                    # one started then would be ignored, or its model dropped by the swap
                     self._reload.clear()
                     self._start_reload("request")
         finally:
@@ -551,9 +553,12 @@ class Daemon:
         except OSError:
             return  # a file being replaced; the next poll sees the new one
         if (st.st_mtime_ns, st.st_size) != (self.model.mtime_ns, self.model.size):
-            idle = self._loader is None or not self._loader.is_alive()
-            if idle and self._pending is None:
+            if self._reload_idle():
                 self._start_reload("file change")
+
+    def _reload_idle(self) -> bool:
+        """No load running and no loaded model waiting for the swap."""
+        return self._pending is None and (self._loader is None or not self._loader.is_alive())
 
     def _start_reload(self, why: str) -> None:
         if self._loader is not None and self._loader.is_alive():

@@ -83,3 +83,51 @@ def test_keep_warm_calls_change_no_signal(ipc_dir, tmp_path, kind):
     for i in range(2):
         mine = signals[signals["instrument"] == i]
         assert int(mine["seq"].max()) == max(k[1] for k in expected if k[0] == i)
+
+
+def test_a_reload_request_during_a_load_is_served_after_it(ipc_dir, tmp_path, monkeypatch):
+    """A second reload request (a newer file) while the first load is still warming up waits
+    for that load and its swap instead of being ignored: the daemon ends on the newest file.
+    The first load is held after it has read its file, so the order is fixed, not timed."""
+    import threading
+
+    import lobstream.engine.daemon as daemon_mod
+    from lobstream.models.artifact import sha256_file
+
+    real = daemon_mod.load_checked_model
+    read_first, release = threading.Event(), threading.Event()
+    calls = []
+
+    def held(cfg, n=None):
+        model = real(cfg, n)
+        calls.append(model.sha256)
+        if len(calls) == 1:
+            read_first.set()
+            release.wait(30)  # a slow warm-up, until the test lets it go
+        return model
+
+    monkeypatch.setattr(daemon_mod, "load_checked_model", held)
+    live = tmp_path / "live.pt"
+    export_test_model(live, seed=0)
+    cfg = make_cfg(ipc_dir, live, SYMBOLS)  # reload_poll_s = 0: only requests reload
+    run = Running(cfg, SYMBOLS)
+    try:
+        export_test_model(live, seed=1)
+        run.daemon.request_reload()
+        assert read_first.wait(30)
+        export_test_model(live, seed=2)
+        newest = sha256_file(live)
+        run.daemon.request_reload()
+        for _ in range(20):  # the loop has seen the request (it keeps it while a load runs)
+            time.sleep(0.01)
+        release.set()
+        for _ in range(3000):
+            if run.daemon.model.sha256 == newest:
+                break
+            time.sleep(0.01)
+        final = run.daemon.model.sha256
+        ok = run.daemon.metrics.totals["reloads.ok"]
+    finally:
+        release.set()
+        run.stop()
+    assert final == newest and ok == 2 and len(calls) == 2
