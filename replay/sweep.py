@@ -195,8 +195,9 @@ def sweep_options(command_fn):
     return ray_option(wrapper)
 
 
-def _base_from_cli(p: dict[str, Any]) -> dict[str, Any]:
-    """run_training's keywords (but files, out) from the train command's parameters."""
+def _base_from_cli(p: dict[str, Any], grid: dict[str, list[Any]]) -> dict[str, Any]:
+    """run_training's keywords (but files, out) from the train command's parameters
+    (``--horizons``/``--loss-weights``: every trial a multi-horizon model)."""
     from lobstream.models.train import TrainConfig
     from lobstream.replay.train_cli import _alpha, _split
 
@@ -206,9 +207,26 @@ def _base_from_cli(p: dict[str, Any]) -> dict[str, Any]:
     tc = TrainConfig(
         **{k: p[k] for k in keys if p.get(k) is not None}, sequence=not p.get("per_window")
     )
+    horizon = p.get("horizon")
+    heads: dict[str, Any] = {}
+    if p.get("horizons"):  # one multi-horizon model per trial
+        if "horizon" in grid:
+            raise click.UsageError(
+                "--sweep horizon=... trains one horizon per trial: leave --horizons out"
+            )
+        from lobstream.replay.train_cli import _heads_options
+
+        hs, lw = _heads_options(None, p["horizons"], p.get("loss_weights"))
+        heads = {"horizons": hs if len(hs) > 1 else None, "loss_weights": lw}
+        horizon = hs[0]
+    elif horizon is None:
+        if "horizon" not in grid:
+            raise click.UsageError("give --horizon K, or sweep it: --sweep 'horizon=10,50 ...'")
+        horizon = grid["horizon"][0]
     return {
+        **heads,
         "arch": p["arch"],
-        "horizon": p["horizon"],
+        "horizon": horizon,
         "horizon_unit": p["horizon_unit"],
         "alpha": _alpha(p["alpha"]),
         "label_kind": p["label"],
@@ -237,7 +255,7 @@ def sweep_command(spec: str, ray_address: str | None, p: dict[str, Any]) -> None
         grid = parse_sweep(spec)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--sweep") from None
-    base = _base_from_cli(p)
+    base = _base_from_cli(p, grid)
     err = Console(stderr=True)
     n = len(trials(grid))
     err.print(f"[dim]sweep: {n} trial(s) of {', '.join(grid)}{' on Ray' if ray_address else ''}")

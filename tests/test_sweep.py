@@ -67,6 +67,22 @@ def test_train_sweep_writes_table_and_best_artifact(tmp_path):
     assert manifest["feature"]["kind"] == best["params"]["features"]
 
 
+def test_sweep_of_horizon_needs_no_horizon_option_and_multi_head_trials(tmp_path):
+    args = sweep_args(tmp_path, "horizon=10,20")
+    k = args.index("--horizon")
+    res = CliRunner().invoke(main, args[:k] + args[k + 2 :])
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "sweep.json").read_text())
+    assert [t["params"]["horizon"] for t in report["trials"]] == [10.0, 20.0]
+    heads = args[:k] + ["--horizons", "10,20"] + args[k + 2 : -2] + ["--sweep", "arch=binctabl"]
+    res = CliRunner().invoke(main, heads)
+    assert res.exit_code == 0, res.output
+    from lobstream.models.artifact import load_model
+
+    _, manifest = load_model(tmp_path / "best.pt")
+    assert len(manifest["heads"]) == 2
+
+
 def test_ray_without_sweep_is_refused(tmp_path):
     args = sweep_args(tmp_path, "horizon=10")[:-2] + ["--ray"]
     res = CliRunner().invoke(main, args)
