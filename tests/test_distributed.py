@@ -198,3 +198,41 @@ def test_bare_ray_before_a_file_is_refused(files):
     )
     assert res.exit_code == 2
     assert "--ray=ADDRESS" in res.output
+
+
+def test_units_merged_equal_one_process_for_a_multi_horizon_artifact(files, tmp_path):
+    """evaluator_for gives a multi-head evaluator for such an artifact: same interface, same
+    exact merge."""
+    from lobstream.models.artifact import load_model
+    from lobstream.models.train import TrainConfig
+    from lobstream.replay.train_cli import run_training
+
+    model = tmp_path / "heads.pt"
+    tc = TrainConfig(epochs=1, max_train_windows=200, device="cpu", threads=1)
+    run_training(
+        [str(SAMPLES / GOOG.format("message"))], arch="binctabl", horizon=10,
+        horizons=(10, 20), window=20, max_events=3000, train_config=tc, out=model,
+    )  # fmt: skip
+    _, manifest = load_model(model)
+    assert len(manifest["heads"]) == 2
+    evs = []
+
+    def sink(m):
+        evs.append(evaluator_for(m, config_for(m), THRESHOLDS))
+        return evs[0].add
+
+    result, _, reg = backtest_files(files, model, keep_rows=False, rows_sink=sink)
+    evs[0].finish()
+    ticks = {i.id: float(i.tick_size) for i in reg}
+    one, one_trades = evs[0].summary(result, tick_sizes=ticks)
+    reg2, units = plan([file_instruments(p, Registry()) for p in files], Registry())
+    parts = [
+        backtest_unit([files[k] for k in u], model, reg2, config_for(manifest), THRESHOLDS, files=u)
+        for u in units
+    ]
+    res2, ev2 = merge_units(parts[::-1], len(files), 1.0)
+    summary, trades = ev2.summary(res2, tick_sizes=ticks)
+    assert comparable(summary) == comparable(one)
+    assert len(summary["heads"]) == 2
+    for a, b in zip(one_trades, trades, strict=True):
+        np.testing.assert_array_equal(a, b)
