@@ -154,3 +154,23 @@ def test_train_sweep_on_ray_equals_in_process(local_ray, tmp_path):
     assert [{k: t[k] for k in keys} for t in a["trials"]] == [
         {k: t[k] for k in keys} for t in b["trials"]
     ]
+
+
+def test_cli_convert_ray_equals_cli_convert(local_ray, files, tmp_path):
+    from click.testing import CliRunner
+
+    from lobstream.engine.cli import main
+
+    runner = CliRunner()
+    out = {}
+    for name, extra in (("one", []), ("ray", ["--ray"])):
+        res = runner.invoke(
+            main, ["convert", *map(str, files), "--out", str(tmp_path / name), "--json", *extra]
+        )
+        assert res.exit_code == 0, res.output
+        out[name] = json.loads(res.output.strip().splitlines()[-1])
+    assert out["ray"]["inputs"] == out["one"]["inputs"]
+    assert out["ray"]["events"] == out["one"]["events"]
+    rel = {k: {str(Path(p).relative_to(tmp_path / k)): n for p, n in out[k]["written"].items()}
+           for k in out}  # fmt: skip
+    assert rel["ray"] == rel["one"]
