@@ -26,6 +26,12 @@ in the command's order, and
    command's order, each file's rows contiguous there) and merges the evaluators
    (``merge``: counts add, trades join and are ordered by exit time then row).
 
+A canonical Parquet dataset folder is expanded into its part files (what its reader reads, in
+its order; one instrument each), so its instruments are units of their own. A file that holds
+several instruments interleaved (a multi-symbol Databento or Tardis file) is one unit: its
+instruments are scored in one task (splitting it would need each task to number its rows
+among all the file's rows, not done).
+
 Confusion matrices, signal counts, trades and every number of the summary are then equal to
 the one-process run's (tests/test_ray.py); only ``seconds`` differ, and the calibration bins'
 float sums (plots) are added in another order. ``--max-rows`` cuts the one stream at a row and
@@ -171,7 +177,16 @@ def file_instruments(
 
     reg = Registry(list(registry))
     mod = reader_for(path, fmt)
-    if mod.FORMAT == "lobster":
+    if mod.FORMAT == "parquet" and Path(path).is_file():
+        import polars as pl
+
+        # one instrument per part file: its first row names it (what read() registers)
+        head = pl.read_parquet(path, columns=["symbol", "tick_size"], n_rows=1)
+        symbols = []
+        if len(head) and head["symbol"][0] is not None and head["tick_size"][0] is not None:
+            reg.add(head["symbol"][0], head["tick_size"][0])
+            symbols = [head["symbol"][0]]
+    elif mod.FORMAT == "lobster":
         from lobstream.replay.readers import lobster
 
         symbol = lobster.parse_name(lobster.pair_paths(path)[0]).symbol
@@ -226,6 +241,22 @@ def plan(
     return reg, sorted(units.values())
 
 
+def expand(paths: Sequence[str | Path], fmt: str = "auto") -> list[str]:
+    """The files the one-process run reads, in its order: a canonical Parquet dataset folder
+    becomes its part files (one instrument each), so its instruments can be separate units."""
+    from lobstream.replay.readers import reader_for
+
+    out: list[str] = []
+    for p in paths:
+        if Path(p).is_dir() and reader_for(p, fmt).FORMAT == "parquet":
+            from lobstream.replay.readers.parquet import part_files
+
+            out.extend(str(f) for f in part_files(p))
+        else:
+            out.append(str(p))
+    return out
+
+
 def _scan_all(ray, paths, registry, fmt, skip_bad):
     out: list[Any] = [None] * len(paths)
     remote = ray.remote(num_cpus=1)(file_instruments)
@@ -233,7 +264,8 @@ def _scan_all(ray, paths, registry, fmt, skip_bad):
     from lobstream.replay.readers import reader_for
 
     for k, p in enumerate(paths):
-        if reader_for(p, fmt).FORMAT == "lobster":  # the name says it: no task
+        fast = reader_for(p, fmt).FORMAT in ("lobster", "parquet") and Path(p).is_file()
+        if fast:  # the name or the first row says it: no task
             out[k] = file_instruments(p, registry, fmt, skip_bad)
         else:
             pending[k] = remote.remote(str(p), registry, fmt, skip_bad)
@@ -484,7 +516,7 @@ def backtest_on_ray(
     from lobstream.models.artifact import load_model
 
     t0 = time.perf_counter()
-    paths = [str(p) for p in paths]
+    paths = expand(paths, fmt)
     base = Registry() if registry is None else registry
     reg, units = plan(_scan_all(ray, paths, base, fmt, skip_bad), base)
     _, manifest = load_model(model_path)
@@ -574,7 +606,8 @@ def convert_on_ray(
     from lobstream.replay.convert import ConvertSummary
 
     t0 = time.perf_counter()
-    paths = [Path(p) for p in paths]
+    given = [Path(p) for p in paths]
+    paths = [Path(p) for p in expand(given, fmt)]
     base = Registry() if registry is None else registry
     reg, units = plan(_scan_all(ray, [str(p) for p in paths], base, fmt, skip_bad), base)
     task = ray.remote(num_cpus=1, max_retries=max_retries)(convert_unit)
@@ -599,7 +632,13 @@ def convert_on_ray(
         summary.written.update(written)
         for kind, n in counts.items():
             summary.defects.add(kind, first.get(kind, ""), n)
-    summary.inputs = {p: inputs[p] for p in paths}
+    if paths == given:
+        summary.inputs = {p: inputs[p] for p in paths}
+    else:  # per input as given: a dataset folder sums its part files
+        for p in paths:
+            owner = next(g for g in given if p == g or g in p.parents)
+            f, n = inputs[p]
+            summary.inputs[owner] = (f, summary.inputs.get(owner, (f, 0))[1] + n)
     summary.written = dict(sorted(summary.written.items()))
     summary.seconds = time.perf_counter() - t0
     if registry is not None:

@@ -174,3 +174,15 @@ def test_cli_convert_ray_equals_cli_convert(local_ray, files, tmp_path):
     rel = {k: {str(Path(p).relative_to(tmp_path / k)): n for p, n in out[k]["written"].items()}
            for k in out}  # fmt: skip
     assert rel["ray"] == rel["one"]
+
+
+def test_parquet_dataset_folder_is_split_by_instrument(local_ray, files, tmp_path):
+    from lobstream.kernels.registry import Registry
+    from lobstream.replay.convert import convert
+
+    convert(files, tmp_path / "ds", Registry(), rows_per_file=3000)
+    one = one_process([tmp_path / "ds"])
+    run = backtest_on_ray([tmp_path / "ds"], MODEL, config_for=config_for, thresholds=THRESHOLDS)
+    assert len(run.units) == 3  # one per instrument, GOOGA's parts in one
+    summary, trades = _summary(run)
+    assert_same(one, summary, trades, run.evaluator)
