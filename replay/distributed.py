@@ -19,7 +19,7 @@ in the command's order, and
 1. the driver first learns each file's symbols (LOBSTER: from the file name; other formats: a
    reading pass, as Ray tasks) and builds the registry the one-process run would build, in the
    same order (its ids), which every task gets: ids agree everywhere, no remapping by symbol;
-2. each unit's task replays its files into an evaluator (:func:`lobstream.replay.streaming.
+2. each unit's task (or each instrument's, see below) replays its files into an evaluator (:func:`lobstream.replay.streaming.
    evaluator_for`) and finishes it (end of its instruments' streams: the last labels, open
    positions closed at the instrument's last row), counting rows and events per file;
 3. the driver renumbers each unit's rows into the whole stream's numbering (files in the
@@ -27,10 +27,12 @@ in the command's order, and
    (``merge``: counts add, trades join and are ordered by exit time then row).
 
 A canonical Parquet dataset folder is expanded into its part files (what its reader reads, in
-its order; one instrument each), so its instruments are units of their own. A file that holds
-several instruments interleaved (a multi-symbol Databento or Tardis file) is one unit: its
-instruments are scored in one task (splitting it would need each task to number its rows
-among all the file's rows, not done).
+its order; one instrument each), so its instruments are units of their own. A unit of several
+instruments (a file that holds several, interleaved: a multi-symbol Databento or Tardis file)
+becomes one task per instrument (:func:`split_units`): each task reads all of the unit's files
+and runs the book over every event (cheap next to the model), scores only its instrument's
+rows, and records where they sit among all the unit's rows (``segments``), which is what the
+renumbering needs; one task of the unit counts its events and kernel conditions.
 
 Confusion matrices, signal counts, trades and every number of the summary are then equal to
 the one-process run's (tests/test_ray.py); only ``seconds`` differ, and the calibration bins'
@@ -257,6 +259,23 @@ def expand(paths: Sequence[str | Path], fmt: str = "auto") -> list[str]:
     return out
 
 
+def split_units(
+    units: Sequence[list[int]], scans, registry: Registry, split: bool = True
+) -> list[tuple[list[int], list[int] | None, bool]]:
+    """Tasks of the units: (files, instrument ids to score or None for all, whether it counts
+    the unit's events and conditions). A unit of several instruments (a file holding several)
+    becomes one task per instrument when ``split``: each reads the unit's files, scores its
+    own instrument's rows and numbers them among all the unit's rows."""
+    out: list[tuple[list[int], list[int] | None, bool]] = []
+    for u in units:
+        ids = sorted({registry.by_symbol(s).id for k in u for s in scans[k][1]})
+        if not split or len(ids) <= 1:
+            out.append((u, None, True))
+        else:
+            out.extend((u, [i], j == 0) for j, i in enumerate(ids))
+    return out
+
+
 def _scan_all(ray, paths, registry, fmt, skip_bad):
     out: list[Any] = [None] * len(paths)
     remote = ray.remote(num_cpus=1)(file_instruments)
@@ -291,6 +310,11 @@ class UnitResult:
     seconds: float
     peak_rss_kib: int  # ru_maxrss of the process that ran it, at its end
     pid: int
+    # the instruments this task scored (None: all of its files'); its rows are then a subset
+    # of the unit's: runs of them, as (first own row, its row among all the unit's rows)
+    instruments: list[int] | None = None
+    own_rows: int = 0
+    segments: tuple[list[int], list[int]] = ([0], [0])
 
 
 def _model_file(model: str | Path | bytes) -> Path:
@@ -346,6 +370,29 @@ def _scorer(path: Path, device: str, scorer: str, batch: int, threads, n_inst: i
     return manifest, WindowScorer(runner, T, F, batch)
 
 
+class _OnlyScorer:
+    """A scorer that scores the rows of some instruments only (NaN for the others): their
+    windows and carries are exactly those the one-process scorer gives them."""
+
+    def __init__(self, inner, own: np.ndarray) -> None:
+        self.inner, self.own, self.name = inner, own, inner.name
+
+    @property
+    def n_windows(self) -> int:
+        return self.inner.n_windows
+
+    def score(self, rows: np.ndarray, meta: np.ndarray) -> np.ndarray:
+        idx = np.flatnonzero(self.own[meta["instrument"]])
+        if len(idx) == len(meta):
+            return self.inner.score(rows, meta)
+        if not len(idx):
+            return np.full((len(meta), 3), np.nan, np.float32)  # no own row: never added
+        p = self.inner.score(rows[idx], meta[idx])
+        out = np.full((len(meta), *p.shape[1:]), np.nan, p.dtype)
+        out[idx] = p
+        return out
+
+
 def backtest_unit(
     paths: Sequence[str | Path],
     model: str | Path | bytes,
@@ -362,8 +409,15 @@ def backtest_unit(
     skip_bad: bool = False,
     scorer: str = "auto",
     hook: Callable[[list[int], int, int], None] | None = None,
+    instruments: Sequence[int] | None = None,
+    count_all: bool = True,
 ) -> UnitResult:
     """Backtest one unit's files (in order, as one stream) into a finished evaluator.
+
+    ``instruments``: score only these ids (the book still runs over every event of the files,
+    so their rows are the one-process rows); the rows are then numbered among all of the
+    unit's rows (``segments``). ``count_all``: report the events and kernel conditions of the
+    whole unit (exactly one task of a split unit does).
 
     ``registry`` should already hold every instrument of the run (:func:`plan`), so ids are the
     run's. ``hook(files, file_position, rows_so_far)`` is called after each chunk (tests use it
@@ -381,10 +435,18 @@ def backtest_unit(
     files = list(range(len(paths))) if files is None else list(files)
     n_inst = max(1, len(registry))
     manifest, sc = _scorer(_model_file(model), device, scorer, batch, threads, n_inst)
+    own = None
+    if instruments is not None:
+        own = np.zeros(n_inst, bool)
+        own[list(instruments)] = True
+        sc = _OnlyScorer(sc, own)
     ev = evaluator_for(manifest, config, thresholds, n_instruments=n_inst)
     rows = [0] * len(paths)
     events = [0] * len(paths)
     current = [0]
+    n_own = [0]
+    seg_local: list[int] = []
+    seg_unit: list[int] = []
 
     def batches():
         for k, p in enumerate(paths):
@@ -401,8 +463,23 @@ def backtest_unit(
 
     def on_rows(meta: np.ndarray, probs: np.ndarray) -> None:
         # a chunk's rows all come from the batch just read, so from file current[0]
+        first = sum(rows)  # the chunk's first row among all the unit's rows
         rows[current[0]] += len(meta)
-        ev.add(meta, probs)
+        if own is None:
+            idx = None
+            runs = np.zeros(1 if len(meta) else 0, np.int64)
+        else:
+            idx = np.flatnonzero(own[meta["instrument"]])
+            runs = np.flatnonzero(np.diff(idx, prepend=-2) != 1)  # where a run of own rows starts
+        for r in runs.tolist():
+            seg_local.append(n_own[0] + r)
+            seg_unit.append(first + (r if idx is None else int(idx[r])))
+        if idx is None:
+            ev.add(meta, probs)
+            n_own[0] += len(meta)
+        elif len(idx):
+            ev.add(meta[idx], probs[idx])
+            n_own[0] += len(idx)
         if hook is not None:
             hook(files, current[0], sum(rows))
 
@@ -424,14 +501,17 @@ def backtest_unit(
     return UnitResult(
         files,
         rows,
-        events,
+        events if count_all else [0] * len(paths),
         result.n_windows,
-        dict(result.report),
+        dict(result.report) if count_all else {},
         result.scorer,
         ev,
         time.perf_counter() - t0,
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
         os.getpid(),
+        None if instruments is None else sorted(int(i) for i in instruments),
+        n_own[0],
+        (seg_local, seg_unit),
     )
 
 
@@ -450,11 +530,15 @@ def merge_units(units: Sequence[UnitResult], n_files: int, seconds: float):
     starts = np.concatenate(([0], np.cumsum(rows)[:-1]))
     merged = None
     report: dict[str, int] = {}
-    for u in sorted(units, key=lambda u: u.files[0]):
+    for u in sorted(units, key=lambda u: (u.files[0], u.instruments or [])):
         # a private, writable copy: Ray hands out results as read-only zero-copy arrays
         ev = copy.deepcopy(u.evaluator)
-        local = np.concatenate(([0], np.cumsum(u.rows)[:-1]))
-        ev.remap_rows(local, starts[u.files])
+        local, unit_row = (np.asarray(x, np.int64) for x in u.segments)
+        if len(local):
+            # a row among the unit's rows -> its file (of the unit) -> the one stream's row
+            file_start = np.concatenate(([0], np.cumsum(u.rows)[:-1]))
+            k = np.searchsorted(file_start, unit_row, side="right") - 1
+            ev.remap_rows(local, unit_row - file_start[k] + starts[np.asarray(u.files)[k]])
         merged = ev if merged is None else merged.merge(ev)
         for k, v in u.report.items():
             report[k] = report.get(k, 0) + int(v)
@@ -469,7 +553,7 @@ def merge_units(units: Sequence[UnitResult], n_files: int, seconds: float):
         sum(u.n_windows for u in units),
         seconds,
         {k: report[k] for k in sorted(report)},
-        int(rows.sum()),
+        sum(u.own_rows for u in units),
         scorers.pop() if len(scorers) == 1 else ",".join(sorted(scorers)),
     )
     return result, merged
@@ -504,6 +588,7 @@ def backtest_on_ray(
     max_retries: int = 3,
     hook: Callable[[list[int], int, int], None] | None = None,
     on_unit: Callable[[int, int], None] | None = None,
+    split_instruments: bool = True,
 ) -> DistributedBacktest:
     """The backtest of ``paths`` as one-process ``lobstream backtest`` runs it, on the Ray
     this process is connected to (see :class:`RaySession`): one task per unit (module
@@ -518,7 +603,8 @@ def backtest_on_ray(
     t0 = time.perf_counter()
     paths = expand(paths, fmt)
     base = Registry() if registry is None else registry
-    reg, units = plan(_scan_all(ray, paths, base, fmt, skip_bad), base)
+    scans = _scan_all(ray, paths, base, fmt, skip_bad)
+    reg, units = plan(scans, base)
     _, manifest = load_model(model_path)
     config = config_for(manifest)
     model_ref = ray.put(Path(model_path).read_bytes())
@@ -540,8 +626,10 @@ def backtest_on_ray(
             skip_bad=skip_bad,
             scorer=scorer,
             hook=hook,
+            instruments=only,
+            count_all=first,
         )
-        for u in units
+        for u, only, first in split_units(units, scans, reg, split_instruments)
     ]
     done: list[UnitResult] = []
     pending = list(refs)

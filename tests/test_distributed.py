@@ -67,6 +67,24 @@ def test_files(tmp: Path, data_dir: Path | None = None) -> list[Path]:
 test_files.__test__ = False  # a helper, not a test
 
 
+def write_two_symbol_tardis(path: Path, n: int = 2500) -> Path:
+    """A Tardis book_snapshot_10 file of two instruments, row for row interleaved (x:AAA and
+    x:BBB, each a stretch of the GOOG day's 10-level books)."""
+    books = gzip.open(SAMPLES / GOOG.format("orderbook"), "rt").read().splitlines()
+    head = ["exchange", "symbol", "timestamp", "local_timestamp"]
+    for i in range(10):
+        head += [f"asks[{i}].price", f"asks[{i}].amount", f"bids[{i}].price", f"bids[{i}].amount"]
+    lines = [",".join(head)]
+    for j in range(n):
+        ts = 1_340_280_000_000_000 + 1000 * j
+        for sym, row in (("AAA", books[j]), ("BBB", books[n + j])):
+            vals = [int(v) for v in row.split(",")]
+            cells = [f"{v / 10000:.2f}" if c % 2 == 0 else str(v) for c, v in enumerate(vals)]
+            lines.append(",".join(["x", sym, str(ts), str(ts + 5), *cells]))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def config_for(manifest: dict):
     return trading_config_for(manifest, **CFG)
 
@@ -236,3 +254,30 @@ def test_units_merged_equal_one_process_for_a_multi_horizon_artifact(files, tmp_
     assert len(summary["heads"]) == 2
     for a, b in zip(one_trades, trades, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_file_of_two_instruments_split_into_tasks_equals_one_process(files, tmp_path):
+    from lobstream.models.artifact import load_model
+    from lobstream.replay.distributed import split_units
+
+    both = write_two_symbol_tardis(tmp_path / "x_two_book_snapshot_10.csv")
+    paths = [files[0], both, files[2]]
+    one = one_process(paths)
+    scans = [file_instruments(p, Registry()) for p in paths]
+    reg, units = plan(scans, Registry())
+    assert units == [[0, 2], [1]]
+    tasks = split_units(units, scans, reg)
+    assert [(u, only, first) for u, only, first in tasks] == [
+        ([0, 2], None, True), ([1], [1], True), ([1], [2], False)
+    ]  # fmt: skip
+    _, manifest = load_model(MODEL)
+    parts = [
+        backtest_unit([paths[k] for k in u], MODEL, reg, config_for(manifest), THRESHOLDS,
+                      files=u, instruments=only, count_all=first)
+        for u, only, first in tasks
+    ]  # fmt: skip
+    result, ev = merge_units(parts[::-1], len(paths), 1.0)
+    summary, trades = ev.summary(result, tick_sizes={i.id: float(i.tick_size) for i in reg})
+    assert_same(one, summary, trades, ev)
+    per = one[0]["trading"]["per_instrument"]
+    assert per["1"]["n_trades"] > 0 and per["2"]["n_trades"] > 0

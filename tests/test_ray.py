@@ -186,3 +186,16 @@ def test_parquet_dataset_folder_is_split_by_instrument(local_ray, files, tmp_pat
     assert len(run.units) == 3  # one per instrument, GOOGA's parts in one
     summary, trades = _summary(run)
     assert_same(one, summary, trades, run.evaluator)
+
+
+def test_a_file_of_two_instruments_on_ray_is_two_tasks_and_equal(local_ray, files, tmp_path):
+    from tests.test_distributed import write_two_symbol_tardis
+
+    paths = [files[0], write_two_symbol_tardis(tmp_path / "x_two_book_snapshot_10.csv"), files[2]]
+    one = one_process(paths)
+    run = backtest_on_ray(paths, MODEL, config_for=config_for, thresholds=THRESHOLDS)
+    assert sorted((u.files, u.instruments) for u in run.units) == [
+        ([0, 2], None), ([1], [1]), ([1], [2])
+    ]  # fmt: skip
+    summary, trades = _summary(run)
+    assert_same(one, summary, trades, run.evaluator)
