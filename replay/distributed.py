@@ -19,9 +19,10 @@ in the command's order, and
 1. the driver first learns each file's symbols (LOBSTER: from the file name; other formats: a
    reading pass, as Ray tasks) and builds the registry the one-process run would build, in the
    same order (its ids), which every task gets: ids agree everywhere, no remapping by symbol;
-2. each unit's task (or each instrument's, see below) replays its files into an evaluator (:func:`lobstream.replay.streaming.
-   evaluator_for`) and finishes it (end of its instruments' streams: the last labels, open
-   positions closed at the instrument's last row), counting rows and events per file;
+2. each unit's task (or each instrument's, see below) replays its files into an evaluator
+   (:func:`lobstream.replay.streaming.evaluator_for`) and finishes it (end of its instruments'
+   streams: the last labels, open positions closed at the instrument's last row), counting
+   rows and events per file;
 3. the driver renumbers each unit's rows into the whole stream's numbering (files in the
    command's order, each file's rows contiguous there) and merges the evaluators
    (``merge``: counts add, trades join and are ordered by exit time then row).
