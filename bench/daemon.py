@@ -3,8 +3,10 @@
 Runs ``lobstream serve`` as its own process (ipc:// in a temp folder), feeds it from this
 process, and receives signals in a third process (the subscriber helper), in one run:
 
-1. model alone: the runner's batch-1 latency p50/p99 and its throughput at several batch sizes
-   (best = the model's best batched throughput), measured here with the same artifact;
+1. model alone: the runner's batch-1 latency p50/p99/p99.9 back to back and at
+   ``--low-rate`` calls/s (sleeping between: what a call costs once the process has not
+   called the model for a while) and its throughput at several batch sizes (best = the model's
+   best batched throughput), measured here with the same artifact;
 2. quiet market: one instrument, one event per message at ``--low-rate`` messages/s for
    ``--low-seconds``; end-to-end latency = receipt time in the subscriber process -
    ``ts_recv`` of the newest event in the window (both ``time.monotonic_ns()`` on this host).
@@ -77,21 +79,26 @@ def default_model() -> Path | None:
 
 
 def model_alone(
-    model_path: Path, threads: int, batches=(1, 16, 64, 100, 256), cpus: tuple[int, ...] = ()
+    model_path: Path,
+    threads: int,
+    batches=(1, 16, 64, 100, 256),
+    cpus: tuple[int, ...] = (),
+    paced_rate: float | None = None,
 ) -> dict:
     """Batch-1 latency and throughput per batch size of the runner, in this process (on
-    ``cpus`` when given, as the daemon's inference thread would be)."""
+    ``cpus`` when given, as the daemon's inference thread would be); with ``paced_rate``
+    also batch-1 calls that far apart (sleeping between), as a quiet market spaces them."""
     before = os.sched_getaffinity(0) if cpus else None
     if cpus:
         os.sched_setaffinity(0, cpus)
     try:
-        return _model_alone(model_path, threads, batches)
+        return _model_alone(model_path, threads, batches, paced_rate)
     finally:
         if before is not None:
             os.sched_setaffinity(0, before)
 
 
-def _model_alone(model_path: Path, threads: int, batches) -> dict:
+def _model_alone(model_path: Path, threads: int, batches, paced_rate: float | None) -> dict:
     import torch
 
     from lobstream.models.artifact import load_model
@@ -108,6 +115,14 @@ def _model_alone(model_path: Path, threads: int, batches) -> dict:
         t0 = time.perf_counter_ns()
         runner.infer(1)
         lat.append(time.perf_counter_ns() - t0)
+    paced = []
+    for _ in range(300 if paced_rate else 0):
+        # what a call costs once the process has not called the model for 1/rate s: its code
+        # and weights leave the caches meanwhile (here even while spinning instead of sleeping)
+        time.sleep(1.0 / paced_rate)
+        t0 = time.perf_counter_ns()
+        runner.infer(1)
+        paced.append(time.perf_counter_ns() - t0)
     thr = {}
     for b in batches:
         runner.infer(b)
@@ -120,6 +135,12 @@ def _model_alone(model_path: Path, threads: int, batches) -> dict:
         "b1_p50_us": float(np.percentile(lat, 50)) / 1e3,
         "b1_p99_us": float(np.percentile(lat, 99)) / 1e3,
         "b1_p999_us": float(np.percentile(lat, 99.9)) / 1e3,
+        **{
+            f"paced_{k}_us": float(np.percentile(paced, q)) / 1e3
+            for k, q in (("p50", 50), ("p99", 99), ("p999", 99.9))
+            if paced
+        },
+        "paced_rate": paced_rate,
         "throughput": thr,
         "best_throughput": max(thr.values()),
         "T": int(manifest["T"]),
@@ -644,8 +665,15 @@ def _print_quiet(args, info: dict, q: dict) -> None:
              floor["signals"]],
             ["daemon-added (difference)", *(added[k] for k, _ in _QS), ""],
             ["model alone, batch 1", *(info[f"b1_{k}_us"] for k, _ in _QS), ""],
+            [f"model alone, batch 1, {args.low_rate:g} calls/s",
+             *(info.get(f"paced_{k}_us", float("nan")) for k, _ in _QS), ""],
         ],
     )  # fmt: skip
+    if "paced_p50_us" in info:
+        print(
+            f"daemon-added p50 minus the paced model call's p50 (the daemon's own cost on a "
+            f"quiet market): {added['p50'] - info['paced_p50_us']:.0f} us"
+        )
     print(
         f"bars: daemon-added p50 {added['p50']:.0f} <= model b1 p50 + 200 = "
         f"{b['added_p50_bar_us']:.0f} us: {b['added_p50_ok']}; e2e p99 / p50 "
@@ -744,7 +772,7 @@ def _main(args, model: Path) -> int:
     inc = not args.full_window
     info = model_alone(
         model, args.threads, batches=(1, 16, 64, args.instruments, 256),
-        cpus=pin_low["model"] if pin_low else (),
+        cpus=pin_low["model"] if pin_low else (), paced_rate=args.low_rate,
     )  # fmt: skip
     if pin_low:
         os.sched_setaffinity(0, pin_low["others"])  # the feeder (this process) from here on
