@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -27,6 +29,15 @@ def data_dir() -> Path:
     if not DATA_DIR.is_dir():
         pytest.skip(f"real data folder {DATA_DIR} not found (set LOBSTREAM_DATA)")
     return DATA_DIR
+
+
+@pytest.fixture
+def ipc_dir():
+    """A fresh folder for ipc:// endpoints, removed after the test; short, since ipc:// paths
+    are limited to ~100 bytes."""
+    d = tempfile.mkdtemp(prefix="lob", dir="/tmp")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):

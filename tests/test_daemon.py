@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -55,14 +54,6 @@ def artifact(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("model") / "cnn.pt"
     export_test_model(path)
     return path
-
-
-@pytest.fixture
-def ipc_dir():
-    # ipc:// paths are limited to ~100 bytes: keep them short
-    d = tempfile.mkdtemp(prefix="lobd", dir="/tmp")
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def make_cfg(ipc_dir: str, model_path: Path, symbols, **tables):

@@ -12,7 +12,6 @@ reloads causal -> causal -> full-window -> causal while events flow.
 from __future__ import annotations
 
 import shutil
-import tempfile
 
 import numpy as np
 import pytest
@@ -52,14 +51,6 @@ def export_plain(path, seed: int = 0) -> str:
     torch.manual_seed(seed)
     model = build_model("cnn", T=TC, levels=L, channels=(4,), hidden=8).eval()
     return export_model(model, path, MANIFEST)
-
-
-@pytest.fixture
-def ipc_dir():
-    # ipc:// paths are limited to ~100 bytes: keep them short
-    d = tempfile.mkdtemp(prefix="lobc", dir="/tmp")
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import threading
 import time
 import urllib.request
@@ -46,13 +45,6 @@ def artifact(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("model") / "cnn.pt"
     export_test_model(path)
     return path
-
-
-@pytest.fixture
-def ipc_dir():
-    d = tempfile.mkdtemp(prefix="lobq", dir="/tmp")  # ipc:// paths: ~100 bytes at most
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def packets(events: np.ndarray) -> list[np.ndarray]:

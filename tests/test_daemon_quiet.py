@@ -4,8 +4,6 @@ values."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 
 import numpy as np
@@ -18,13 +16,6 @@ from tests.test_daemon import PROB_ATOL, Running, backtest_probs, export_test_mo
 from tests.test_daemon_causal import TC, export_causal
 
 SYMBOLS = ["AAA", "BBB"]
-
-
-@pytest.fixture
-def ipc_dir():
-    d = tempfile.mkdtemp(prefix="lobq", dir="/tmp")
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def test_keep_warm_ms_must_be_finite_and_not_negative(ipc_dir, tmp_path):

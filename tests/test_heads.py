@@ -3,9 +3,6 @@ record v2 (binary and JSON), the backtest's per-head scores and the daemon over 
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-
 import numpy as np
 import pytest
 import torch
@@ -237,13 +234,6 @@ def test_backtest_scores_each_head_like_a_single_head_artifact(heads_pt):
 
 
 # --- daemon ----------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def ipc_dir():
-    d = tempfile.mkdtemp(prefix="lobh", dir="/tmp")
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.mark.parametrize("incremental", [True, False], ids=["incremental", "full-window"])

@@ -25,7 +25,6 @@ from tests.test_daemon import (
     PROB_ATOL,
     backtest_probs,
     export_test_model,
-    ipc_dir,  # noqa: F401 (fixture)
     make_cfg,
 )
 
@@ -44,7 +43,7 @@ def models(tmp_path_factory):
     return out
 
 
-def test_daemons_shard_instruments_by_topic_prefix(ipc_dir, models):  # noqa: F811
+def test_daemons_shard_instruments_by_topic_prefix(ipc_dir, models):
     events = synthetic_events(
         3000, n_instruments=len(SYMBOLS), seed=11, levels=4, snapshot_every=300
     )
