@@ -58,8 +58,10 @@ class Subscriber:
 
     Parameters
     ----------
-    endpoint : str
-        The daemon's ``publish.endpoint``.
+    endpoint : str or sequence of str
+        The daemon's ``publish.endpoint``; several (instruments sharded over daemons by topic
+        prefix, contract 4): one socket connects to all, and their signals and heartbeats
+        arrive interleaved (a heartbeat's ``model.sha256`` says whose).
     symbols : iterable of str, optional
         Only these symbols' signals; all when None.
     status_topic : str or None
@@ -70,7 +72,7 @@ class Subscriber:
 
     def __init__(
         self,
-        endpoint: str,
+        endpoint: str | Iterable[str],
         symbols: Iterable[str] | None = None,
         status_topic: str | None = "status",
         curve_secret_key: str = "",
@@ -97,7 +99,8 @@ class Subscriber:
         self.status_topic = status_topic.encode() if status_topic else None
         if self.status_topic:
             self.sock.setsockopt(zmq.SUBSCRIBE, self.status_topic)
-        self.sock.connect(endpoint)
+        for ep in [endpoint] if isinstance(endpoint, str) else endpoint:
+            self.sock.connect(ep)
         self.poller = zmq.Poller()
         self.poller.register(self.sock, zmq.POLLIN)
 

@@ -1,6 +1,8 @@
 """Print the signals and heartbeats of a running ``lobstream serve`` daemon.
 
-    python examples/subscribe.py ipc:///tmp/lobstream-sig [--symbol GOOG] [--seconds 30]
+    python examples/subscribe.py ipc:///tmp/lobstream-sig [ENDPOINT ...] [--symbol GOOG] [--seconds 30]
+
+Several endpoints: daemons that shard the instruments by topic prefix, seen as one stream.
 
 Both encodings (binary SIGNAL_DTYPE records and JSON) are decoded by the subscriber helper;
 a multi-horizon model's v2 records also print each head's horizon and class.
@@ -17,7 +19,7 @@ from lobstream.kernels.dtypes import CLASS_NAMES
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("endpoint", help="the daemon's publish.endpoint")
+    ap.add_argument("endpoint", nargs="+", help="the daemon's publish.endpoint (one per shard)")
     ap.add_argument("--symbol", action="append", help="only these symbols (repeatable)")
     ap.add_argument("--seconds", type=float, default=30.0, help="stop after this long")
     args = ap.parse_args()

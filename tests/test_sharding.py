@@ -73,8 +73,8 @@ def test_daemons_shard_instruments_by_topic_prefix(ipc_dir, models):
         # both subscriptions reached the feed: each daemon asked for its prefix only
         subs = {feed.recv() for _ in SHARDS}
         assert subs == {b"\x01" + p.encode() for p in SHARDS.values()}
-        sub = Subscriber(f"ipc://{ipc_dir}/sigA")
-        sub.sock.connect(f"ipc://{ipc_dir}/sigB")  # one SUB socket, every shard's endpoint
+        # one SUB socket, every shard's endpoint
+        sub = Subscriber([f"ipc://{ipc_dir}/sigA", f"ipc://{ipc_dir}/sigB"])
         shas = {d.model.sha256 for d in daemons.values()}
         assert len(shas) == 2
         seen: set[str] = set()
