@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from lobstream.replay.cli import _MODEL
 from lobstream.replay.distributed import check_ray_address, ray_option
 from lobstream.replay.trading import DEFAULT_SWEEP
 
@@ -26,13 +27,7 @@ def _thresholds(value: str) -> tuple[float, ...]:
 
 @click.command("backtest")
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option(
-    "--model",
-    "model_path",
-    required=True,
-    type=click.Path(exists=True, dir_okay=False),
-    help="Model artifact (*.pt) with its manifest.",
-)
+@_MODEL
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
 @click.option(
     "--plots",

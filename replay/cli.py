@@ -29,6 +29,13 @@ _FORMAT = click.option(
 _SKIP_BAD = click.option(
     "--skip-bad", is_flag=True, help="Skip and count bad records instead of stopping."
 )
+_MODEL = click.option(
+    "--model",
+    "model_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Model artifact (*.pt) with its manifest.",
+)
 
 
 def _registry(path: Path | None) -> Registry:

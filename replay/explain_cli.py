@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from lobstream.replay.cli import _FORMAT, _REGISTRY, _SKIP_BAD, _registry
+from lobstream.replay.cli import _FORMAT, _MODEL, _REGISTRY, _SKIP_BAD, _registry
 
 logger = logging.getLogger(__name__)
 
@@ -111,13 +111,7 @@ def _files_label(files) -> str:
 
 @click.command("explain")
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option(
-    "--model",
-    "model_path",
-    required=True,
-    type=click.Path(exists=True, dir_okay=False),
-    help="Model artifact (*.pt) with its manifest.",
-)
+@_MODEL
 @click.option(
     "--at",
     "at",
