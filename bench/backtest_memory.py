@@ -88,8 +88,8 @@ def child(
     from lobstream.kernels.registry import Registry
     from lobstream.models.artifact import load_model
     from lobstream.models.runner import ModelRunner
-    from lobstream.replay.backtest import evaluate, run_backtest, trading_config_for
-    from lobstream.replay.streaming import stream_backtest
+    from lobstream.replay.backtest.evaluator import stream_backtest
+    from lobstream.replay.backtest.run import evaluate, run_backtest, trading_config_for
 
     torch.set_num_threads(1)
     path = default_files()[0]

@@ -415,7 +415,7 @@ class Harness:
 
 
 def _warm_events(symbols_n: int, per_inst: int, seed: int) -> np.ndarray:
-    from lobstream.replay.synthetic import synthetic_events
+    from lobstream.replay.feed.synthetic import synthetic_events
 
     return synthetic_events(
         per_inst * symbols_n, symbols_n, seed=seed, levels=12, last_every_event=True,

@@ -31,7 +31,7 @@ from lobstream.kernels.book import apply_events, new_book, new_report
 from lobstream.kernels.dtypes import CODE_NAMES
 from lobstream.kernels.features import ticks_from_mid_spec, zscore_spec
 from lobstream.kernels.ring import apply_events_rows, gather_windows, new_ring, warmup
-from lobstream.replay.synthetic import synthetic_events
+from lobstream.replay.feed.synthetic import synthetic_events
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("LOBSTREAM_DATA", REPO.parent / "shared" / "data"))

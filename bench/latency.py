@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
         threads=args.threads,
     )
     if args.out:
-        from lobstream.replay.plots import plot_latency
+        from lobstream.replay.backtest.plots import plot_latency
 
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,7 @@ def _subscriber(endpoint: str, expected: int, conn) -> None:
     """Child process: count decoded events until ``expected`` or 5 s of silence."""
     import zmq
 
-    from lobstream.replay import wire
+    from lobstream.replay.feed import wire
 
     ctx = zmq.Context()
     sock = ctx.socket(zmq.SUB)
@@ -118,7 +118,7 @@ def read_rates(data: Path, repeat: int) -> tuple[dict[str, float], dict[str, int
 
 def replay_rate(endpoint: str, batches: list[np.ndarray], registry, copies: int) -> dict:
     """Send ``copies`` x ``batches`` at speed 0 to a subscriber process; rates and loss."""
-    from lobstream.replay.replayer import Replayer
+    from lobstream.replay.feed.replayer import Replayer
 
     sends = [b.copy() for _ in range(copies) for b in batches]  # zmq keeps each buffer
     expected = sum(len(b) for b in sends)

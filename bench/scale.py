@@ -58,7 +58,7 @@ def _pid() -> int:
 
 
 def _config_for(manifest: dict):
-    from lobstream.replay.backtest import trading_config_for
+    from lobstream.replay.backtest.run import trading_config_for
 
     return trading_config_for(manifest)
 
@@ -71,8 +71,8 @@ def _comparable(summary: dict) -> dict:
 
 
 def one_process(paths: list[Path], model: Path, threads: int):
-    from lobstream.replay.backtest import backtest_files
-    from lobstream.replay.streaming import evaluator_for
+    from lobstream.replay.backtest.evaluator import evaluator_for
+    from lobstream.replay.backtest.run import backtest_files
 
     evs = []
 

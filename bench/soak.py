@@ -104,7 +104,7 @@ class Pool:
     views), so moving a slice on is two vector operations."""
 
     def __init__(self, n_inst: int, rate: float, seconds: float, slice_s: float) -> None:
-        from lobstream.replay.synthetic import synthetic_events
+        from lobstream.replay.feed.synthetic import synthetic_events
 
         per_slice = max(n_inst, int(rate * slice_s))
         self.n_slices = max(1, int(seconds / slice_s))

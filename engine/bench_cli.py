@@ -94,7 +94,7 @@ def latency(rates, seconds, instruments, device, threads, model_path, as_json, o
         progress=None if as_json else click.echo,
     )
     if out_dir:
-        from lobstream.replay.plots import plot_latency
+        from lobstream.replay.backtest.plots import plot_latency
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)

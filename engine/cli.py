@@ -16,11 +16,11 @@ import click
 SUBCOMMANDS: dict[str, str] = {
     "demo": "lobstream.engine.demo:demo",
     "serve": "lobstream.engine.serve:serve",
-    "replay": "lobstream.replay.cli:replay",
-    "convert": "lobstream.replay.cli:convert",
-    "train": "lobstream.replay.train_cli:train",
-    "backtest": "lobstream.replay.backtest_cli:backtest",
-    "explain": "lobstream.replay.explain_cli:explain",
+    "replay": "lobstream.replay.cli.data:replay",
+    "convert": "lobstream.replay.cli.data:convert",
+    "train": "lobstream.replay.cli.train:train",
+    "backtest": "lobstream.replay.cli.backtest:backtest",
+    "explain": "lobstream.replay.cli.explain:explain",
     "bench": "lobstream.engine.bench_cli:bench",
 }
 

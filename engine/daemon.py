@@ -129,7 +129,7 @@ def with_incremental(model: LoadedModel, cfg: ServeConfig, n_instruments: int) -
     a causal artifact, on the CPU (on a GPU whole-window batches are what the device wants),
     ``model.incremental`` not false. Returns ``model`` (changed in place); a no-op otherwise
     or where it has one with enough slots."""
-    from lobstream.replay.backtest import choose_scorer
+    from lobstream.replay.backtest.run import choose_scorer
 
     if model.feed is not None and model.feed.runner.n_slots >= n_instruments:
         return model
@@ -164,7 +164,7 @@ class Daemon:
     """
 
     def __init__(self, cfg: ServeConfig, symbols, model: LoadedModel, context=None) -> None:
-        from lobstream.replay.backtest import spec_from_manifest
+        from lobstream.replay.backtest.run import spec_from_manifest
 
         self.cfg = cfg
         self.symbols = list(symbols)
@@ -569,7 +569,7 @@ class Daemon:
         self._loader.start()
 
     def _load_new(self) -> None:
-        from lobstream.replay.backtest import spec_from_manifest
+        from lobstream.replay.backtest.run import spec_from_manifest
 
         try:
             new = load_checked_model(self.cfg, len(self.symbols))

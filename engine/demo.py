@@ -109,7 +109,7 @@ def realised_labels(paths: list[Path], manifest: dict) -> dict[int, int]:
     """seq -> realised label of each feature row of the sample (the artifact's definition)."""
     from lobstream.kernels.book import new_report
     from lobstream.kernels.registry import Registry
-    from lobstream.replay.backtest import (
+    from lobstream.replay.backtest.run import (
         label_def_from_manifest,
         labels_for_rows,
         rows_from_events,

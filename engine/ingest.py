@@ -7,7 +7,7 @@ the accepted events as one contiguous batch for the book kernel. Bad frames are 
 counted by reason; nothing in a frame can stop the daemon.
 
 A message is checked as a whole before any of its records reaches the book (one bad record
-drops the message, counted once under its reason, see :mod:`lobstream.replay.wire`): the
+drops the message, counted once under its reason, see :mod:`lobstream.replay.feed.wire`): the
 book applies records one by one, so a bad one in the middle of an accepted message would
 otherwise change state that the rest of the message, and every later one, is judged by. The
 time checks follow the instrument's clock as the book will have it, message by message,
@@ -36,7 +36,7 @@ from lobstream.engine.metrics import Metrics, PeerMonitor, RateLimitedLog
 from lobstream.engine.security import setup_curve
 from lobstream.kernels._jit import njit
 from lobstream.kernels.dtypes import ACTION_CLEAR, ACTION_TRADE, EVENT_DTYPE, SIDE_ASK
-from lobstream.replay import wire
+from lobstream.replay.feed import wire
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ signal's receipt with ``time.monotonic_ns()``. The latency of a signal is receip
 clock), collected in an HDR histogram per rate. The daemon's own per-stage histograms are read
 from its Prometheus endpoint before and after each rate, so the breakdown covers that rate only.
 
-Every rate replays a synthetic stream (``lobstream.replay.synthetic``) whose mean event gap is
+Every rate replays a synthetic stream (``lobstream.replay.feed.synthetic``) whose mean event gap is
 ``1 / rate`` at replay speed 1; rate 0 sends as fast as possible. All processes are stopped in
 ``finally`` blocks: the daemon by SIGTERM (then SIGKILL after a timeout), the subscriber by
 an event (then terminate).
@@ -248,7 +248,7 @@ def _phase_streams(
     ``n / rate`` seconds (rate 0: left as generated, 1 us mean gap). One stream keeps sequence
     numbers contiguous and time increasing across pieces, so the daemon's books stay healthy.
     """
-    from lobstream.replay.synthetic import synthetic_events
+    from lobstream.replay.feed.synthetic import synthetic_events
 
     sizes = [8 * window * n_instruments]
     sizes += [int((r or MAX_RATE_EVENTS_PER_S) * seconds) for r in rates]
@@ -272,7 +272,7 @@ def _phase_streams(
 def _replay(events: np.ndarray, endpoint: str, registry, speed: float, first: bool):
     """Send one piece with the project's replayer (binds; the daemon connects). Pieces after
     the first continue books the daemon already holds, so they need no opening snapshot."""
-    from lobstream.replay.replayer import Replayer
+    from lobstream.replay.feed.replayer import Replayer
 
     with Replayer(
         endpoint,

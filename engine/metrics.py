@@ -21,7 +21,7 @@ import zmq
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from lobstream.kernels.dtypes import CODE_NAMES
-from lobstream.replay import wire
+from lobstream.replay.feed import wire
 
 logger = logging.getLogger(__name__)
 

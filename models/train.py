@@ -3,7 +3,7 @@ on validation macro-F1, progress per epoch through a callback.
 
 Data come as :class:`Windows`: flat feature rows plus the index of each window's last row, so
 the (N, 1, T, F) tensor of all windows is never built; a batch is gathered by index from a
-sliding view. File formats and splits live in :mod:`lobstream.replay.dataset`.
+sliding view. File formats and splits live in :mod:`lobstream.replay.training.dataset`.
 
 Subsampling (``max_train_windows``): each epoch trains on a random subset of that many
 training windows, drawn without replacement from a generator seeded by ``seed`` and the epoch

@@ -1,7 +1,7 @@
 """Backtests and conversions of many files on Ray: one task per unit, results merged exactly.
 
 ``lobstream backtest --ray [ADDRESS]`` and ``lobstream convert --ray [ADDRESS]`` run here;
-``lobstream train --sweep ... --ray`` is :mod:`lobstream.replay.sweep`. Without an address a
+``lobstream train --sweep ... --ray`` is :mod:`lobstream.replay.training.sweep`. Without an address a
 local Ray starts on this machine (no set-up); with one (``auto``, ``HOST:6379`` or
 ``ray://HOST:10001``) the driver joins that cluster. Ray is optional (``pip install
 'lobstream[ray]'``): nothing here imports it until a command asks for it.
@@ -20,7 +20,7 @@ in the command's order, and
    reading pass, as Ray tasks) and builds the registry the one-process run would build, in the
    same order (its ids), which every task gets: ids agree everywhere, no remapping by symbol;
 2. each unit's task (or each instrument's, see below) replays its files into an evaluator
-   (:func:`lobstream.replay.streaming.evaluator_for`) and finishes it (end of its instruments'
+   (:func:`lobstream.replay.backtest.evaluator.evaluator_for`) and finishes it (end of its instruments'
    streams: the last labels, open positions closed at the instrument's last row), counting
    rows and events per file;
 3. the driver renumbers each unit's rows into the whole stream's numbering (files in the
@@ -60,7 +60,7 @@ from typing import Any
 import numpy as np
 
 from lobstream.kernels.registry import Registry
-from lobstream.replay.trading import DEFAULT_SWEEP, TradingConfig
+from lobstream.replay.backtest.simulate import DEFAULT_SWEEP, TradingConfig
 
 logger = logging.getLogger(__name__)
 
@@ -344,7 +344,7 @@ def _scorer(path: Path, device: str, scorer: str, batch: int, threads, n_inst: i
     cached runner (the scorer's carry is new, the runner stateless between calls), or
     :func:`make_scorer`'s (incremental runners hold per-slot state: never shared)."""
     from lobstream.models.artifact import load_model
-    from lobstream.replay.backtest import (
+    from lobstream.replay.backtest.run import (
         WindowScorer,
         choose_scorer,
         make_scorer,
@@ -425,9 +425,9 @@ def backtest_unit(
     to kill the worker mid-task)."""
     import torch
 
-    from lobstream.replay.backtest import run_backtest
+    from lobstream.replay.backtest.evaluator import evaluator_for
+    from lobstream.replay.backtest.run import run_backtest
     from lobstream.replay.readers import DEFAULT_BATCH_ROWS, read_events
-    from lobstream.replay.streaming import evaluator_for
 
     t0 = time.perf_counter()
     if threads is not None:
@@ -523,7 +523,7 @@ def merge_units(units: Sequence[UnitResult], n_files: int, seconds: float):
     evaluators merged in unit order (the merge is order-independent; a fixed order keeps the
     arithmetic of the float sums of the calibration bins reproducible)."""
     from lobstream.kernels.dtypes import ROW_META_DTYPE
-    from lobstream.replay.backtest import BacktestResult
+    from lobstream.replay.backtest.run import BacktestResult
 
     rows = np.zeros(n_files, np.int64)
     for u in units:

@@ -17,7 +17,7 @@ from lobstream.kernels.dtypes import (
 )
 from lobstream.kernels.features import FeatureSpec, events_to_rows
 from lobstream.kernels.labels import smoothed_labels
-from lobstream.replay.backtest import (
+from lobstream.replay.backtest.run import (
     WindowScorer,
     evaluate,
     label_def_from_manifest,
@@ -268,8 +268,8 @@ def test_daemon_windows_and_probabilities_equal_the_backtest(tmp_path):
 
     from lobstream.engine.daemon import load_checked_model
     from lobstream.models.artifact import load_model
-    from lobstream.replay.backtest import rows_from_events
-    from lobstream.replay.synthetic import synthetic_events
+    from lobstream.replay.backtest.run import rows_from_events
+    from lobstream.replay.feed.synthetic import synthetic_events
     from tests.test_daemon import Running, TorchRunner, export_test_model, make_cfg
     from tests.test_daemon import T as DT
 
@@ -326,7 +326,7 @@ def test_backtest_cli_json_and_plots(tmp_path):
 
     from lobstream.models.artifact import export_model
     from lobstream.models.zoo import build_model
-    from lobstream.replay.backtest_cli import backtest
+    from lobstream.replay.cli.backtest import backtest
     from lobstream.replay.samples import GOOG_MESSAGE_10
 
     torch.manual_seed(0)

@@ -18,7 +18,8 @@ import torch
 from lobstream.models.artifact import export_model, load_model
 from lobstream.models.incremental import IncrementalRunner
 from lobstream.models.zoo import build_model
-from lobstream.replay.backtest import (
+from lobstream.replay.backtest.evaluator import stream_backtest
+from lobstream.replay.backtest.run import (
     CausalScorer,
     WindowScorer,
     choose_scorer,
@@ -28,8 +29,7 @@ from lobstream.replay.backtest import (
     scorer_for,
     trading_config_for,
 )
-from lobstream.replay.streaming import stream_backtest
-from lobstream.replay.synthetic import synthetic_events
+from lobstream.replay.feed.synthetic import synthetic_events
 
 ATOL = 1e-5
 T, L = 30, 2
@@ -160,7 +160,7 @@ def test_cli_incremental_equals_full_window(tmp_path):
     """`lobstream backtest --json` on the GOOG sample with a causal model, both scorers."""
     from click.testing import CliRunner
 
-    from lobstream.replay.backtest_cli import backtest
+    from lobstream.replay.cli.backtest import backtest
     from lobstream.replay.samples import GOOG_MESSAGE_10
 
     path = _export(tmp_path / "cnn_causal.pt", "cnn_causal", 10, seed=3)

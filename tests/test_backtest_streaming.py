@@ -15,12 +15,16 @@ from hypothesis import strategies as st
 from lobstream.kernels.dtypes import ROW_META_DTYPE
 from lobstream.kernels.labels import mid_labels
 from lobstream.models.metrics import classification_report, confusion_matrix, report_from_confusion
-from lobstream.replay.backtest import evaluate, run_backtest, trading_config_for
-from lobstream.replay.plots import calibration_counts, calibration_table, signal_counts_by_bin
-from lobstream.replay.stream_labels import StreamingLabels
-from lobstream.replay.stream_trading import StreamingTrader
-from lobstream.replay.streaming import StreamingEvaluator, stream_backtest
-from lobstream.replay.trading import TradingConfig, signals_from_probs, simulate_rows
+from lobstream.replay.backtest.evaluator import StreamingEvaluator, stream_backtest
+from lobstream.replay.backtest.labels import StreamingLabels
+from lobstream.replay.backtest.plots import (
+    calibration_counts,
+    calibration_table,
+    signal_counts_by_bin,
+)
+from lobstream.replay.backtest.run import evaluate, run_backtest, trading_config_for
+from lobstream.replay.backtest.simulate import TradingConfig, signals_from_probs, simulate_rows
+from lobstream.replay.backtest.trading import StreamingTrader
 from tests.test_backtest import MANIFEST, FakeRunner
 
 BUNDLED_MODEL = Path(__file__).resolve().parents[1] / "models" / "assets" / "binctabl_goog.pt"
@@ -241,7 +245,7 @@ def _both_paths(batches, runner, manifest, cfg, ticks, thresholds, n_inst, max_r
     ids=["events", "seconds-latency", "future-events", "spread-seconds"],
 )
 def test_synthetic_multi_instrument_summary_equals_full_path(label, overrides):
-    from lobstream.replay.synthetic import synthetic_events
+    from lobstream.replay.feed.synthetic import synthetic_events
 
     n_inst = 4
     manifest = {**MANIFEST, "label": {**label, "smoothing": "mean"}}
@@ -277,7 +281,7 @@ def test_synthetic_multi_instrument_summary_equals_full_path(label, overrides):
 
 @pytest.mark.parametrize("chunk", [37, 1500])
 def test_streamed_baselines_equal_full_path(chunk):
-    from lobstream.replay.synthetic import synthetic_events
+    from lobstream.replay.feed.synthetic import synthetic_events
 
     n_inst = 3
     manifest = {
@@ -296,7 +300,7 @@ def test_streamed_baselines_equal_full_path(chunk):
 
 
 def test_stream_backtest_keeps_no_rows():
-    from lobstream.replay.synthetic import synthetic_events
+    from lobstream.replay.feed.synthetic import synthetic_events
 
     events = synthetic_events(4000, n_instruments=2, seed=3, levels=4)
     cfg = trading_config_for(MANIFEST, threshold=0.5)
@@ -375,8 +379,8 @@ def test_cli_json_equals_the_full_path(tmp_path):
     """`lobstream backtest --json` (streaming) against evaluate() of the per-row path."""
     from click.testing import CliRunner
 
-    from lobstream.replay.backtest import backtest_files
-    from lobstream.replay.backtest_cli import backtest
+    from lobstream.replay.backtest.run import backtest_files
+    from lobstream.replay.cli.backtest import backtest
     from lobstream.replay.samples import GOOG_MESSAGE_10
 
     args = ["--threshold", "0.5", "--latency-ms", "1", "--cost-per-share", "0.002"]

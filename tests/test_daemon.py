@@ -28,8 +28,8 @@ from lobstream.engine.signals import decode
 from lobstream.kernels.dtypes import SIGNAL_DTYPE
 from lobstream.models.artifact import export_model, load_model, sha256_file
 from lobstream.models.zoo import build_model
-from lobstream.replay.backtest import run_backtest
-from lobstream.replay.synthetic import synthetic_events
+from lobstream.replay.backtest.run import run_backtest
+from lobstream.replay.feed.synthetic import synthetic_events
 
 T, L = 10, 2
 F = 4 * L
@@ -249,7 +249,7 @@ def test_signals_equal_in_process_backtest(artifact, ipc_dir, model_t, ingest_t)
         assert int(mine["seq"].max()) == newest
     # and the daemon's final windows are the backtest's last T rows
     from lobstream.kernels.book import new_report
-    from lobstream.replay.backtest import rows_from_events, spec_from_manifest
+    from lobstream.replay.backtest.run import rows_from_events, spec_from_manifest
 
     rows_all, meta_all = [], []
     for rows, meta, _ in rows_from_events([events], spec_from_manifest(manifest), 3, new_report()):

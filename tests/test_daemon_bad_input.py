@@ -28,7 +28,7 @@ from lobstream.kernels.dtypes import (
     SIDE_ASK,
     SIDE_BID,
 )
-from lobstream.replay.synthetic import START_TS, synthetic_events
+from lobstream.replay.feed.synthetic import START_TS, synthetic_events
 from tests.test_daemon import Running, T, export_test_model, make_cfg
 
 SYMBOLS = ["AAA", "BBB"]

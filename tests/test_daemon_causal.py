@@ -21,7 +21,7 @@ from lobstream.engine.daemon import load_checked_model, with_incremental
 from lobstream.kernels.dtypes import ACTION_CLEAR
 from lobstream.models.artifact import export_model, load_model, sha256_file
 from lobstream.models.zoo import build_model
-from lobstream.replay.synthetic import synthetic_events
+from lobstream.replay.feed.synthetic import synthetic_events
 from tests.test_daemon import MANIFEST, PROB_ATOL, Running, backtest_probs, make_cfg
 
 TC, L = 30, 2

@@ -11,7 +11,7 @@ import pytest
 
 from lobstream.engine.config import ConfigError, config_from_dict
 from lobstream.models.artifact import load_model
-from lobstream.replay.synthetic import synthetic_events
+from lobstream.replay.feed.synthetic import synthetic_events
 from tests.test_daemon import PROB_ATOL, Running, backtest_probs, export_test_model, make_cfg
 from tests.test_daemon_causal import TC, export_causal
 

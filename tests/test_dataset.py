@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from lobstream.kernels.labels import classify_change, label_change, smoothed_change, spread_alpha
-from lobstream.replay.dataset import LabelDef, dataset_from_events
-from lobstream.replay.synthetic import synthetic_events
+from lobstream.replay.feed.synthetic import synthetic_events
+from lobstream.replay.training.dataset import LabelDef, dataset_from_events
 
 T, K, LEVELS = 20, 10, 5
 

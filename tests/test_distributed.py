@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from lobstream.kernels.registry import Registry
-from lobstream.replay.backtest import backtest_files, trading_config_for
+from lobstream.replay.backtest.evaluator import evaluator_for
+from lobstream.replay.backtest.run import backtest_files, trading_config_for
 from lobstream.replay.distributed import (
     INSTALL_HINT,
     backtest_unit,
@@ -26,7 +27,6 @@ from lobstream.replay.distributed import (
     merge_units,
     plan,
 )
-from lobstream.replay.streaming import evaluator_for
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "replay" / "samples"
@@ -223,7 +223,7 @@ def test_units_merged_equal_one_process_for_a_multi_horizon_artifact(files, tmp_
     exact merge."""
     from lobstream.models.artifact import load_model
     from lobstream.models.train import TrainConfig
-    from lobstream.replay.train_cli import run_training
+    from lobstream.replay.cli.train import run_training
 
     model = tmp_path / "heads.pt"
     tc = TrainConfig(epochs=1, max_train_windows=200, device="cpu", threads=1)

@@ -154,7 +154,7 @@ def test_flat_stops_when_full_and_resumes():
 
 
 def test_flat_and_ring_rows_are_identical():
-    from lobstream.replay.synthetic import synthetic_events
+    from lobstream.replay.feed.synthetic import synthetic_events
 
     ev = synthetic_events(5_000, n_instruments=1, seed=3, last_every_event=True)
     spec = zscore_spec(23_000.0, 50.0, 100.0, 200.0)

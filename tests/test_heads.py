@@ -29,11 +29,11 @@ from lobstream.models.incremental import IncrementalRunner
 from lobstream.models.metrics import confusion_matrix, report_from_confusion
 from lobstream.models.runner import ModelRunner
 from lobstream.models.zoo import build_model
-from lobstream.replay.backtest import label_def_from_manifest, labels_for_rows, run_backtest
-from lobstream.replay.dataset import LabelDef, dataset_from_events
-from lobstream.replay.streaming import StreamingEvaluator, evaluator_for
-from lobstream.replay.synthetic import synthetic_events
-from lobstream.replay.trading import TradingConfig
+from lobstream.replay.backtest.evaluator import StreamingEvaluator, evaluator_for
+from lobstream.replay.backtest.run import label_def_from_manifest, labels_for_rows, run_backtest
+from lobstream.replay.backtest.simulate import TradingConfig
+from lobstream.replay.feed.synthetic import synthetic_events
+from lobstream.replay.training.dataset import LabelDef, dataset_from_events
 from tests.test_daemon import MANIFEST, PROB_ATOL, Running, make_cfg
 
 T, L, F = 30, 2, 8
@@ -284,8 +284,8 @@ def test_train_cli_multi_horizon_manifest_and_reproduce_line(tmp_path):
 
     from click.testing import CliRunner
 
+    from lobstream.replay.cli.train import train
     from lobstream.replay.samples import GOOG_MESSAGE_10
-    from lobstream.replay.train_cli import train
 
     out = tmp_path / "m.pt"
     args = [str(GOOG_MESSAGE_10), "--arch", "binctabl", "--horizons", "5,20"]
@@ -326,7 +326,7 @@ def test_backtest_cli_reports_every_head(heads_pt):
 
     from click.testing import CliRunner
 
-    from lobstream.replay.backtest_cli import backtest
+    from lobstream.replay.cli.backtest import backtest
     from lobstream.replay.samples import GOOG_MESSAGE_10
 
     args = [str(GOOG_MESSAGE_10), "--model", str(heads_pt), "--max-rows", "3000"]
@@ -348,7 +348,7 @@ def test_explain_a_head(heads_pt, tmp_path):
     from click.testing import CliRunner
 
     from lobstream.models.explain import HeadOf, eager_model, explain, select_head
-    from lobstream.replay.explain_cli import explain as explain_cmd
+    from lobstream.replay.cli.explain import explain as explain_cmd
     from lobstream.replay.samples import GOOG_MESSAGE_10
 
     module, manifest = load_model(heads_pt)

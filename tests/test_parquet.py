@@ -156,7 +156,7 @@ def test_skipped_bad_rows_leave_later_rows_as_the_clean_file(tmp_path):
     from lobstream.kernels.book import new_book, new_report
     from lobstream.kernels.dtypes import ACTION_CLEAR, ROW_META_DTYPE
     from lobstream.kernels.features import events_to_rows, zscore_spec
-    from lobstream.replay.synthetic import synthetic_events
+    from lobstream.replay.feed.synthetic import synthetic_events
 
     clean = synthetic_events(3000, 1, seed=5, levels=4, snapshot_every=700)
     clears = np.flatnonzero(clean["action"] == ACTION_CLEAR)

@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 from lobstream.engine.cli import main
 from lobstream.kernels.dtypes import ACTION_CLEAR, EVENT_DTYPE, FLAG_LAST, FLAG_SNAPSHOT
 from lobstream.kernels.registry import Registry
-from lobstream.replay import wire
+from lobstream.replay.feed import wire
+from lobstream.replay.feed.replayer import Replayer, merge_by_time, message_cuts
 from lobstream.replay.readers import lobster
 from lobstream.replay.readers.parquet import ParquetWriter
-from lobstream.replay.replayer import Replayer, merge_by_time, message_cuts
 
 AAPL999 = "lobster/truncated_first999/AAPL_2012-06-21_34200000_57600000_message_10.csv"
 

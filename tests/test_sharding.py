@@ -20,7 +20,7 @@ import zmq
 from lobstream.engine.daemon import Daemon, load_checked_model
 from lobstream.engine.subscriber import Subscriber
 from lobstream.models.artifact import load_model
-from lobstream.replay.synthetic import synthetic_events
+from lobstream.replay.feed.synthetic import synthetic_events
 from tests.test_daemon import (
     PROB_ATOL,
     backtest_probs,

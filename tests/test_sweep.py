@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from lobstream.engine.cli import main
-from lobstream.replay.sweep import best_trial, parse_sweep, trials
+from lobstream.replay.training.sweep import best_trial, parse_sweep, trials
 
 REPO = Path(__file__).resolve().parents[1]
 GOOG = REPO / "replay" / "samples" / "GOOG_2012-06-21_34200000_57600000_message_10.csv.gz"

@@ -17,7 +17,7 @@ from lobstream.kernels.dtypes import (
     FLAG_LAST,
     FLAG_SNAPSHOT,
 )
-from lobstream.replay.synthetic import synthetic_events
+from lobstream.replay.feed.synthetic import synthetic_events
 
 
 def test_deterministic_by_seed():

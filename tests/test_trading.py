@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lobstream.kernels.dtypes import ROW_META_DTYPE
-from lobstream.replay.trading import (
+from lobstream.replay.backtest.simulate import (
     EXIT_END,
     EXIT_HORIZON,
     EXIT_SIGNAL,
@@ -219,7 +219,7 @@ def test_invariants(sig, gaps, latency, horizon):
 
 def test_streaming_trader_order_in_flight_across_chunks():
     """The hand-worked latency case, with chunk boundaries between decisions and fills."""
-    from lobstream.replay.stream_trading import StreamingTrader
+    from lobstream.replay.backtest.trading import StreamingTrader
 
     bid, ask = _ladder(7)
     ts = np.arange(0, 70, 10, dtype=np.int64)

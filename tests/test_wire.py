@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lobstream.kernels.dtypes import EVENT_DTYPE
-from lobstream.replay import wire
+from lobstream.replay.feed import wire
 
 
 def make_events(n: int, seed: int = 0) -> np.ndarray:

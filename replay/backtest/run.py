@@ -18,7 +18,7 @@ Memory: the chunk buffers are fixed (``batch_rows`` events of rows at a time) an
 carry is ``T - 1`` rows per instrument. Two ways to consume the scored rows:
 
 - streaming (``keep_rows=False`` with an ``on_rows`` sink, what ``lobstream backtest`` does):
-  :class:`lobstream.replay.streaming.StreamingEvaluator` labels rows with a lookahead of one
+  :class:`lobstream.replay.backtest.evaluator.StreamingEvaluator` labels rows with a lookahead of one
   label horizon per instrument, adds them to the confusion matrix, calibration bins and signal
   counts, and simulates the trading at every threshold with a few integers of state per
   (threshold, instrument). Memory is O(instruments x (T + label horizon)) plus the completed
@@ -47,7 +47,7 @@ from lobstream.kernels.features import FeatureSpec, events_to_rows
 from lobstream.kernels.labels import LABEL_KINDS, LABEL_NONE, mid_labels
 from lobstream.kernels.registry import Registry
 from lobstream.models.baselines import TrendBaseline
-from lobstream.replay.trading import (
+from lobstream.replay.backtest.simulate import (
     DEFAULT_SWEEP,
     Trades,
     TradingConfig,
@@ -526,7 +526,7 @@ def run_backtest(
     on_rows : called with ``(meta (m,) ROW_META_DTYPE, probs (m, 3) float32)`` of each chunk
         of scored rows, in arrival order (``event_index`` counted from the start of the
         stream). The arrays are the callee's to keep; e.g.
-        :meth:`lobstream.replay.streaming.StreamingEvaluator.add`.
+        :meth:`lobstream.replay.backtest.evaluator.StreamingEvaluator.add`.
     """
     spec = spec_from_manifest(manifest)
     label = label_def_from_manifest(manifest)
@@ -654,7 +654,7 @@ def evaluate(
     (summary, trades): ``summary`` holds ``n_events``, ``n_rows``, ``n_windows``,
     ``scorer`` (which :class:`Scorer` ran), ``n_scored``, ``seconds``, ``windows_per_s``, ``metrics`` (:func:`lobstream.models.metrics.
     classification_report` of the argmax against the artifact's labels, on rows with both a
-    window and a label), ``trading`` (:func:`lobstream.replay.trading.trade_stats` at
+    window and a label), ``trading`` (:func:`lobstream.replay.backtest.simulate.trade_stats` at
     ``config.threshold`` plus ``config``, ``sweep`` and ``per_instrument`` stats keyed by
     instrument id) and ``kernel_conditions``.
     """
@@ -663,13 +663,13 @@ def evaluate(
     if not result.rows_kept:
         raise ValueError(
             f"this backtest kept {len(result.meta)} of its {result.n_rows} rows "
-            "(keep_rows=False): score it with lobstream.replay.streaming.StreamingEvaluator, "
+            "(keep_rows=False): score it with lobstream.replay.backtest.evaluator.StreamingEvaluator, "
             "or run it with keep_rows=True"
         )
     if result.probs.ndim == 3:
         raise ValueError(
             f"a {result.probs.shape[1]}-head artifact: score its heads with "
-            "lobstream.replay.streaming.evaluator_for (what lobstream backtest does)"
+            "lobstream.replay.backtest.evaluator.evaluator_for (what lobstream backtest does)"
         )
     scored = result.scored
     y_pred = np.argmax(result.probs[scored], axis=1)

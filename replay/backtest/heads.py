@@ -17,9 +17,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from lobstream.models.heads import head_manifest, n_heads
-from lobstream.replay.backtest import BacktestResult, label_def_from_manifest
-from lobstream.replay.streaming import StreamingEvaluator
-from lobstream.replay.trading import DEFAULT_SWEEP, Trades, TradingConfig
+from lobstream.replay.backtest.evaluator import StreamingEvaluator
+from lobstream.replay.backtest.run import BacktestResult, label_def_from_manifest
+from lobstream.replay.backtest.simulate import DEFAULT_SWEEP, Trades, TradingConfig
 
 # per-head entries of the summary (the rest: rows, time, kernel conditions are shared)
 _HEAD_KEYS = ("model", "n_scored", "metrics", "baselines", "trading")
@@ -34,7 +34,7 @@ def head_config(manifest: dict, config: TradingConfig) -> TradingConfig:
 
 
 class MultiHeadEvaluator:
-    """:class:`~lobstream.replay.streaming.StreamingEvaluator`'s interface for H heads.
+    """:class:`~lobstream.replay.backtest.evaluator.StreamingEvaluator`'s interface for H heads.
 
     Parameters
     ----------

@@ -15,7 +15,9 @@ import numpy as np
 from click.core import ParameterSource
 
 from lobstream.models.zoo import ARCHITECTURES
-from lobstream.replay.sweep import sweep_options  # train --sweep [--ray]: lobstream.replay.sweep
+from lobstream.replay.training.sweep import (
+    sweep_options,  # train --sweep [--ray]: lobstream.replay.training.sweep
+)
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +129,7 @@ def run_training(
         train_model,
     )
     from lobstream.models.zoo import build_model
-    from lobstream.replay.dataset import LabelDef, build_dataset
+    from lobstream.replay.training.dataset import LabelDef, build_dataset
 
     say = status or (lambda msg: None)
     tc = train_config or TrainConfig()

@@ -1,6 +1,6 @@
-"""The trading simulation of :mod:`lobstream.replay.trading`, run on rows as they arrive.
+"""The trading simulation of :mod:`lobstream.replay.backtest.simulate`, run on rows as they arrive.
 
-:func:`~lobstream.replay.trading.simulate_rows` needs every row at once: it looks ahead for the
+:func:`~lobstream.replay.backtest.simulate.simulate_rows` needs every row at once: it looks ahead for the
 row a decision fills at (``ts_event + latency``) and for the row where the horizon is due.
 Here the same rules run as a state machine per (threshold, instrument) that waits instead of
 looking ahead: a decision leaves an order in flight, and each later row of the instrument is
@@ -29,7 +29,7 @@ from dataclasses import replace
 import numpy as np
 
 from lobstream.kernels._jit import njit
-from lobstream.replay.trading import (
+from lobstream.replay.backtest.simulate import (
     EXIT_END,
     EXIT_HORIZON,
     EXIT_SIGNAL,
@@ -168,7 +168,7 @@ def _close_all(state, last, out):
 
 
 class StreamingTrader:
-    """:func:`~lobstream.replay.trading.simulate_rows` at several thresholds, chunk by chunk.
+    """:func:`~lobstream.replay.backtest.simulate.simulate_rows` at several thresholds, chunk by chunk.
 
     Parameters
     ----------

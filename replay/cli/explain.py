@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from lobstream.replay.cli import _FORMAT, _MODEL, _REGISTRY, _SKIP_BAD, _registry
+from lobstream.replay.cli.data import _FORMAT, _MODEL, _REGISTRY, _SKIP_BAD, _registry
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def read_rows(
     """Every feature row of ``files`` until ``stop(meta_so_far_last_chunk, n_rows)`` is true;
     scored by ``scorer`` (a backtest Scorer) when given."""
     from lobstream.kernels.dtypes import ROW_META_DTYPE
-    from lobstream.replay.backtest import rows_from_events, spec_from_manifest
+    from lobstream.replay.backtest.run import rows_from_events, spec_from_manifest
     from lobstream.replay.readers import read_events
 
     spec = spec_from_manifest(manifest)
@@ -170,7 +170,7 @@ def explain(
     from lobstream.models import explain as ex
     from lobstream.models.artifact import ArtifactError, load_model
     from lobstream.models.heads import head_manifest, n_heads
-    from lobstream.replay.backtest import make_scorer
+    from lobstream.replay.backtest.run import make_scorer
     from lobstream.replay.errors import DataError
 
     if sum(v is not None for v in (at, row, top)) != 1:

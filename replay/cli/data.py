@@ -123,8 +123,8 @@ def _defects_table(defects: Defects) -> Table:
 def replay(files, endpoint, speed, bind, skip_bad, batch, coalesce_us, wait, subscribers, hwm,
            lossless, no_require_snapshot, merge, registry, fmt, as_json) -> None:  # fmt: skip
     """Publish historical FILES as a live market-data feed (ZeroMQ PUB, md.<symbol> topics)."""
+    from lobstream.replay.feed.replayer import Replayer, ReplayStats, merge_by_time
     from lobstream.replay.readers import read_events
-    from lobstream.replay.replayer import Replayer, ReplayStats, merge_by_time
 
     reg = _registry(registry)
     defects = Defects()

@@ -2,7 +2,7 @@
 
 Messages
 --------
-Each message is ``[b"md.<symbol>", events]`` (:mod:`lobstream.replay.wire`) holding
+Each message is ``[b"md.<symbol>", events]`` (:mod:`lobstream.replay.feed.wire`) holding
 consecutive events of one instrument, cut only at the end of a LAST group (or where the
 instrument changes), packed up to ``batch`` events (a single longer group, such as a deep
 snapshot, stays whole). With ``speed > 0`` a message also spans no more than ``coalesce_us``
@@ -54,7 +54,7 @@ import zmq
 from lobstream.kernels._jit import njit
 from lobstream.kernels.dtypes import ACTION_CLEAR, EVENT_DTYPE, FLAG_LAST, FLAG_SNAPSHOT
 from lobstream.kernels.registry import Registry
-from lobstream.replay import wire
+from lobstream.replay.feed import wire
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ SPEC names values per parameter, ``;`` or spaces between parameters, commas betw
 
     --sweep "horizon=10,50 alpha=auto,0.0002 features=zscore,ticks_from_mid arch=binctabl,cnn"
 
-Every combination is a trial: :func:`lobstream.replay.train_cli.run_training` with the other
+Every combination is a trial: :func:`lobstream.replay.cli.train.run_training` with the other
 options of the command (epochs, split, max-events, ...), on the same chronological split
 (train, validation, test by time, as every ``lobstream train``). The table of trials is printed
 (validation and test macro-F1, test accuracy, the best baseline's test macro-F1 on the same
@@ -89,7 +89,7 @@ def trials(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
 def run_trial(files: Sequence[str], params: dict[str, Any], base: dict[str, Any]) -> dict:
     """One trial: ``run_training`` with ``base`` overridden by ``params``, exported to a temp
     file. Returns a JSON-ready row (``summary``: run_training's) plus the ``artifact`` bytes."""
-    from lobstream.replay.train_cli import run_training
+    from lobstream.replay.cli.train import run_training
 
     t0 = time.perf_counter()
     kw = dict(base)
@@ -199,7 +199,7 @@ def _base_from_cli(p: dict[str, Any], grid: dict[str, list[Any]]) -> dict[str, A
     """run_training's keywords (but files, out) from the train command's parameters
     (``--horizons``/``--loss-weights``: every trial a multi-horizon model)."""
     from lobstream.models.train import TrainConfig
-    from lobstream.replay.train_cli import _alpha, _split
+    from lobstream.replay.cli.train import _alpha, _split
 
     keys = ("epochs", "batch_size", "lr", "weight_decay", "patience", "seed",
             "max_train_windows", "max_eval_windows", "device", "threads", "chunk_rows",
@@ -214,7 +214,7 @@ def _base_from_cli(p: dict[str, Any], grid: dict[str, list[Any]]) -> dict[str, A
             raise click.UsageError(
                 "--sweep horizon=... trains one horizon per trial: leave --horizons out"
             )
-        from lobstream.replay.train_cli import _heads_options
+        from lobstream.replay.cli.train import _heads_options
 
         hs, lw = _heads_options(None, p["horizons"], p.get("loss_weights"))
         heads = {"horizons": hs if len(hs) > 1 else None, "loss_weights": lw}

@@ -1,18 +1,18 @@
 """Scoring a backtest as its rows stream past: memory bounded by instruments, not by rows.
 
-:class:`StreamingEvaluator` is the ``on_rows`` sink of :func:`lobstream.replay.backtest.
+:class:`StreamingEvaluator` is the ``on_rows`` sink of :func:`lobstream.replay.backtest.run.
 run_backtest` (``keep_rows=False``). Each chunk of scored rows goes
 
-- to :class:`~lobstream.replay.stream_trading.StreamingTrader`, which simulates the trading at
+- to :class:`~lobstream.replay.backtest.trading.StreamingTrader`, which simulates the trading at
   the chosen threshold and at every sweep threshold in one pass (no lookahead: orders in flight
   wait for their fill row);
 - to the signal counts per time-of-day bin (rows with a window, at the chosen threshold);
 - to the trend baseline (a carry of the last ``k - 1`` mids per instrument);
-- to :class:`~lobstream.replay.stream_labels.StreamingLabels`, which holds each row (its
+- to :class:`~lobstream.replay.backtest.labels.StreamingLabels`, which holds each row (its
   probabilities and the trend baseline's prediction) until its label is known, then hands it
   on to the confusion matrices (model, majority and trend baselines) and the calibration bins.
 
-:meth:`StreamingEvaluator.summary` returns the same dict as :func:`lobstream.replay.backtest.
+:meth:`StreamingEvaluator.summary` returns the same dict as :func:`lobstream.replay.backtest.run.
 evaluate` on the per-row record of the same run: equal counts, metrics from the same confusion
 matrix, the same trades in the same order (so the same trading statistics to the last bit).
 Only the calibration bins' float sums are added in another order (plots only).
@@ -27,7 +27,13 @@ import numpy as np
 
 from lobstream.kernels.dtypes import CLASS_NAMES
 from lobstream.models.metrics import confusion_matrix, report_from_confusion
-from lobstream.replay.backtest import (
+from lobstream.replay.backtest.labels import StreamingLabels
+from lobstream.replay.backtest.plots import (
+    calibration_counts,
+    calibration_table_from_counts,
+    signal_counts_by_bin,
+)
+from lobstream.replay.backtest.run import (
     BacktestResult,
     ProgressFn,
     baselines_summary,
@@ -37,20 +43,14 @@ from lobstream.replay.backtest import (
     summarise,
     trend_from_manifest,
 )
-from lobstream.replay.plots import (
-    calibration_counts,
-    calibration_table_from_counts,
-    signal_counts_by_bin,
-)
-from lobstream.replay.stream_labels import StreamingLabels
-from lobstream.replay.stream_trading import StreamingTrader
-from lobstream.replay.trading import (
+from lobstream.replay.backtest.simulate import (
     DEFAULT_SWEEP,
     Trades,
     TradingConfig,
     signals_from_probs,
     trade_stats,
 )
+from lobstream.replay.backtest.trading import StreamingTrader
 
 logger = logging.getLogger(__name__)
 
@@ -224,7 +224,7 @@ class StreamingEvaluator:
         self.trader.remap_rows(local_starts, global_starts)
 
     def calibration_table(self) -> list[dict]:
-        """Reliability per class (see :func:`lobstream.replay.plots.calibration_table`)."""
+        """Reliability per class (see :func:`lobstream.replay.backtest.plots.calibration_table`)."""
         return calibration_table_from_counts(*self.calibration)
 
     def trades(
@@ -240,7 +240,7 @@ class StreamingEvaluator:
         result: BacktestResult,
         tick_sizes: Mapping[int, float] | Sequence[float] | None = None,
     ) -> tuple[dict, Trades]:
-        """The summary :func:`lobstream.replay.backtest.evaluate` gives for the same rows.
+        """The summary :func:`lobstream.replay.backtest.run.evaluate` gives for the same rows.
 
         Parameters
         ----------
@@ -297,9 +297,9 @@ def evaluator_for(
     Callers use only its interface (``add``, ``finish``, ``summary``, ``merge``,
     ``remap_rows``, ``calibration_table``, ``signal_counts``, ``signal_bin_minutes``), so the
     kind of evaluator can follow the manifest without them changing: a multi-horizon
-    artifact gets a :class:`~lobstream.replay.head_scoring.MultiHeadEvaluator`."""
+    artifact gets a :class:`~lobstream.replay.backtest.heads.MultiHeadEvaluator`."""
     if manifest.get("heads") and len(manifest["heads"]) > 1:
-        from lobstream.replay.head_scoring import MultiHeadEvaluator
+        from lobstream.replay.backtest.heads import MultiHeadEvaluator
 
         return MultiHeadEvaluator(manifest, config, thresholds, n_instruments=n_instruments)
     return StreamingEvaluator(manifest, config, thresholds, n_instruments=n_instruments)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import click
 
-from lobstream.replay.cli import _MODEL
+from lobstream.replay.backtest.simulate import DEFAULT_SWEEP
+from lobstream.replay.cli.data import _MODEL
 from lobstream.replay.distributed import check_ray_address, ray_option
-from lobstream.replay.trading import DEFAULT_SWEEP
 
 logger = logging.getLogger(__name__)
 
@@ -153,9 +153,9 @@ def backtest(
     from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from lobstream.replay.backtest import backtest_files, trading_config_for
+    from lobstream.replay.backtest.evaluator import evaluator_for
+    from lobstream.replay.backtest.run import backtest_files, trading_config_for
     from lobstream.replay.errors import DataError
-    from lobstream.replay.streaming import evaluator_for
 
     if full_window:
         if scorer == "incremental":
@@ -279,8 +279,8 @@ def _backtest_on_ray(address: str, files, model_path, **kw):
 
 
 def _plots(out: Path, ev, summary: dict, trades) -> list[Path]:
-    from lobstream.replay import plots
-    from lobstream.replay.trading import equity_curve
+    from lobstream.replay.backtest import plots
+    from lobstream.replay.backtest.simulate import equity_curve
 
     ts, cum = equity_curve(trades)
     return [

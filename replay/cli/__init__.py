@@ -1,0 +1,1 @@
+"""The replay-side subcommands of ``lobstream``: replay/convert (data), train, backtest, explain."""

@@ -1,0 +1,1 @@
+"""Training inputs and pipelines: windows and labels from files (dataset), hyper-parameter sweeps."""
