@@ -1,67 +1,276 @@
-"""Offline windows/s: backtest path vs model alone vs the notebook way (``python -m bench.throughput``).
+"""Offline throughput, one run: the backtest path vs the model alone vs the notebook way.
 
-The work is :func:`lobstream.engine.throughput_bench.run_throughput`; ``lobstream bench
-throughput`` runs the same with a rich table.
+- ``model_only``: ``runner.infer(B)`` on a filled input buffer at each batch size; the best B.
+- ``backtest``: the in-process path at that B on events already read into memory (book +
+  rows -> strided windows -> runner buffer -> model), as :func:`run_backtest` runs it; and,
+  separately, ``backtest_with_read``: the same timed from opening the files, which adds the
+  reader's fixed start-up cost (decompressing and parsing the file) to a short run.
+- ``notebook``: what the DeepLOB reference notebooks do: a Python loop slicing every window out
+  of the normalised row matrix into one big array (their ``data_classification``), a torch
+  ``Dataset``/``DataLoader`` at batch 64, the eager ``nn.Module`` in eval mode called without
+  ``no_grad`` as in their evaluation loop, softmax after. It is given the normalised rows for
+  free (its own feature code is not timed), so the ratio flatters it.
+
+Data paths alone: the backtest's wall time outside the model calls, and the notebook's window
+loop + DataLoader without the model. When the model dominates both ends (a small model on a
+CPU), these say how much cheaper the data path is, which the end-to-end ratio cannot show.
+
+Compile and warm-up never fall in a timed region: every path runs once untimed first. The
+paths are timed in turns, ``repeat`` times, and medians reported (the machine may be shared).
 """
 
 from __future__ import annotations
 
-from bench._common import emit_json, machine, parser, print_table
+import logging
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BATCHES = (16, 32, 64, 128, 256, 512)
+NOTEBOOK_BATCH = 64
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = parser(__doc__.splitlines()[0])
-    ap.add_argument("--model", help="model artifact (default: the bundled one)")
-    ap.add_argument("--windows", type=int, default=4096)
-    ap.add_argument("--notebook-windows", type=int, default=1024)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--device", default="cpu")
-    args = ap.parse_args(argv)
-    from lobstream.engine.throughput_bench import run_throughput
+def default_model_path() -> Path:
+    """The bundled model artifact (models/assets/*.pt), the first in name order."""
+    from lobstream.models import __file__ as models_init
 
-    r = run_throughput(
-        args.model,
-        n_windows=args.windows,
-        notebook_windows=args.notebook_windows,
-        threads=args.threads,
-        device=args.device,
-        repeat=args.repeat,
-    )
-    if args.json:
-        emit_json({**r, "machine": machine()})
-        return
-    m = r["model_only_windows_per_s"]
-    rows = [
-        (f"model alone (B={r['best_batch']})", m, 1.0),
-        ("backtest (events in memory)", r["backtest_windows_per_s"], r["backtest_vs_model"]),
-        (
-            "backtest (from file open)",
-            r["backtest_with_read_windows_per_s"],
-            r["backtest_with_read_windows_per_s"] / m,
-        ),
-        ("notebook way", r["notebook_windows_per_s"], r["notebook_windows_per_s"] / m),
-        (
-            "backtest data path alone",
-            r["backtest_data_path_windows_per_s"],
-            r["backtest_data_path_windows_per_s"] / m,
-        ),
-        (
-            "notebook data path alone",
-            r["notebook_data_path_windows_per_s"],
-            r["notebook_data_path_windows_per_s"] / m,
-        ),
-    ]
-    print_table(
-        f"offline windows/s, {r['arch']} on {r['device']}, {r['threads']} thread(s)",
-        ("path", "windows/s", "vs model alone"),
-        rows,
-    )
-    print(
-        f"backtest / notebook: {r['backtest_vs_notebook']:.1f}x end to end, "
-        f"{r['data_path_vs_notebook']:.1f}x for the data path alone "
-        f"(medians of {r['repeat']} turns)"
-    )
+    found = sorted((Path(models_init).parent / "assets").glob("*.pt"))
+    if not found:
+        raise FileNotFoundError(
+            "no bundled model in lobstream/models/assets; pass --model MODEL.pt "
+            "(make one with lobstream train)"
+        )
+    return found[0]
 
 
-if __name__ == "__main__":
-    main()
+def default_files() -> list[Path]:
+    """The bundled LOBSTER GOOG 10-level sample."""
+    from lobstream.replay.samples import GOOG_MESSAGE_10
+
+    return [GOOG_MESSAGE_10]
+
+
+def _model_only(runner, batches: Sequence[int], n_windows: int, rng) -> dict[int, float]:
+    buf = runner.input
+    buf[...] = rng.standard_normal(buf.shape, dtype=np.float32)
+    out = {}
+    for b in batches:
+        if b > buf.shape[0]:
+            continue
+        runner.infer(b)  # warm this batch size
+        calls = max(3, -(-n_windows // b))
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            runner.infer(b)
+        out[b] = calls * b / (time.perf_counter() - t0)
+    return out
+
+
+def _eager_model(module, manifest: dict):
+    import torch
+
+    from lobstream.models.zoo import build_model
+
+    model = build_model(manifest["arch"], **manifest["config"])
+    # scripted archives also carry non-persistent buffers (constants the eager module rebuilds)
+    missing, _ = model.load_state_dict(module.state_dict(), strict=False)
+    if missing:
+        raise RuntimeError(f"eager {manifest['arch']} lacks weights {missing} in the artifact")
+    model.eval()
+    probe = torch.randn(2, 1, int(manifest["T"]), int(manifest["F"]))
+    with torch.no_grad():
+        diff = float((model(probe) - module(probe)).abs().max())
+    if diff > 1e-3:
+        raise RuntimeError(f"eager rebuild differs from the artifact by {diff:.3g} on a probe")
+    return model
+
+
+def notebook_way(
+    rows: np.ndarray, T: int, model, batch: int = NOTEBOOK_BATCH, device: str = "cpu"
+) -> np.ndarray:
+    """The reference notebooks' inference: Python window loop, DataLoader, eager batches.
+
+    Parameters
+    ----------
+    rows : (m, F) float32 normalised rows of one instrument. Not modified.
+    T : window length.
+    model : eager ``nn.Module`` in eval mode, or None to time the data path alone (NaN out).
+    batch : DataLoader batch size (the notebooks use 64).
+    device : where the batches go (the model must be there already).
+
+    Returns
+    -------
+    (m - T + 1, 3) float32 probabilities.
+    """
+    import torch
+    from torch.utils.data import DataLoader, Dataset
+
+    n, f = rows.shape
+    data_x = np.zeros((n - T + 1, T, f))  # float64, as their data_classification makes it
+    for i in range(T, n + 1):
+        data_x[i - T] = rows[i - T : i, :]
+
+    class _Windows(Dataset):
+        def __init__(self, x):
+            self.x = torch.from_numpy(x).unsqueeze(1)
+
+        def __len__(self):
+            return len(self.x)
+
+        def __getitem__(self, i):
+            return self.x[i]
+
+    loader = DataLoader(_Windows(data_x), batch_size=batch, shuffle=False)
+    out = []
+    for inputs in loader:
+        x = inputs.to(device, dtype=torch.float)
+        if model is None:  # data path alone: windows built and batched, no model call
+            out.append(np.full((len(x), 3), np.nan, np.float32))
+            continue
+        logits = model(x)
+        out.append(torch.softmax(logits, dim=1).detach().cpu().numpy())
+    return np.concatenate(out)
+
+
+def run_throughput(
+    model_path: str | Path | None = None,
+    files: Sequence[str | Path] | None = None,
+    *,
+    n_windows: int = 4096,
+    notebook_windows: int = 1024,
+    batches: Sequence[int] = DEFAULT_BATCHES,
+    threads: int = 1,
+    device: str = "cpu",
+    repeat: int = 3,
+    seed: int = 0,
+) -> dict:
+    """Windows/s of the three paths in one run (see the module docstring).
+
+    Returns
+    -------
+    dict with the medians over ``repeat`` turns of ``backtest_windows_per_s``,
+    ``model_only_windows_per_s`` (at the best batch), ``notebook_windows_per_s``,
+    ``backtest_with_read_windows_per_s``, and of the data paths alone
+    (``backtest_data_path_windows_per_s``: backtest windows over its wall time outside the
+    model; ``notebook_data_path_windows_per_s``: the notebook's window loop and DataLoader
+    without the model), ``best_batch``, ``model_only_by_batch``, ratios and settings.
+    """
+    import torch
+
+    from lobstream.kernels.registry import Registry
+    from lobstream.models.artifact import load_model
+    from lobstream.models.runner import ModelRunner
+    from lobstream.replay.backtest.run import rows_from_events, run_backtest, spec_from_manifest
+    from lobstream.replay.readers import read_events
+
+    torch.set_num_threads(threads)
+    model_path = Path(model_path) if model_path else default_model_path()
+    files = [Path(f) for f in files] if files else default_files()
+    module, manifest = load_model(model_path, device=device)
+    T = int(manifest["T"])
+    runner = ModelRunner(module, manifest, device=device, max_batch=max(batches), threads=threads)
+    rng = np.random.default_rng(seed)
+
+    by_batch = _model_only(runner, batches, n_windows, rng)
+    best_b = max(by_batch, key=by_batch.get)
+    logger.info("model alone: %s windows/s by batch; best B=%d", by_batch, best_b)
+
+    max_rows = n_windows + T - 1
+    # small read batches so the timed run reads about what it scores, not the whole file
+    read_rows = 8192
+
+    def backtest_once(batches, r=runner):
+        return run_backtest(batches, r, manifest, batch=best_b, max_rows=max_rows)
+
+    def read():
+        return read_events(files, Registry(), batch_rows=read_rows)
+
+    events = []
+    n_ev = 0
+    for ev in read():
+        events.append(ev)
+        n_ev += len(ev)
+        if n_ev >= 4 * max_rows:  # LAST rows are at most one per event; 4x covers sparse rows
+            break
+    warm = backtest_once(iter(events))
+    if warm.n_windows < n_windows:
+        logger.warning(
+            "the files give %d windows, fewer than the %d asked", warm.n_windows, n_windows
+        )
+    spec = spec_from_manifest(manifest)
+    rows_list = []
+    for rows, _, _ in rows_from_events(iter(events), spec, 1):
+        rows_list.append(rows.copy())
+        if sum(len(r) for r in rows_list) >= notebook_windows + T - 1:
+            break
+    rows = np.concatenate(rows_list)[: notebook_windows + T - 1]
+    # the notebooks run on the GPU when there is one: so does their way here
+    dev = str(runner.device)
+    cpu_module, _ = load_model(model_path, device="cpu")
+    eager = _eager_model(cpu_module, manifest).to(dev)
+    notebook_way(rows[: T + NOTEBOOK_BATCH], T, eager, device=dev)  # warm
+
+    # The machine is shared: the paths are measured in turns, ``repeat`` times, and the
+    # medians compared, so a burst of load elsewhere hits all of them alike.
+    timed = _TimedRunner(runner)
+    m_wps, bt_wps, bt_read_wps, bt_data_wps, nb_wps, nb_data_wps = ([] for _ in range(6))
+    for _ in range(repeat):
+        m_wps.append(_model_only(runner, [best_b], warm.n_windows, rng)[best_b])
+        timed.seconds = 0.0
+        t0 = time.perf_counter()
+        res = backtest_once(iter(events), timed)
+        wall = time.perf_counter() - t0
+        bt_wps.append(res.n_windows / wall)
+        bt_data_wps.append(res.n_windows / max(wall - timed.seconds, 1e-9))
+        t0 = time.perf_counter()
+        res_read = backtest_once(read())
+        bt_read_wps.append(res_read.n_windows / (time.perf_counter() - t0))
+        t0 = time.perf_counter()
+        nb = notebook_way(rows, T, eager, device=dev)
+        nb_wps.append(len(nb) / (time.perf_counter() - t0))
+        t0 = time.perf_counter()
+        notebook_way(rows, T, None, device=dev)
+        nb_data_wps.append(len(nb) / (time.perf_counter() - t0))
+    med = statistics.median
+    model_wps, bt, nbw = med(m_wps), med(bt_wps), med(nb_wps)
+    return {
+        "backtest_windows_per_s": bt,
+        "model_only_windows_per_s": model_wps,
+        "notebook_windows_per_s": nbw,
+        "backtest_with_read_windows_per_s": med(bt_read_wps),
+        "backtest_vs_model": bt / model_wps,
+        "backtest_vs_notebook": bt / nbw,
+        "backtest_data_path_windows_per_s": med(bt_data_wps),
+        "notebook_data_path_windows_per_s": med(nb_data_wps),
+        "data_path_vs_notebook": med(bt_data_wps) / med(nb_data_wps),
+        "best_batch": best_b,
+        "model_only_by_batch": {str(b): v for b, v in by_batch.items()},
+        "backtest_windows": res.n_windows,
+        "notebook_windows": len(nb),
+        "repeat": repeat,
+        "arch": manifest.get("arch"),
+        "model": str(model_path),
+        "files": [str(f) for f in files],
+        "threads": threads,
+        "device": dev,
+    }
+
+
+class _TimedRunner:
+    """A runner proxy that adds up the wall time spent in the model (``infer``)."""
+
+    def __init__(self, runner) -> None:
+        self.runner = runner
+        self.input = runner.input
+        self.seconds = 0.0
+
+    def infer(self, n: int) -> np.ndarray:
+        t0 = time.perf_counter()
+        out = self.runner.infer(n)
+        self.seconds += time.perf_counter() - t0
+        return out

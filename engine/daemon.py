@@ -164,7 +164,7 @@ class Daemon:
     """
 
     def __init__(self, cfg: ServeConfig, symbols, model: LoadedModel, context=None) -> None:
-        from lobstream.replay.backtest.run import spec_from_manifest
+        from lobstream.models.manifest import spec_from_manifest
 
         self.cfg = cfg
         self.symbols = list(symbols)
@@ -569,7 +569,7 @@ class Daemon:
         self._loader.start()
 
     def _load_new(self) -> None:
-        from lobstream.replay.backtest.run import spec_from_manifest
+        from lobstream.models.manifest import spec_from_manifest
 
         try:
             new = load_checked_model(self.cfg, len(self.symbols))
