@@ -110,11 +110,10 @@ def realised_labels(paths: list[Path], manifest: dict) -> dict[int, int]:
     from lobstream.kernels.book import new_report
     from lobstream.kernels.registry import Registry
     from lobstream.replay.backtest.run import (
-        label_def_from_manifest,
         labels_for_rows,
         rows_from_events,
-        spec_from_manifest,
     )
+    from lobstream.models.manifest import label_def_from_manifest, spec_from_manifest
     from lobstream.replay.readers import read_events
 
     registry = Registry()

@@ -165,7 +165,8 @@ def run_throughput(
     from lobstream.kernels.registry import Registry
     from lobstream.models.artifact import load_model
     from lobstream.models.runner import ModelRunner
-    from lobstream.replay.backtest.run import rows_from_events, run_backtest, spec_from_manifest
+    from lobstream.models.manifest import spec_from_manifest
+    from lobstream.replay.backtest.run import rows_from_events, run_backtest
     from lobstream.replay.readers import read_events
 
     torch.set_num_threads(threads)

@@ -344,11 +344,11 @@ def _scorer(path: Path, device: str, scorer: str, batch: int, threads, n_inst: i
     cached runner (the scorer's carry is new, the runner stateless between calls), or
     :func:`make_scorer`'s (incremental runners hold per-slot state: never shared)."""
     from lobstream.models.artifact import load_model
+    from lobstream.models.manifest import spec_from_manifest
     from lobstream.replay.backtest.run import (
         WindowScorer,
         choose_scorer,
         make_scorer,
-        spec_from_manifest,
     )
 
     key = (str(path), os.path.getmtime(path), device, int(batch), threads)

@@ -17,12 +17,11 @@ from lobstream.kernels.dtypes import (
 )
 from lobstream.kernels.features import FeatureSpec, events_to_rows
 from lobstream.kernels.labels import smoothed_labels
+from lobstream.models.manifest import label_def_from_manifest, spec_from_manifest
 from lobstream.replay.backtest.run import (
     WindowScorer,
     evaluate,
-    label_def_from_manifest,
     run_backtest,
-    spec_from_manifest,
     trading_config_for,
 )
 
@@ -126,7 +125,8 @@ def test_manifest_readers():
     with pytest.raises(ValueError, match="label kind 'mean'"):
         label_def_from_manifest({"label": {**MANIFEST["label"], "kind": "mean"}})
     secs = label_def_from_manifest({"label": {"horizon": 1.5, "unit": "seconds", "alpha": 0}})
-    assert (secs.horizon, secs.unit, secs.kind) == (1_500_000_000, "ns", "smoothed")
+    assert (secs.horizon, secs.unit, secs.kind) == (1.5, "seconds", "smoothed")
+    assert secs.kernel_args() == (1_500_000_000, "ns")
     cfg = trading_config_for(MANIFEST, threshold=0.7, cost_bps=None)
     assert (cfg.horizon, cfg.horizon_unit, cfg.threshold, cfg.cost_bps) == (3, "events", 0.7, 0)
     with pytest.raises(ValueError, match="label definition"):

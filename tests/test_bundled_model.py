@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from lobstream.models.artifact import load_model
+from lobstream.models.manifest import LabelDef
 from lobstream.models.metrics import classification_report
 from lobstream.models.runner import ModelRunner
 from lobstream.replay.samples import GOOG_MESSAGE_10
-from lobstream.replay.training.dataset import LabelDef, build_dataset
+from lobstream.replay.training.dataset import build_dataset
 from tests.conftest import REPO
 
 ARTIFACT = REPO / "models" / "assets" / "binctabl_goog.pt"

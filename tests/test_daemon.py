@@ -249,7 +249,8 @@ def test_signals_equal_in_process_backtest(artifact, ipc_dir, model_t, ingest_t)
         assert int(mine["seq"].max()) == newest
     # and the daemon's final windows are the backtest's last T rows
     from lobstream.kernels.book import new_report
-    from lobstream.replay.backtest.run import rows_from_events, spec_from_manifest
+    from lobstream.models.manifest import spec_from_manifest
+    from lobstream.replay.backtest.run import rows_from_events
 
     rows_all, meta_all = [], []
     for rows, meta, _ in rows_from_events([events], spec_from_manifest(manifest), 3, new_report()):

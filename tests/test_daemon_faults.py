@@ -33,7 +33,8 @@ from lobstream.engine.signals import decode
 from lobstream.kernels.book import new_report
 from lobstream.kernels.dtypes import FLAG_LAST, SIGNAL_DTYPE
 from lobstream.models.artifact import load_model, sha256_file
-from lobstream.replay.backtest.run import rows_from_events, spec_from_manifest
+from lobstream.models.manifest import spec_from_manifest
+from lobstream.replay.backtest.run import rows_from_events
 from lobstream.replay.feed.synthetic import synthetic_events
 from tests.test_daemon import PROB_ATOL, T, backtest_probs, export_test_model, make_cfg
 

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from lobstream.kernels.labels import classify_change, label_change, smoothed_change, spread_alpha
+from lobstream.models.manifest import LabelDef
 from lobstream.replay.feed.synthetic import synthetic_events
-from lobstream.replay.training.dataset import LabelDef, dataset_from_events
+from lobstream.replay.training.dataset import dataset_from_events
 
 T, K, LEVELS = 20, 10, 5
 

@@ -21,7 +21,8 @@ from lobstream.models import explain as ex
 from lobstream.models.artifact import load_model
 from lobstream.models.train import TrainConfig, Windows, train_model
 from lobstream.models.zoo import ARCHITECTURES, build_model
-from lobstream.replay.backtest.run import rows_from_events, spec_from_manifest
+from lobstream.models.manifest import spec_from_manifest
+from lobstream.replay.backtest.run import rows_from_events
 from lobstream.replay.readers import read_events
 from lobstream.replay.samples import GOOG_MESSAGE_10
 from tests.conftest import REPO

@@ -26,14 +26,15 @@ from lobstream.models.heads import (
     parse_loss_weights,
 )
 from lobstream.models.incremental import IncrementalRunner
+from lobstream.models.manifest import LabelDef, label_def_from_manifest
 from lobstream.models.metrics import confusion_matrix, report_from_confusion
 from lobstream.models.runner import ModelRunner
 from lobstream.models.zoo import build_model
 from lobstream.replay.backtest.evaluator import StreamingEvaluator, evaluator_for
-from lobstream.replay.backtest.run import label_def_from_manifest, labels_for_rows, run_backtest
+from lobstream.replay.backtest.run import labels_for_rows, run_backtest
 from lobstream.replay.backtest.simulate import TradingConfig
 from lobstream.replay.feed.synthetic import synthetic_events
-from lobstream.replay.training.dataset import LabelDef, dataset_from_events
+from lobstream.replay.training.dataset import dataset_from_events
 from tests.test_daemon import MANIFEST, PROB_ATOL, Running, make_cfg
 
 T, L, F = 30, 2, 8

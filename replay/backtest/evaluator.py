@@ -26,6 +26,11 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 
 from lobstream.kernels.dtypes import CLASS_NAMES
+from lobstream.models.manifest import (
+    label_def_from_manifest,
+    majority_from_manifest,
+    trend_from_manifest,
+)
 from lobstream.models.metrics import confusion_matrix, report_from_confusion
 from lobstream.replay.backtest.labels import StreamingLabels
 from lobstream.replay.backtest.plots import (
@@ -37,11 +42,8 @@ from lobstream.replay.backtest.run import (
     BacktestResult,
     ProgressFn,
     baselines_summary,
-    label_def_from_manifest,
-    majority_from_manifest,
     run_backtest,
     summarise,
-    trend_from_manifest,
 )
 from lobstream.replay.backtest.simulate import (
     DEFAULT_SWEEP,
@@ -85,9 +87,8 @@ class StreamingEvaluator:
         self.sweep = tuple(float(t) for t in thresholds)
         label = label_def_from_manifest(manifest)
         # payload: the 3 probabilities and the trend baseline's prediction
-        self.labels = StreamingLabels(
-            label.horizon, label.unit, label.alpha, width=4, kind=label.kind
-        )
+        horizon, unit = label.kernel_args()
+        self.labels = StreamingLabels(horizon, unit, label.alpha, width=4, kind=label.kind)
         self.majority = majority_from_manifest(manifest)
         self.trend, self.trend_rule = trend_from_manifest(manifest)
         self._trend_carry: dict[int, np.ndarray] = {}  # last k - 1 mids per instrument

@@ -44,9 +44,16 @@ import numpy as np
 from lobstream.kernels.book import BookState, new_book, new_report
 from lobstream.kernels.dtypes import CODE_NAMES, ROW_META_DTYPE
 from lobstream.kernels.features import FeatureSpec, events_to_rows
-from lobstream.kernels.labels import LABEL_KINDS, LABEL_NONE, mid_labels
+from lobstream.kernels.labels import LABEL_NONE, mid_labels
 from lobstream.kernels.registry import Registry
 from lobstream.models.baselines import TrendBaseline
+from lobstream.models.manifest import (
+    LabelDef,
+    label_def_from_manifest,
+    majority_from_manifest,
+    spec_from_manifest,
+    trend_from_manifest,
+)
 from lobstream.replay.backtest.simulate import (
     DEFAULT_SWEEP,
     Trades,
@@ -69,21 +76,6 @@ SCORERS = ("auto", "incremental", "full-window")
 ProgressFn = Callable[[int, int, int], None]
 # rows(meta (m,) ROW_META_DTYPE, probs (m, 3) f4, (m, H, 3) for H heads) of each scored chunk
 RowsFn = Callable[[np.ndarray, np.ndarray], None]
-
-
-@dataclass(frozen=True)
-class LabelDef:
-    """The artifact's label definition: horizon (rows or ns), unit, threshold alpha, kind
-    (:data:`lobstream.kernels.labels.LABEL_KINDS`; manifests without one are "smoothed")."""
-
-    horizon: int
-    unit: str  # "events" | "ns"
-    alpha: float
-    kind: str = "smoothed"
-
-    @property
-    def horizon_seconds(self) -> float:
-        return self.horizon / 1e9 if self.unit == "ns" else float("nan")
 
 
 @dataclass
@@ -128,68 +120,6 @@ class BacktestResult:
 def has_window(probs: np.ndarray) -> np.ndarray:
     """(n,) bool: rows of probabilities (n, 3) or (n, H, 3) that had a full window (not NaN)."""
     return ~np.isnan(probs.reshape(len(probs), -1)[:, 0])
-
-
-def spec_from_manifest(manifest: dict) -> FeatureSpec:
-    """The :class:`FeatureSpec` stored in an artifact manifest."""
-    feature = manifest.get("feature")
-    if not isinstance(feature, dict) or "kind" not in feature or "params" not in feature:
-        raise ValueError(
-            f"model manifest has no usable 'feature' spec (found {feature!r}); expected "
-            "{'kind', 'levels', 'params'}: re-export the model with lobstream train"
-        )
-    return FeatureSpec.from_dict({"levels": manifest.get("L"), **feature})
-
-
-def label_def_from_manifest(manifest: dict) -> LabelDef:
-    """The label definition stored in an artifact manifest (horizon, unit, alpha, kind).
-
-    A manifest written before label kinds existed has no ``kind``: its labels were the smoothed
-    ones (the only kind then), so it reads as ``"smoothed"``."""
-    d = manifest.get("label")
-    if not d or "horizon" not in d or "alpha" not in d:
-        raise ValueError(
-            f"model manifest has no usable label definition (found {d!r}); expected "
-            "{'horizon', 'unit', 'alpha'}: re-export the model with lobstream train"
-        )
-    kind = d.get("kind", "smoothed")
-    if kind not in LABEL_KINDS:
-        raise ValueError(
-            f"model manifest has label kind {kind!r}; this version knows {LABEL_KINDS}"
-        )
-    unit = d.get("unit", "events")
-    if unit in ("s", "seconds"):
-        return LabelDef(int(round(float(d["horizon"]) * 1e9)), "ns", float(d["alpha"]), kind)
-    return LabelDef(int(d["horizon"]), unit, float(d["alpha"]), kind)
-
-
-def majority_from_manifest(manifest: dict) -> int | None:
-    """The majority baseline's class: the most frequent training label (None: not recorded)."""
-    bal = ((manifest.get("trained_on") or {}).get("class_balance") or {}).get("train")
-    return int(np.argmax(bal)) if bal else None
-
-
-def trend_from_manifest(manifest: dict) -> tuple[TrendBaseline | None, dict]:
-    """The trend baseline of an artifact and how it was chosen.
-
-    The rule fitted at training (``baselines.trend.rule``: direction, lookback) when the
-    manifest has one; else momentum over the label horizon (horizon in events, capped at T),
-    for manifests from before the trend baseline; else (time horizon) none.
-
-    Returns
-    -------
-    (baseline or None, rule dict for the report, with ``source``).
-    """
-    label = label_def_from_manifest(manifest)
-    rule = ((manifest.get("baselines") or {}).get("trend") or {}).get("rule")
-    if rule:
-        d = 1 if rule["direction"] == "momentum" else -1
-        tb = TrendBaseline(int(rule["lookback_rows"]), label.alpha, d)
-        return tb, {**tb.rule(), "source": "fitted at training (manifest)"}
-    if label.unit == "events":
-        tb = TrendBaseline(max(1, min(label.horizon, int(manifest["T"]))), label.alpha, 1)
-        return tb, {**tb.rule(), "source": "momentum over the label horizon (none in manifest)"}
-    return None, {"source": "none: the manifest has no trend rule and the horizon is in time"}
 
 
 def trend_predictions(meta: np.ndarray, trend: TrendBaseline) -> np.ndarray:
@@ -491,7 +421,8 @@ def labels_for_rows(meta: np.ndarray, label: LabelDef) -> np.ndarray:
         idx = np.flatnonzero(inst == i)
         mid = np.ascontiguousarray(meta["mid"][idx], np.float64)
         ts = np.ascontiguousarray(meta["ts_event"][idx], np.int64)
-        out[idx] = mid_labels(mid, label.horizon, label.alpha, ts, label.unit, label.kind)
+        k, unit = label.kernel_args()
+        out[idx] = mid_labels(mid, k, label.alpha, ts, unit, label.kind)
     return out
 
 
@@ -753,8 +684,5 @@ def _subset(trades: Trades, mask: np.ndarray) -> Trades:
 def trading_config_for(manifest: dict, **overrides) -> TradingConfig:
     """A :class:`TradingConfig` whose holding horizon is the artifact's label horizon."""
     label = label_def_from_manifest(manifest)
-    if label.unit == "ns":
-        base = {"horizon": label.horizon / 1e9, "horizon_unit": "seconds"}
-    else:
-        base = {"horizon": label.horizon, "horizon_unit": "events"}
+    base = {"horizon": label.horizon, "horizon_unit": label.unit}
     return TradingConfig(**{**base, **{k: v for k, v in overrides.items() if v is not None}})

@@ -66,7 +66,8 @@ def read_rows(
     """Every feature row of ``files`` until ``stop(meta_so_far_last_chunk, n_rows)`` is true;
     scored by ``scorer`` (a backtest Scorer) when given."""
     from lobstream.kernels.dtypes import ROW_META_DTYPE
-    from lobstream.replay.backtest.run import rows_from_events, spec_from_manifest
+    from lobstream.models.manifest import spec_from_manifest
+    from lobstream.replay.backtest.run import rows_from_events
     from lobstream.replay.readers import read_events
 
     spec = spec_from_manifest(manifest)

@@ -129,7 +129,8 @@ def run_training(
         train_model,
     )
     from lobstream.models.zoo import build_model
-    from lobstream.replay.training.dataset import LabelDef, build_dataset
+    from lobstream.models.manifest import LabelDef
+    from lobstream.replay.training.dataset import build_dataset
 
     say = status or (lambda msg: None)
     tc = train_config or TrainConfig()

@@ -44,54 +44,21 @@ from lobstream.kernels.features import (
 )
 from lobstream.kernels.labels import (
     LABEL_DEFINITIONS,
-    LABEL_KINDS,
     balanced_alpha,
     classify_change,
     label_change,
     spread_alpha,
 )
 from lobstream.kernels.registry import Registry
+from lobstream.models.manifest import LabelDef
 from lobstream.models.train import Windows
 from lobstream.replay.readers import read_events
 
 logger = logging.getLogger(__name__)
 
 PARTS = ("train", "val", "test")
-SMOOTHING = LABEL_DEFINITIONS["smoothed"]  # the definition string of manifests before kinds
-NS_PER_SECOND = 1_000_000_000
 # Conditions that mean the input does not describe a valid book; the others are routine.
 _SERIOUS = ("crossed", "seq_gap", "bad_event", "bad_instrument", "time_backwards")
-
-
-@dataclass(frozen=True)
-class LabelDef:
-    """What a label means: horizon ``k`` in ``unit`` ("events" or "seconds"), threshold
-    ``alpha`` (None: chosen on the training part) and ``kind`` (see
-    :mod:`lobstream.kernels.labels`).
-
-    ``kind`` defaults to the leak-free ``"future"``, as ``lobstream train`` does; a manifest
-    without a kind means ``"smoothed"`` (its readers, e.g. the backtest, say so explicitly).
-    """
-
-    horizon: float
-    unit: str = "events"
-    alpha: float | None = None
-    kind: str = "future"
-
-    def __post_init__(self) -> None:
-        if self.kind not in LABEL_KINDS:
-            raise ValueError(f"label kind must be one of {LABEL_KINDS}, got {self.kind!r}")
-        if self.unit not in ("events", "seconds"):
-            raise ValueError(f"horizon unit must be 'events' or 'seconds', got {self.unit!r}")
-        if not self.horizon > 0:
-            raise ValueError(f"horizon must be positive, got {self.horizon}")
-        if self.unit == "events" and int(self.horizon) != self.horizon:
-            raise ValueError(f"a horizon in events must be a whole number, got {self.horizon}")
-
-    def kernel_args(self) -> tuple[int, str]:
-        if self.unit == "events":
-            return int(self.horizon), "events"
-        return int(round(self.horizon * NS_PER_SECOND)), "ns"
 
 
 @dataclass
@@ -212,9 +179,9 @@ def _log_report(path: str, report: np.ndarray) -> None:
 
 def _gap_end(ts: np.ndarray, b: int, window: int, label: LabelDef) -> int:
     """First row after the gap that follows a cut at row ``b`` of one stream."""
-    if label.unit == "events":
-        return b + window + int(label.horizon)
-    h, _ = label.kernel_args()
+    h, unit = label.kernel_args()
+    if unit == "events":
+        return b + window + h
     if b >= len(ts):
         return len(ts)
     return int(np.searchsorted(ts, ts[b] + h, side="right")) + window
