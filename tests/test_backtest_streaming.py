@@ -13,10 +13,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lobstream.kernels.dtypes import ROW_META_DTYPE
-from lobstream.kernels.labels import mid_labels
+from lobstream.kernels.labels import StreamingLabels, mid_labels
 from lobstream.models.metrics import classification_report, confusion_matrix, report_from_confusion
 from lobstream.replay.backtest.evaluator import StreamingEvaluator, stream_backtest
-from lobstream.replay.backtest.labels import StreamingLabels
 from lobstream.replay.backtest.plots import (
     calibration_counts,
     calibration_table,

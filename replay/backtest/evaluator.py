@@ -8,7 +8,7 @@ run_backtest` (``keep_rows=False``). Each chunk of scored rows goes
   wait for their fill row);
 - to the signal counts per time-of-day bin (rows with a window, at the chosen threshold);
 - to the trend baseline (a carry of the last ``k - 1`` mids per instrument);
-- to :class:`~lobstream.replay.backtest.labels.StreamingLabels`, which holds each row (its
+- to :class:`~lobstream.kernels.labels.StreamingLabels`, which holds each row (its
   probabilities and the trend baseline's prediction) until its label is known, then hands it
   on to the confusion matrices (model, majority and trend baselines) and the calibration bins.
 
@@ -26,13 +26,13 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 
 from lobstream.kernels.dtypes import CLASS_NAMES
+from lobstream.kernels.labels import StreamingLabels
 from lobstream.models.manifest import (
     label_def_from_manifest,
     majority_from_manifest,
     trend_from_manifest,
 )
 from lobstream.models.metrics import confusion_matrix, report_from_confusion
-from lobstream.replay.backtest.labels import StreamingLabels
 from lobstream.replay.backtest.plots import (
     calibration_counts,
     calibration_table_from_counts,
