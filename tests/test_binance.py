@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lobstream.kernels import book as B
+from lobstream.kernels.decimal import EMPTY, NOT_NUMBER
 from lobstream.kernels.dtypes import (
     ACTION_CLEAR,
     ACTION_TRADE,
@@ -417,7 +418,7 @@ def test_bad_csv_side(tmp_path, data_dir):
 def test_parse_fixed_is_exact(x):
     s = format(x, "f")
     v, status, _ = _decimal.parse_fixed([s, "1e5", "", "1.2.3"], 8)
-    assert status.tolist() == [0, _decimal.NOT_NUMBER, _decimal.EMPTY, _decimal.NOT_NUMBER]
+    assert status.tolist() == [0, NOT_NUMBER, EMPTY, NOT_NUMBER]
     assert v[0] == int(x.scaleb(8))
 
 

@@ -6,118 +6,21 @@ numbers with ``scale`` decimals, then divided by the tick size in the same units
 any price that is off the tick grid. Sizes are converted from the same fixed-point integers
 to float64 (one correctly rounded division).
 
-Parsing runs in one Numba kernel over the strings joined by newlines (one C-level join), so a
-batch of a million levels costs one call, not a million ``Decimal`` objects.
+Parsing runs in one Numba kernel (:func:`lobstream.kernels.decimal.parse_fields`, which also
+defines the status codes) over the strings joined by newlines (one C-level join), so a batch of
+a million levels costs one call, not a million ``Decimal`` objects.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from decimal import Decimal
 
 import numpy as np
 
-from lobstream.kernels._jit import njit
-
-logger = logging.getLogger(__name__)
-
-# Status codes written per string by the kernel.
-OK = 0
-EMPTY = 1  # empty or blank field
-NOT_NUMBER = 2  # a character that is not a digit, sign or one decimal point
-TOO_PRECISE = 3  # non-zero digits beyond ``scale`` decimals
-OVERFLOW = 4  # does not fit int64 at this scale
-STATUS_NAMES = ("ok", "empty", "non_numeric", "too_precise", "overflow")
+from lobstream.kernels.decimal import parse_fields
 
 MAX_SCALE = 12
-_INT64_LIMIT = 922337203685477580  # (2**63 - 1) // 10, the last safe value before a * 10
-
-
-@njit
-def _parse_fixed(buf, n, scale, out, status):
-    """Parse ``n`` newline-separated ASCII fields of ``buf`` (uint8) into int64 with ``scale``
-    decimals.
-
-    Writes ``out`` (n,) int64 and ``status`` (n,) uint8 in place; returns the largest number
-    of significant decimals seen (trailing zeros ignored), for tick inference, or -1 if ``buf``
-    does not hold exactly ``n`` fields.
-    """
-    w = buf.shape[0]
-    max_dec = 0
-    j = 0
-    for i in range(n):
-        if j > w:
-            return -1
-        val = 0
-        neg = False
-        seen_digit = False
-        seen_point = False
-        dec = 0  # decimals consumed into val
-        sig_dec = 0  # position of the last non-zero decimal
-        st = 0
-        while j < w and (buf[j] == 32 or buf[j] == 9):
-            j += 1
-        if j < w and (buf[j] == 45 or buf[j] == 43):
-            neg = buf[j] == 45
-            j += 1
-        while j < w and buf[j] != 10:
-            c = buf[j]
-            if st != OK:
-                pass  # skip to the end of a bad field
-            elif c == 46:
-                if seen_point:
-                    st = NOT_NUMBER
-                seen_point = True
-            elif 48 <= c <= 57:
-                seen_digit = True
-                d = c - 48
-                if seen_point:
-                    if dec < scale:
-                        dec += 1
-                        if val > _INT64_LIMIT:
-                            st = OVERFLOW
-                        val = val * 10 + d
-                        if d != 0:
-                            sig_dec = dec
-                    elif d != 0:
-                        st = TOO_PRECISE
-                else:
-                    if val > _INT64_LIMIT:
-                        st = OVERFLOW
-                    val = val * 10 + d
-            elif c == 32 or c == 9 or c == 13:
-                # trailing blanks only
-                k = j
-                while k < w and buf[k] != 10:
-                    if buf[k] != 32 and buf[k] != 9 and buf[k] != 13:
-                        st = NOT_NUMBER
-                    k += 1
-                j = k - 1
-            else:
-                st = NOT_NUMBER
-            j += 1
-        j += 1  # the separator
-        if st == OK and not seen_digit:
-            st = EMPTY if not (neg or seen_point) else NOT_NUMBER
-        if st == OK:
-            while dec < scale:
-                if val > _INT64_LIMIT:
-                    st = OVERFLOW
-                    break
-                val *= 10
-                dec += 1
-        if st != OK:
-            out[i] = 0
-            status[i] = st
-            continue
-        out[i] = -val if neg else val
-        status[i] = OK
-        if sig_dec > max_dec:
-            max_dec = sig_dec
-    if j < w:
-        return -1
-    return max_dec
 
 
 def _text_list(strings: Sequence[str] | np.ndarray) -> list[str]:
@@ -165,11 +68,11 @@ def parse_fixed(
     except TypeError:
         strings = _text_list(strings)
         buf = np.frombuffer("\n".join(strings).encode("ascii", "replace"), np.uint8)
-    max_dec = _parse_fixed(buf, np.int64(n), np.int64(scale), out, status)
+    max_dec = parse_fields(buf, np.int64(n), np.int64(scale), out, status)
     if max_dec < 0:
         clean = [s.replace("\n", "?").replace("\r", "?") for s in strings]
         buf = np.frombuffer("\n".join(clean).encode("ascii", "replace"), np.uint8)
-        max_dec = _parse_fixed(buf, np.int64(n), np.int64(scale), out, status)
+        max_dec = parse_fields(buf, np.int64(n), np.int64(scale), out, status)
     return out, status, int(max_dec)
 
 
@@ -181,12 +84,6 @@ def tick_units(tick: Decimal, scale: int) -> int:
             f"tick size {tick} is finer than {scale} decimals; the reader cannot represent it"
         )
     return int(units)
-
-
-def scale_for(tick: Decimal, at_least: int = 0) -> int:
-    """Decimals needed to hold ``tick`` exactly (and at least ``at_least``)."""
-    exp = -tick.normalize().as_tuple().exponent
-    return max(int(exp), at_least, 0)
 
 
 def max_decimals(values: np.ndarray, scale: int, default: int = 2) -> int:
@@ -205,31 +102,6 @@ def infer_tick(max_decimals: int) -> Decimal:
     return Decimal(1).scaleb(-max_decimals)
 
 
-@njit
-def _fixed_to_ticks(values, units, out):
-    """``out = values // units``; returns the index of the first off-grid value or -1."""
-    first_bad = -1
-    for i in range(values.shape[0]):
-        q = values[i] // units
-        if q * units != values[i] and first_bad < 0:
-            first_bad = i
-        out[i] = q
-    return first_bad
-
-
-def fixed_to_ticks(values: np.ndarray, units: int) -> tuple[np.ndarray, int]:
-    """Fixed-point int64 (n,) -> integer ticks (n,) int64; also the first off-grid index or -1."""
-    out = np.empty(values.shape[0], np.int64)
-    first_bad = _fixed_to_ticks(np.ascontiguousarray(values, np.int64), np.int64(units), out)
-    return out, int(first_bad)
-
-
 def fixed_to_float(values: np.ndarray, scale: int) -> np.ndarray:
     """Fixed-point int64 -> float64 (one correctly rounded division per value)."""
     return values.astype(np.float64) / float(10**scale)
-
-
-def warm_up() -> None:
-    """Compile the kernels for the types readers use, outside any timed region."""
-    v, _, _ = parse_fixed(["1.5", "x"], 2)
-    fixed_to_ticks(v, 5)

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lobstream.kernels.decimal import OK, STATUS_NAMES
 from lobstream.kernels.dtypes import (
     ACTION_CLEAR,
     ACTION_TRADE,
@@ -165,7 +166,7 @@ class DepthReader:
             return np.zeros(0, EVENT_DTYPE)
         pxv, pst = _fixed(ck.px)
         qv, qst = _fixed(ck.qty)
-        lv_bad = (pst != _decimal.OK) | (qst != _decimal.OK) | (pxv <= 0) | (qv < 0)
+        lv_bad = (pst != OK) | (qst != OK) | (pxv <= 0) | (qv < 0)
         side = np.asarray(ck.side, np.int64)
         lv_bad |= side > 1
         # per-level message index, to find bad messages and group tick inference
@@ -207,14 +208,14 @@ class DepthReader:
     def _level_problem(ck, j, pst, qst, px, q, side):
         if side > 1:
             return "bad_side", f"unknown side code {side}; expected bid or ask"
-        if pst != _decimal.OK:
+        if pst != OK:
             return "bad_price", (
-                f"price {ck.px[j]!r} is {_decimal.STATUS_NAMES[pst]}; expected "
+                f"price {ck.px[j]!r} is {STATUS_NAMES[pst]}; expected "
                 f"a decimal string with at most {SCALE} decimals"
             )
-        if qst != _decimal.OK:
+        if qst != OK:
             return "bad_quantity", (
-                f"quantity {ck.qty[j]!r} is {_decimal.STATUS_NAMES[qst]}; "
+                f"quantity {ck.qty[j]!r} is {STATUS_NAMES[qst]}; "
                 f"expected a decimal string with at most {SCALE} decimals"
             )
         if px <= 0:

@@ -36,6 +36,7 @@ import numpy as np
 import polars as pl
 
 from lobstream.kernels import mbo as mbo_kernel
+from lobstream.kernels.decimal import EMPTY, OK
 from lobstream.kernels.dtypes import EVENT_DTYPE, FLAG_LAST, FLAG_SNAPSHOT
 from lobstream.kernels.registry import Instrument, Registry
 from lobstream.replay.errors import DataError, Defects
@@ -521,7 +522,7 @@ class _Reader:
             )
         price_s = df["price"].fill_null("").to_list()
         pv, pst, _ = _decimal.parse_fixed(price_s, _NANO)
-        empty = pst == _decimal.EMPTY
+        empty = pst == EMPTY
         action = np.frombuffer(
             "".join((a or "?")[:1] for a in df["action"].to_list()).encode("ascii", "replace"),
             np.uint8,
@@ -531,8 +532,8 @@ class _Reader:
             np.uint8,
         )
         priced = np.isin(action, np.frombuffer(b"AMT", np.uint8))
-        price_bad = (pst != _decimal.OK) & ~(empty & ~priced)
-        price_bad |= (pst == _decimal.OK) & (pv <= 0) & priced
+        price_bad = (pst != OK) & ~(empty & ~priced)
+        price_bad |= (pst == OK) & (pv <= 0) & priced
         for j in np.flatnonzero(price_bad & ~bad)[:1]:
             self.bad(
                 "bad_price", f"price {price_s[int(j)]!r} is not a positive decimal", row0 + int(j)

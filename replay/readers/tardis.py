@@ -32,6 +32,7 @@ import numpy as np
 import polars as pl
 
 from lobstream.kernels import mbo as levels_kernel
+from lobstream.kernels.decimal import EMPTY, OK
 from lobstream.kernels.dtypes import (
     ACTION_CLEAR,
     ACTION_UPDATE,
@@ -243,7 +244,7 @@ class _Reader:
         bad |= bad_side
         px_s = df["price"].fill_null("").to_list()
         px, pst, _ = _decimal.parse_fixed(px_s, SCALE)
-        bad_px = ((pst != _decimal.OK) | (px <= 0)) & ~bad
+        bad_px = ((pst != OK) | (px <= 0)) & ~bad
         self.flag_rows(
             bad_px,
             "bad_price",
@@ -253,7 +254,7 @@ class _Reader:
         bad |= bad_px
         am_s = df["amount"].fill_null("").to_list()
         am, ast, _ = _decimal.parse_fixed(am_s, SCALE)
-        bad_am = ((ast != _decimal.OK) | (am < 0)) & ~bad
+        bad_am = ((ast != OK) | (am < 0)) & ~bad
         self.flag_rows(
             bad_am, "bad_quantity", lambda j: f"amount {am_s[j]!r} is not a decimal >= 0", row0
         )
@@ -359,9 +360,9 @@ class _Reader:
         for s in ("asks", "bids"):
             pv, pst, ps = mats[s, "price"]
             av, ast, _ = mats[s, "amount"]
-            empty = pst == _decimal.EMPTY
-            badp = ((pst != _decimal.OK) & ~empty) | ((pst == _decimal.OK) & (pv <= 0))
-            bada = ((ast != _decimal.OK) & ~(empty & (ast == _decimal.EMPTY))) | (av < 0)
+            empty = pst == EMPTY
+            badp = ((pst != OK) & ~empty) | ((pst == OK) & (pv <= 0))
+            bada = ((ast != OK) & ~(empty & (ast == EMPTY))) | (av < 0)
             rows = (badp | bada).any(axis=1) & ~bad
             self.flag_rows(
                 rows,
@@ -384,7 +385,7 @@ class _Reader:
         for s in ("asks", "bids"):
             pv, pst, _ = mats[s, "price"]
             pv, pst = pv[keep], pst[keep]
-            present = pst == _decimal.OK
+            present = pst == OK
             ticks = np.where(present, pv // units, levels_kernel.MISSING)
             off |= (present & (ticks * units != pv)).any(axis=1)
             out[s] = (ticks, _decimal.fixed_to_float(mats[s, "amount"][0][keep], SCALE))
