@@ -68,10 +68,7 @@ from pathlib import Path
 import numpy as np
 
 from lobstream.kernels.dtypes import EVENT_DTYPE
-from lobstream.kernels.registry import Instrument, Registry
-from lobstream.replay.errors import DataError, Defects
-from lobstream.replay.readers import DEFAULT_BATCH_ROWS
-from lobstream.replay.readers._lobster_kernel import (
+from lobstream.kernels.lobster_rows import (
     BOOK_BAD_SIZE,
     BOOK_NON_POSITIVE_PRICE,
     BOOK_OFF_GRID,
@@ -82,6 +79,9 @@ from lobstream.replay.readers._lobster_kernel import (
     parse_int_csv,
     prepare_book,
 )
+from lobstream.kernels.registry import Instrument, Registry
+from lobstream.replay.errors import DataError, Defects
+from lobstream.replay.readers import DEFAULT_BATCH_ROWS
 
 logger = logging.getLogger(__name__)
 

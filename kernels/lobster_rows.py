@@ -1,8 +1,8 @@
-"""The stateful kernel of the LOBSTER reader: orderbook rows -> canonical level updates.
+"""LOBSTER kernels: integer CSV lines -> values, orderbook rows -> checked levels -> level updates.
 
 Pure: arrays and scalars in, events and the announced-level state out; no I/O, no raising.
-The rule it implements (which levels get size 0 when they leave the top N) is documented in
-:mod:`lobstream.replay.readers.lobster`.
+The rule ``diff_rows`` implements (which levels get size 0 when they leave the top N) is
+documented in :mod:`lobstream.replay.readers.lobster`, which drives these kernels.
 """
 
 from __future__ import annotations
