@@ -51,8 +51,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import zmq
 
-from lobstream.kernels._jit import njit
 from lobstream.kernels.dtypes import ACTION_CLEAR, EVENT_DTYPE, FLAG_LAST, FLAG_SNAPSHOT
+from lobstream.kernels.message_cuts import cut_messages
 from lobstream.kernels.registry import Registry
 from lobstream.replay.feed import wire
 
@@ -63,45 +63,11 @@ DEFAULT_HWM = 100_000
 _SPIN_NS = 200_000  # below this, wait by spinning: sleep() overshoots by ~50-100 us
 
 
-@njit
-def _message_cuts(ts, flags, instrument, max_events, max_span, cuts):
-    """End indices of the messages of one batch, written to ``cuts``; returns how many.
-
-    A message: consecutive events of one instrument, cut only after a LAST event (or at an
-    instrument change, or at the end), holding whole LAST groups up to ``max_events`` events
-    (a longer group alone) whose ``ts_event`` lies within ``max_span`` ns of the first one.
-    """
-    n = ts.shape[0]
-    m = 0
-    start = 0
-    pending = 0  # end of the last whole group in the current message (== start: none yet)
-    for i in range(n):
-        if i > start and instrument[i] != instrument[i - 1]:
-            if pending > start and pending < i:
-                cuts[m] = pending
-                m += 1
-            cuts[m] = i
-            m += 1
-            start = i
-            pending = i
-        if (flags[i] & FLAG_LAST) or i == n - 1:
-            if pending > start and (
-                i + 1 - start > max_events or ts[pending] - ts[start] > max_span
-            ):
-                cuts[m] = pending
-                m += 1
-                start = pending
-            pending = i + 1
-    if n > 0:
-        cuts[m] = n
-        m += 1
-    return m
-
-
 def message_cuts(events: np.ndarray, max_events: int, max_span_ns: int) -> np.ndarray:
-    """Message end indices for ``events`` (n,) EVENT_DTYPE; see :func:`_message_cuts`."""
+    """Message end indices for ``events`` (n,) EVENT_DTYPE (the rule:
+    :func:`lobstream.kernels.message_cuts.cut_messages`)."""
     cuts = np.empty(2 * len(events) + 1, np.int64)
-    m = _message_cuts(
+    m = cut_messages(
         events["ts_event"], events["flags"], events["instrument"], max_events, max_span_ns, cuts
     )
     return cuts[:m]
