@@ -5,10 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -31,18 +29,13 @@ def machine() -> dict:
     }
 
 
-def median_time(
-    fn: Callable[[], object], repeat: int, setup: Callable[[], object] | None = None
-) -> tuple[float, list[float]]:
-    """Median wall seconds of ``fn`` over ``repeat`` runs (``setup`` runs untimed before each)."""
-    times = []
-    for _ in range(repeat):
-        if setup is not None:
-            setup()
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), times
+def console():
+    """A rich console; wide tables stay readable when piped to a file (rich assumes 80
+    columns there)."""
+    from rich.console import Console
+
+    c = Console()
+    return c if c.is_terminal else Console(width=160)
 
 
 def print_table(

@@ -35,7 +35,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from bench._common import emit_json, machine, parser, print_table
+from lobstream.bench._common import emit_json, machine, parser, print_table
 
 DAY_NS = 86_400 * 10**9
 
@@ -132,7 +132,15 @@ def child(
 
 
 def _run_child(mode: str, days: int, args) -> dict:
-    cmd = [sys.executable, "-m", "bench.backtest_memory", "--child", mode, "--days", str(days)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lobstream.bench.backtest_memory",
+        "--child",
+        mode,
+        "--days",
+        str(days),
+    ]
     if args.model:
         cmd += ["--model", args.model]
     if args.events_per_day:

@@ -48,106 +48,27 @@ here (2 shared cores, untrained deeplob_causal T=100 L=10, 1 thread, 100 message
 
 from __future__ import annotations
 
-import json
-import multiprocessing as mp
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from pathlib import Path
 
 import numpy as np
 import zmq
 
-from bench._common import emit_json, machine, parser, print_table
+from lobstream.bench import harness
+from lobstream.bench._common import emit_json, machine, parser, print_table
+from lobstream.bench.harness import QUANTILES, default_model, model_alone
 
-REPO = Path(__file__).resolve().parents[1]
 # How the daemon under test runs, set once from the command line: the interpreter of
 # ``lobstream serve`` (another venv's python compares two versions of the daemon in one run)
-# and extra [model] lines of its config (``--keep-warm-ms``; none by default, so a config
+# and extra [model] keys of its config (``--keep-warm-ms``; none by default, so a config
 # stays readable by older daemons).
-DAEMON = {"python": sys.executable, "model_toml": ""}
-
-
-def default_model() -> Path | None:
-    assets = REPO / "models" / "assets"
-    found = sorted(assets.glob("*.pt")) if assets.is_dir() else []
-    return found[0] if found else None
-
-
-def model_alone(
-    model_path: Path,
-    threads: int,
-    batches=(1, 16, 64, 100, 256),
-    cpus: tuple[int, ...] = (),
-    paced_rate: float | None = None,
-) -> dict:
-    """Batch-1 latency and throughput per batch size of the runner, in this process (on
-    ``cpus`` when given, as the daemon's inference thread would be); with ``paced_rate``
-    also batch-1 calls that far apart (sleeping between), as a quiet market spaces them."""
-    before = os.sched_getaffinity(0) if cpus else None
-    if cpus:
-        os.sched_setaffinity(0, cpus)
-    try:
-        return _model_alone(model_path, threads, batches, paced_rate)
-    finally:
-        if before is not None:
-            os.sched_setaffinity(0, before)
-
-
-def _model_alone(model_path: Path, threads: int, batches, paced_rate: float | None) -> dict:
-    import torch
-
-    from lobstream.models.artifact import load_model
-    from lobstream.models.runner import ModelRunner
-
-    torch.set_num_threads(threads)
-    module, manifest = load_model(model_path, device="cpu")
-    runner = ModelRunner(module, manifest, device="cpu", max_batch=max(batches), threads=threads)
-    runner.input[:] = np.random.default_rng(0).standard_normal(runner.input.shape)
-    for _ in range(20):
-        runner.infer(1)
-    lat = []
-    for _ in range(2000):
-        t0 = time.perf_counter_ns()
-        runner.infer(1)
-        lat.append(time.perf_counter_ns() - t0)
-    paced = []
-    for _ in range(300 if paced_rate else 0):
-        # what a call costs once the process has not called the model for 1/rate s: its code
-        # and weights leave the caches meanwhile (here even while spinning instead of sleeping)
-        time.sleep(1.0 / paced_rate)
-        t0 = time.perf_counter_ns()
-        runner.infer(1)
-        paced.append(time.perf_counter_ns() - t0)
-    thr = {}
-    for b in batches:
-        runner.infer(b)
-        n, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < 1.0:
-            runner.infer(b)
-            n += b
-        thr[b] = n / (time.perf_counter() - t0)
-    return {
-        "b1_p50_us": float(np.percentile(lat, 50)) / 1e3,
-        "b1_p99_us": float(np.percentile(lat, 99)) / 1e3,
-        "b1_p999_us": float(np.percentile(lat, 99.9)) / 1e3,
-        **{
-            f"paced_{k}_us": float(np.percentile(paced, q)) / 1e3
-            for k, q in (("p50", 50), ("p99", 99), ("p999", 99.9))
-            if paced
-        },
-        "paced_rate": paced_rate,
-        "throughput": thr,
-        "best_throughput": max(thr.values()),
-        "T": int(manifest["T"]),
-        "L": int(manifest["L"]),
-        "feature_kind": manifest["feature"]["kind"],
-        "arch": manifest.get("arch"),
-    }
+DAEMON = {"python": sys.executable, "model": {}}
 
 
 def export_untrained(arch: str, folder: Path) -> Path:
@@ -171,140 +92,31 @@ def export_untrained(arch: str, folder: Path) -> Path:
     return path
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sk:
-        sk.bind(("127.0.0.1", 0))
-        return sk.getsockname()[1]
-
-
-def scrape_stages(port: int) -> dict:
-    """Mean microseconds per observation of each stage histogram of the daemon."""
-    import urllib.request
-
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    sums, counts = {}, {}
-    for line in text.splitlines():
-        if line.startswith("lobstream_stage_seconds_sum") or line.startswith(
-            "lobstream_stage_seconds_count"
-        ):
-            name, _, value = line.rpartition(" ")
-            stage = name.split('stage="')[1].split('"')[0]
-            (sums if "_sum" in name else counts)[stage] = float(value)
-    return {
-        k: {"mean_us": 1e6 * sums[k] / counts[k] if counts.get(k) else None, "n": counts.get(k)}
-        for k in sums
-    }
+def bench_config(tmp: Path, model: Path, info: dict, symbols, threads: int, max_batch: int,
+            pin: dict | None, busy_poll_us: int = 0, incremental: bool = True) -> Path:  # fmt: skip
+    tables = harness.daemon_tables(
+        model, symbols, f"ipc://{tmp}/md", f"ipc://{tmp}/sig", window=info["T"],
+        levels=info["L"], feature_kind=info["feature_kind"],
+        metrics=f"127.0.0.1:{harness.free_port()}",
+        model={"threads": threads, "max_batch": max_batch,
+               "cpus": list(pin["model"]) if pin else [], "incremental": incremental,
+               **DAEMON["model"]},
+        ingest={"mode": "bind", "max_drain": 20000, "rcvhwm": 1000000,
+                "busy_poll_us": busy_poll_us, "cpus": list(pin["loop"]) if pin else []},
+        publish={"status_interval_s": 0.25},
+    )  # fmt: skip
+    return harness.write_config(tmp, tables)
 
 
-def _config(
-    tmp: Path,
-    model: Path,
-    info: dict,
-    symbols,
-    threads: int,
-    max_batch: int,
-    pin: dict | None,
-    busy_poll_us: int = 0,
-    incremental: bool = True,
-) -> Path:
-    inst = "\n".join(
-        f'[[instruments.instrument]]\nsymbol = "{s}"\ntick_size = 0.01\n' for s in symbols
-    )
-    text = f"""
-[model]
-path = "{model}"
-window = {info["T"]}
-levels = {info["L"]}
-feature_kind = "{info["feature_kind"]}"
-device = "cpu"
-threads = {threads}
-max_batch = {max_batch}
-reload_poll_s = 0.0
-cpus = {list(pin["model"]) if pin else []}
-incremental = {"true" if incremental else "false"}
-{DAEMON["model_toml"]}
-
-[instruments]
-{inst}
-[ingest]
-endpoints = ["ipc://{tmp}/md"]
-mode = "bind"
-max_drain = 20000
-rcvhwm = 1000000
-busy_poll_us = {busy_poll_us}
-cpus = {list(pin["loop"]) if pin else []}
-
-[publish]
-endpoint = "ipc://{tmp}/sig"
-status_interval_s = 0.25
-
-[metrics]
-address = "127.0.0.1:{_free_port()}"
-"""
-    path = tmp / "serve.toml"
-    path.write_text(text)
-    return path
-
-
-def _subscriber(endpoint: str, out_path: str, ready, stop, cpus=()) -> None:
-    """Separate process: receive signals, record receipt latency and the last status.
-
-    It shares the machine's cores with the daemon, so it does the least per message: receipt
-    time and payload only, decoded after the run.
-    """
-    from lobstream.engine.subscriber import Subscriber
-    from lobstream.kernels.dtypes import SIGNAL_DTYPE
-
-    if cpus:
-        os.sched_setaffinity(0, cpus)
-    got: list[tuple[int, bytes]] = []
-    last_status = None
-    with Subscriber(endpoint) as sub:
-        sock, status_topic = sub.sock, sub.status_topic
-        recv, clock, again, noblock = sock.recv_multipart, time.monotonic_ns, zmq.Again, zmq.NOBLOCK
-        quiet_since = None
-        while True:
-            if stop.is_set():  # drain what is left: until 0.3 s pass with no signal
-                quiet_since = quiet_since or time.monotonic()
-                if time.monotonic() - quiet_since > 0.3:
-                    break
-            if not sock.poll(50):
-                continue
-            while True:
-                try:
-                    topic, payload = recv(noblock)
-                except again:
-                    break
-                t = clock()
-                if topic == status_topic:  # comes every status_interval_s: not a signal
-                    last_status = json.loads(payload)
-                    ready.set()
-                else:
-                    got.append((t, payload))
-                    quiet_since = None
-    n = 0
-    lat, when = [], []
-    for t, payload in got:
-        rec = np.frombuffer(payload, SIGNAL_DTYPE)
-        n += len(rec)
-        known = rec["ts_recv"] > 0
-        lat.append(t - rec["ts_recv"][known])
-        when.append(np.full(int(known.sum()), t, np.int64))
-    arr = np.concatenate(lat) if lat else np.zeros(0, np.int64)
-    np.save(out_path + ".npy", np.stack([arr, np.concatenate(when) if when else arr]))
-    Path(out_path + ".json").write_text(json.dumps({"signals": n, "status": last_status}))
-
-
-def _null_daemon(md: str, sig: str, ready, stop, cpus=(), busy_poll_us: int = 0) -> None:
-    """Separate process: each market-data message becomes one signal record at once (no
-    book, window or model), with a status heartbeat so the subscriber sees it start. Waits
+def null_daemon_main(md: str, sig: str, busy_poll_us: str = "0") -> None:
+    """Process: each market-data message becomes one signal record at once (no book, window
+    or model), with a status heartbeat so the subscriber sees it start; until SIGTERM. Waits
     for data as the daemon does (spinning first when ``busy_poll_us``)."""
     from lobstream.kernels.dtypes import EVENT_DTYPE, SIGNAL_DTYPE
 
-    if cpus:
-        os.sched_setaffinity(0, cpus)
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    spin_us = int(busy_poll_us)
     ctx = zmq.Context()
     sub, pub = ctx.socket(zmq.SUB), ctx.socket(zmq.PUB)
     sub.setsockopt(zmq.SUBSCRIBE, b"md.")
@@ -312,12 +124,12 @@ def _null_daemon(md: str, sig: str, ready, stop, cpus=(), busy_poll_us: int = 0)
     pub.bind(sig)
     rec = np.zeros(1, SIGNAL_DTYPE)
     next_status = 0.0
-    while not stop.is_set():
+    while not stop:
         if time.monotonic() >= next_status:
             pub.send_multipart([b"status", b'{"counts": {}}'])
             next_status = time.monotonic() + 0.25
-        if busy_poll_us:
-            end = time.perf_counter() + busy_poll_us * 1e-6
+        if spin_us:
+            end = time.perf_counter() + spin_us * 1e-6
             while not sub.poll(0) and time.perf_counter() < end:
                 pass
         if not sub.poll(50):
@@ -332,86 +144,50 @@ def _null_daemon(md: str, sig: str, ready, stop, cpus=(), busy_poll_us: int = 0)
     ctx.term()
 
 
-class Harness:
-    """Daemon process + subscriber process + feeder socket."""
+class Run:
+    """Daemon (or null daemon) process + subscriber process + feeder socket."""
 
     def __init__(
         self, cfg_path: Path, tmp: Path, pin: dict | None, null: bool = False, busy_poll_us: int = 0
     ) -> None:
         self.tmp = tmp
-        text = cfg_path.read_text()
-        self.metrics_port = None if null else int(
-            text.split('address = "127.0.0.1:')[1].split('"')[0]
-        )  # fmt: skip
-        loop_cpus = tuple(pin["loop"]) if pin else ()
-        others = tuple(pin["others"]) if pin else ()
-        ctx = mp.get_context("spawn")
-        self.ready, self.stop_evt = ctx.Event(), ctx.Event()
-        self.log = open(tmp / "daemon.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.metrics = None if null else tomllib.loads(cfg_path.read_text())["metrics"]["address"]
+        self.stages: dict = {}
+        self.pub = None
+        md, sig = f"ipc://{tmp}/md", f"ipc://{tmp}/sig"
         if null:
-            self._null_ready = ctx.Event()  # kept: the child unpickles it after start()
-            self.proc = ctx.Process(
-                target=_null_daemon,
-                args=(f"ipc://{tmp}/md", f"ipc://{tmp}/sig", self._null_ready, self.stop_evt,
-                      loop_cpus, busy_poll_us),
-                daemon=True,
+            code = "import sys; from lobstream.bench.daemon import null_daemon_main as m; m(*sys.argv[1:])"
+            self.proc = harness.spawn(
+                [sys.executable, "-c", code, md, sig, str(busy_poll_us)], tmp / "daemon.log",
+                cpus=pin["loop"] if pin else None,
             )  # fmt: skip
-            self.proc.start()
         else:
-            cmd = [DAEMON["python"], "-c", "from lobstream.engine.cli import main; main()"]
             # the feeder may be pinned: the daemon starts free and pins its own threads
             cpus = set(pin["loop"]) | set(pin["model"]) if pin else None
-            self.proc = subprocess.Popen(
-                [*cmd, "-v", "serve", "--config", str(cfg_path)],
-                stdout=self.log,
-                stderr=self.log,
-                preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
+            self.proc = harness.spawn_daemon(
+                cfg_path, tmp / "daemon.log", python=DAEMON["python"], verbose=True, cpus=cpus
             )
-        self.sub = ctx.Process(
-            target=_subscriber,
-            args=(f"ipc://{tmp}/sig", str(tmp / "sub"), self.ready, self.stop_evt, others),
-            daemon=True,
-        )
-        self.sub.start()
-        if not self.ready.wait(180):
-            self.stop()
+        self.sub = harness.SubscriberProcess(sig, tmp, cpus=pin["others"] if pin else ())
+        if not self.sub.wait_ready(self.proc, 180):
+            self.sub.close()
+            harness.stop_process(self.proc, "daemon", timeout_s=10)
             raise RuntimeError(f"daemon did not start; log: {(tmp / 'daemon.log').read_text()}")
-        self.ctx = zmq.Context()
-        self.pub = self.ctx.socket(zmq.PUB)
-        self.pub.setsockopt(zmq.SNDHWM, 0)
-        self.pub.setsockopt(zmq.LINGER, 1000)
-        self.pub.connect(f"ipc://{tmp}/md")
-        time.sleep(0.5)  # subscription propagation (slow joiner)
+        self.ctx, self.pub = harness.feeder(md)
 
-    def stop(self) -> tuple[np.ndarray, dict]:
+    def stop(self) -> harness.Received:
         try:
-            self.stages = scrape_stages(self.metrics_port) if self.metrics_port else {}
+            self.stages = harness.stage_means(harness.scrape(self.metrics)) if self.metrics else {}
         except OSError as exc:
             self.stages = {"error": str(exc)}
-        if getattr(self, "pub", None) is not None:
+        if self.pub is not None:
             self.pub.close()
             self.ctx.term()
             self.pub = None
         time.sleep(0.5)
-        self.stop_evt.set()
-        self.sub.join(30)
-        if isinstance(self.proc, mp.process.BaseProcess):  # the null daemon
-            self.proc.join(10)
-            if self.proc.is_alive():
-                self.proc.kill()
-        elif self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.log.close()
-        f = self.tmp / "sub.npy"
-        lat = np.load(f) if f.exists() else np.zeros((2, 0), np.int64)
-        f = self.tmp / "sub.json"
-        info = json.loads(f.read_text()) if f.exists() else {}
-        return lat, info
+        try:
+            return self.sub.finish()
+        finally:
+            harness.stop_process(self.proc, "daemon", timeout_s=10)
 
 
 def _warm_events(symbols_n: int, per_inst: int, seed: int) -> np.ndarray:
@@ -421,38 +197,6 @@ def _warm_events(symbols_n: int, per_inst: int, seed: int) -> np.ndarray:
         per_inst * symbols_n, symbols_n, seed=seed, levels=12, last_every_event=True,
         snapshot_every=0,
     )  # fmt: skip
-
-
-def _plan_runs(events: np.ndarray) -> list[tuple[int, np.ndarray]]:
-    """Split events into one contiguous run per instrument, (instrument, run) in id order."""
-    order = np.argsort(events["instrument"], kind="stable")
-    ev = events[order]
-    cuts = np.flatnonzero(np.diff(ev["instrument"])) + 1
-    return [(int(c["instrument"][0]), c) for c in np.split(ev, cuts) if len(c)]
-
-
-def _send_planned(pub, runs: list[tuple[int, np.ndarray]], topics: list[bytes]) -> int:
-    """Send prepared runs, each stamped with ``ts_recv`` just before its send."""
-    send, more, clock = pub.send, zmq.SNDMORE, time.monotonic_ns
-    for inst, run in runs:
-        run["ts_recv"] = clock()
-        send(topics[inst], more)
-        send(run.view(np.uint8))
-    return len(runs)
-
-
-def _send_runs(pub, events: np.ndarray, topics: list[bytes]) -> int:
-    inst = events["instrument"]
-    order = np.argsort(inst, kind="stable")
-    ev = events[order]
-    cuts = np.flatnonzero(np.diff(ev["instrument"])) + 1
-    n = 0
-    for chunk in np.split(ev, cuts):
-        if len(chunk):
-            chunk["ts_recv"] = time.monotonic_ns()
-            pub.send_multipart([topics[int(chunk["instrument"][0])], chunk.tobytes()])
-            n += 1
-    return n
 
 
 def low_load(
@@ -469,13 +213,13 @@ def low_load(
     """One instrument, one event per message at ``rate``; ``null`` swaps in the null daemon."""
     tmp = Path(tempfile.mkdtemp(prefix="lobbench", dir="/tmp"))
     symbols = ["LOW"]
-    cfg = _config(tmp, model, info, symbols, threads, 64, pin, busy_poll_us, incremental)
-    h = Harness(cfg, tmp, pin, null=null, busy_poll_us=busy_poll_us)
+    cfg = bench_config(tmp, model, info, symbols, threads, 64, pin, busy_poll_us, incremental)
+    h = Run(cfg, tmp, pin, null=null, busy_poll_us=busy_poll_us)
     try:
         n = int(rate * seconds)
         ev = _warm_events(1, info["T"] + n + 50, seed=1)
         # warm-up: fill the window (and the daemon's first model calls) before timing
-        _send_runs(h.pub, ev[: info["T"] + 50], [b"md.LOW"])
+        harness.send_runs(h.pub, harness.plan_runs(ev[: info["T"] + 50]), [b"md.LOW"])
         time.sleep(1.0)
         start = time.monotonic_ns()
         rest = ev[info["T"] + 50 :][:n]
@@ -491,17 +235,18 @@ def low_load(
             h.pub.send_multipart([b"md.LOW", one.tobytes()])
         time.sleep(0.5)
     finally:
-        lat, sub_info = h.stop()
+        got = h.stop()
         shutil.rmtree(tmp, ignore_errors=True)
-    lat = lat[0][lat[1] >= start] / 1e3  # signals of the timed part only
+    lat = got.latency_ns[got.t_recv_ns >= start] / 1e3  # signals of the timed part only
+    status = got.status or {}
     return {
         "messages": n,
         "signals": int(len(lat)),
         "e2e_p50_us": float(np.percentile(lat, 50)) if len(lat) else float("nan"),
         "e2e_p99_us": float(np.percentile(lat, 99)) if len(lat) else float("nan"),
         "e2e_p999_us": float(np.percentile(lat, 99.9)) if len(lat) else float("nan"),
-        "counts": (sub_info.get("status") or {}).get("counts", {}),
-        "inference": ((sub_info.get("status") or {}).get("model") or {}).get("inference"),
+        "counts": status.get("counts", {}),
+        "inference": (status.get("model") or {}).get("inference"),
         "stages": h.stages,
     }
 
@@ -521,22 +266,24 @@ def high_load(
     tmp = Path(tempfile.mkdtemp(prefix="lobbench", dir="/tmp"))
     symbols = [f"I{i:03d}" for i in range(n_inst)]
     topics = [f"md.{s}".encode() for s in symbols]
-    cfg = _config(
+    cfg = bench_config(
         tmp, model, info, symbols, threads, max(n_inst, 1), pin, busy_poll_us, incremental
     )
-    h = Harness(cfg, tmp, pin)
+    h = Run(cfg, tmp, pin)
     slice_s = args_slice_s
     per_slice = int(rate * slice_s)
     n_slices = int(seconds / slice_s)
     try:
         warm_n = (info["T"] + 20) * n_inst
         ev = _warm_events(n_inst, (warm_n + per_slice * n_slices) // n_inst + 1, seed=2)
-        _send_runs(h.pub, ev[:warm_n], topics)
+        harness.send_runs(h.pub, harness.plan_runs(ev[:warm_n]), topics)
         time.sleep(2.0)
         body = ev[warm_n : warm_n + per_slice * n_slices]
         # split before the clock starts: the feeder's own work per slice is then a few sends,
         # not a sort (it shares the 2 cores with the daemon)
-        plan = [_plan_runs(body[s * per_slice : (s + 1) * per_slice]) for s in range(n_slices)]
+        plan = [
+            harness.plan_runs(body[s * per_slice : (s + 1) * per_slice]) for s in range(n_slices)
+        ]
         t0 = time.monotonic()
         t0_ns = time.monotonic_ns()
         sent_msgs = 0
@@ -545,17 +292,17 @@ def high_load(
             delay = target - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            sent_msgs += _send_planned(h.pub, plan[s], topics)
+            sent_msgs += harness.send_runs(h.pub, plan[s], topics)
         feed_s = time.monotonic() - t0
         t1_ns = time.monotonic_ns()
         time.sleep(1.0)
     finally:
-        lat, sub_info = h.stop()
+        got = h.stop()
         shutil.rmtree(tmp, ignore_errors=True)
-    counts = (sub_info.get("status") or {}).get("counts", {})
+    counts = (got.status or {}).get("counts", {})
     sent_events = warm_n + len(body)
-    during = (lat[1] >= t0_ns) & (lat[1] <= t1_ns)
-    e2e = lat[0][lat[1] >= t0_ns] / 1e3
+    during = (got.t_recv_ns >= t0_ns) & (got.t_recv_ns <= t1_ns)
+    e2e = got.latency_ns[got.t_recv_ns >= t0_ns] / 1e3
     return {
         "target_events_per_s": rate,
         "achieved_feed_events_per_s": len(body) / feed_s,
@@ -617,9 +364,6 @@ def _print_paths(low: dict, other: dict | None) -> None:
         )
 
 
-_QS = (("p50", 50), ("p99", 99), ("p999", 99.9))
-
-
 def quiet_market(args, model: Path, info: dict, pin: dict | None, spin: int, inc: bool) -> dict:
     """Low load and the transport floor, alternately ``--low-repeat`` times in this run; the
     run whose daemon-added p50 (end to end minus floor) is the median is judged.
@@ -636,7 +380,7 @@ def quiet_market(args, model: Path, info: dict, pin: dict | None, spin: int, inc
             model, info, args.threads, args.low_rate, args.low_seconds, pin, null=True,
             busy_poll_us=spin,
         )  # fmt: skip
-        added = {q: low[f"e2e_{q}_us"] - floor[f"e2e_{q}_us"] for q, _ in _QS}
+        added = {q: low[f"e2e_{q}_us"] - floor[f"e2e_{q}_us"] for q, _ in QUANTILES}
         runs.append({"low": low, "floor": floor, "added": added})
     med = sorted(runs, key=lambda r: r["added"]["p50"])[len(runs) // 2]
     low = med["low"]
@@ -660,13 +404,13 @@ def _print_quiet(args, info: dict, q: dict) -> None:
         f"(median of {len(q['runs_added_p50_us'])} runs by daemon-added p50)",
         ["", "p50 us", "p99 us", "p99.9 us", "signals"],
         [
-            ["end to end (daemon)", *(low[f"e2e_{k}_us"] for k, _ in _QS), low["signals"]],
-            ["transport floor (null daemon)", *(floor[f"e2e_{k}_us"] for k, _ in _QS),
+            ["end to end (daemon)", *(low[f"e2e_{k}_us"] for k, _ in QUANTILES), low["signals"]],
+            ["transport floor (null daemon)", *(floor[f"e2e_{k}_us"] for k, _ in QUANTILES),
              floor["signals"]],
-            ["daemon-added (difference)", *(added[k] for k, _ in _QS), ""],
-            ["model alone, batch 1", *(info[f"b1_{k}_us"] for k, _ in _QS), ""],
+            ["daemon-added (difference)", *(added[k] for k, _ in QUANTILES), ""],
+            ["model alone, batch 1", *(info[f"b1_{k}_us"] for k, _ in QUANTILES), ""],
             [f"model alone, batch 1, {args.low_rate:g} calls/s",
-             *(info.get(f"paced_{k}_us", float("nan")) for k, _ in _QS), ""],
+             *(info.get(f"paced_{k}_us", float("nan")) for k, _ in QUANTILES), ""],
         ],
     )  # fmt: skip
     if "paced_p50_us" in info:
@@ -749,15 +493,16 @@ def main(argv=None) -> int:
     )  # fmt: skip
     args = ap.parse_args(argv)
     DAEMON["python"] = args.daemon_python
-    DAEMON["model_toml"] = f"keep_warm_ms = {args.keep_warm_ms}" if args.keep_warm_ms else ""
+    DAEMON["model"] = {"keep_warm_ms": args.keep_warm_ms} if args.keep_warm_ms else {}
     made = None
     if args.causal:
         made = Path(tempfile.mkdtemp(prefix="lobbench-model", dir="/tmp"))
         model = export_untrained(args.causal, made)
     else:
-        model = args.model or default_model()
-    if model is None:
-        ap.error("no bundled model in models/assets/; give --model PATH")
+        try:
+            model = args.model or default_model()
+        except FileNotFoundError as exc:
+            ap.error(str(exc))
     try:
         return _main(args, model)
     finally:
@@ -813,24 +558,15 @@ def _main(args, model: Path) -> int:
         "update_cap_per_s": args.instruments * 1e3 / args.slice_ms,
     }
     bars["throughput_ok"] = bars["signals_ratio"] >= 0.8
-    result = {
-        "machine": machine(),
-        "model": str(model),
-        "pin": {ph: {k: list(v) for k, v in p.items()} for ph, p in pin.items()} if pin else None,
-        "busy_poll_us": spin,
-        "keep_warm_ms": args.keep_warm_ms,
-        "daemon_python": args.daemon_python,
-        "model_alone": info,
-        "quiet_market": quiet,
-        "low_load": low,
-        "high_load": high,
-        "high_load_runs": highs,
-        "low_load_other_path": other,
-        "transport_floor": {
-            k: floor[k] for k in ("messages", "signals", "e2e_p50_us", "e2e_p99_us", "e2e_p999_us")
-        },
-        "bars": bars,
-    }
+    result = {"machine": machine(), "model": str(model),
+              "pin": {ph: {k: list(v) for k, v in p.items()} for ph, p in pin.items()} if pin else None,
+              "busy_poll_us": spin, "keep_warm_ms": args.keep_warm_ms,
+              "daemon_python": args.daemon_python, "model_alone": info, "quiet_market": quiet,
+              "low_load": low, "high_load": high, "high_load_runs": highs,
+              "low_load_other_path": other,
+              "transport_floor": {k: floor[k] for k in ("messages", "signals", "e2e_p50_us",
+                                                        "e2e_p99_us", "e2e_p999_us")},
+              "bars": bars}  # fmt: skip
     if args.json:
         emit_json(result)
         return 0

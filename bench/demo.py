@@ -12,14 +12,10 @@ Every process it starts is stopped at the end, on Ctrl-C too.
 from __future__ import annotations
 
 import collections
-import contextlib
 import dataclasses
 import logging
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from importlib.resources import files
@@ -27,6 +23,8 @@ from pathlib import Path
 
 import click
 import numpy as np
+
+from lobstream.bench import harness
 
 logger = logging.getLogger(__name__)
 
@@ -52,39 +50,10 @@ def sample_files() -> list[Path]:
     return [msg[0]]
 
 
-def _toml_value(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return repr(v)
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(v, list | tuple):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + " }"
-    raise TypeError(f"cannot write {type(v).__name__} to TOML")
-
-
 def config_to_toml(cfg) -> str:
     """TOML text of a :class:`~lobstream.engine.config.ServeConfig` (loads back equal)."""
-    lines: list[str] = []
-
-    def table(name: str, d: dict) -> None:
-        plain = {k: v for k, v in d.items() if not isinstance(v, dict) and k != "instrument"}
-        lines.append(f"[{name}]")
-        lines.extend(f"{k} = {_toml_value(v)}" for k, v in plain.items())
-        for k, v in d.items():
-            if isinstance(v, dict) and k != "price_scale":
-                table(f"{name}.{k}", v)
-        for inst in d.get("instrument", ()):
-            lines.append(f"[[{name}.instrument]]")
-            lines.extend(f"{k} = {_toml_value(x)}" for k, x in inst.items())
-
-    for name, d in dataclasses.asdict(cfg).items():
-        if name != "source":
-            table(name, d)
-    return "\n".join(lines) + "\n"
+    tables = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "source"}
+    return harness.toml_text(tables)
 
 
 def write_demo_config(tmp: Path, model: str | None, device: str) -> tuple[Path, object]:
@@ -109,11 +78,11 @@ def realised_labels(paths: list[Path], manifest: dict) -> dict[int, int]:
     """seq -> realised label of each feature row of the sample (the artifact's definition)."""
     from lobstream.kernels.book import new_report
     from lobstream.kernels.registry import Registry
+    from lobstream.models.manifest import label_def_from_manifest, spec_from_manifest
     from lobstream.replay.backtest.run import (
         labels_for_rows,
         rows_from_events,
     )
-    from lobstream.models.manifest import label_def_from_manifest, spec_from_manifest
     from lobstream.replay.readers import read_events
 
     registry = Registry()
@@ -127,32 +96,14 @@ def realised_labels(paths: list[Path], manifest: dict) -> dict[int, int]:
     return dict(zip(meta["seq"][ok].tolist(), labels[ok].tolist(), strict=True))
 
 
-def _lobstream_cmd() -> list[str]:
-    # this interpreter, so the children see the same environment (no PATH lookup)
-    return [sys.executable, "-c", "from lobstream.engine.cli import main; main()"]
-
-
-def _stop_process(proc: subprocess.Popen | None, name: str, timeout_s: float = 5.0) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout_s)
-    except subprocess.TimeoutExpired:
-        logger.warning("%s did not stop within %s s of SIGTERM: killing it", name, timeout_s)
-        proc.kill()
-        proc.wait(timeout_s)
-
-
 def _registry_toml(cfg) -> str:
     """The daemon's instruments as a registry file, so the replayer numbers them the same."""
-    lines = []
-    for inst in cfg.instruments.instrument:
-        lines += ["[[instrument]]", f"symbol = {_toml_value(inst.symbol)}",
-                  f"tick_size = {_toml_value(str(inst.tick_size))}"]  # fmt: skip
-        if inst.price_scale:
-            lines.append(f"price_scale = {_toml_value(inst.price_scale)}")
-    return "\n".join(lines) + "\n"
+    entries = [
+        {"symbol": i.symbol, "tick_size": str(i.tick_size)}
+        | ({"price_scale": i.price_scale} if i.price_scale else {})
+        for i in cfg.instruments.instrument
+    ]
+    return harness.toml_text({"instrument": entries})
 
 
 class Stats:
@@ -233,7 +184,6 @@ def demo(duration: float, speed: float, model: str | None, device: str, as_json:
     tmp = Path(tempfile.mkdtemp(prefix="lobdemo", dir="/tmp" if os.path.isdir("/tmp") else None))
     daemon = replayer = None
     sub = None
-    logs = contextlib.ExitStack()  # the children's log files, closed before tmp is removed
     t_start = time.monotonic()
     stats = Stats({})
     try:
@@ -244,13 +194,7 @@ def demo(duration: float, speed: float, model: str | None, device: str, as_json:
             raise click.ClickException(str(exc)) from None
         with console.status("computing realised labels of the sample"):
             stats = Stats(realised_labels(paths, manifest))
-        daemon_log = logs.enter_context(open(tmp / "daemon.log", "wb"))
-        daemon = subprocess.Popen(
-            [*_lobstream_cmd(), "-v", "serve", "--config", str(cfg_path)],
-            stdout=daemon_log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C reaches us only; we stop it in order
-        )
+        daemon = harness.spawn_daemon(cfg_path, tmp / "daemon.log", verbose=True, new_session=True)
         sub = Subscriber(cfg.publish.endpoint)
         with console.status("starting the daemon (model warm-up)"):
             while True:
@@ -263,15 +207,14 @@ def demo(duration: float, speed: float, model: str | None, device: str, as_json:
                         f"the daemon exited with {daemon.returncode}: "
                         f"{(tmp / 'daemon.log').read_text()[-2000:]}"
                     )
-        replay_log = logs.enter_context(open(tmp / "replay.log", "wb"))
         registry = tmp / "instruments.toml"
         registry.write_text(_registry_toml(cfg))
         # the replayer binds and waits for the daemon's subscription: nothing lost at start
-        replayer = subprocess.Popen(
-            [*_lobstream_cmd(), "replay", *map(str, paths), "--to", cfg.ingest.endpoints[0],
-             "--speed", str(speed), "--bind", "--subscribers", "1", "--wait", "30",
-             "--registry", str(registry)],
-            stdout=replay_log, stderr=subprocess.STDOUT, start_new_session=True,
+        replayer = harness.spawn(
+            [*harness.lobstream_cmd(), "replay", *map(str, paths), "--to",
+             cfg.ingest.endpoints[0], "--speed", str(speed), "--bind", "--subscribers", "1",
+             "--wait", "30", "--registry", str(registry)],
+            tmp / "replay.log", new_session=True,
         )  # fmt: skip
         t_start = time.monotonic()
         with Live(_view(stats, 0, duration, speed), console=console, refresh_per_second=4) as live:
@@ -291,17 +234,16 @@ def demo(duration: float, speed: float, model: str | None, device: str, as_json:
     except KeyboardInterrupt:
         console.print("interrupted: stopping the replayer and the daemon")
     finally:
-        _stop_process(replayer, "replayer")
+        harness.stop_process(replayer, "replayer")
         if sub is not None:
             for msg in sub.iter(0.3):  # signals of the batch in flight
                 if msg.kind == "signal":
                     stats.add(msg.records, msg.t_recv_ns)
                 else:
                     stats.status = msg.status
-        _stop_process(daemon, "daemon")
+        harness.stop_process(daemon, "daemon")
         if sub is not None:
             sub.close()
-        logs.close()
         shutil.rmtree(tmp, ignore_errors=True)
     _summary(console, stats, time.monotonic() - t_start, as_json)
 

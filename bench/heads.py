@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench._common import emit_json, machine, parser, print_table
+from lobstream.bench._common import emit_json, machine, parser, print_table
 from lobstream.models.artifact import load_model
 from lobstream.models.heads import parse_horizons, parse_loss_weights
 from lobstream.models.incremental import IncrementalRunner, is_causal

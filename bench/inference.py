@@ -34,7 +34,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from bench._common import emit_json, machine, parser, print_table
+from lobstream.bench._common import emit_json, machine, parser, print_table
 from lobstream.models.artifact import script_module
 from lobstream.models.incremental import IncrementalRunner
 from lobstream.models.runner import ModelRunner

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench._common import emit_json, machine, parser, print_table
+from lobstream.bench._common import emit_json, machine, parser, print_table
 from lobstream.kernels._jit import njit
 from lobstream.kernels.book import apply_events, new_book, new_report
 from lobstream.kernels.dtypes import CODE_NAMES

@@ -9,101 +9,34 @@ from its Prometheus endpoint before and after each rate, so the breakdown covers
 
 Every rate replays a synthetic stream (``lobstream.replay.feed.synthetic``) whose mean event gap is
 ``1 / rate`` at replay speed 1; rate 0 sends as fast as possible. All processes are stopped in
-``finally`` blocks: the daemon by SIGTERM (then SIGKILL after a timeout), the subscriber by
-an event (then terminate).
+``finally`` blocks (``lobstream.bench.harness``): the daemon by SIGTERM (then SIGKILL after a
+timeout), the subscriber by a line on its stdin (then terminate).
+
+``lobstream bench latency`` and ``python -m bench.latency`` are this one command.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import click
 import numpy as np
+
+from lobstream.bench import harness
+from lobstream.bench._common import console, machine
 
 logger = logging.getLogger(__name__)
 
 MAX_RATE_EVENTS_PER_S = 100_000  # sizes the as-fast-as-possible run: seconds x this
 _HDR_MAX_US = 60_000_000  # 60 s: anything slower is a failure, not a latency
 _STATUS_INTERVAL_S = 0.2
-
-
-# ----------------------------------------------------------------------- subscriber side ---
-def subscriber_main(endpoint: str, out_path: str) -> None:
-    """Subscriber process: print ``ready`` at the first status heartbeat, receive signals
-    until a line arrives on stdin (or stdin closes), save (ts_recv, latency) to ``out_path``
-    (.npz), print ``done``.
-
-    A plain subprocess, not multiprocessing: nothing (resource tracker, forked state) outlives
-    the benchmark.
-    """
-    import zmq
-
-    from lobstream.engine.subscriber import Subscriber
-
-    chunks_ts, chunks_lat = [], []
-    ready = False
-    with Subscriber(endpoint, status_topic="status") as sub:
-        poller = zmq.Poller()
-        poller.register(sub.sock, zmq.POLLIN)
-        poller.register(sys.stdin.fileno(), zmq.POLLIN)
-        while True:
-            events = dict(poller.poll(1000))
-            if sys.stdin.fileno() in events:
-                break
-            if sub.sock not in events:
-                continue
-            msg = sub.recv(timeout_s=0)
-            if msg is None:
-                continue
-            if msg.kind == "status":
-                if not ready:
-                    ready = True
-                    sys.stdout.write("ready\n")
-                    sys.stdout.flush()
-                continue
-            rec = msg.records
-            chunks_ts.append(rec["ts_recv"].copy())
-            chunks_lat.append(msg.t_recv_ns - rec["ts_recv"])
-    ts = np.concatenate(chunks_ts) if chunks_ts else np.empty(0, np.int64)
-    lat = np.concatenate(chunks_lat) if chunks_lat else np.empty(0, np.int64)
-    np.savez(out_path, ts_recv=ts, latency_ns=lat)
-    sys.stdout.write("done\n")
-    sys.stdout.flush()
-
-
-def _wait_ready(sub: subprocess.Popen, daemon: subprocess.Popen, timeout_s: float) -> str:
-    """The subscriber's first line, giving up early if the daemon exits."""
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end and daemon.poll() is None:
-        line = _readline(sub, 0.5)
-        if line:
-            return line
-    return ""
-
-
-def _readline(proc: subprocess.Popen, timeout_s: float) -> str:
-    """A line of a child's stdout, or "" if none comes within ``timeout_s``."""
-    import select
-
-    r, _, _ = select.select([proc.stdout], [], [], timeout_s)
-    return proc.stdout.readline().decode().strip() if r else ""
-
-
-# --------------------------------------------------------------------------- helpers ---
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -114,71 +47,6 @@ def _cpu_seconds(pid: int) -> float:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return 0.0
-
-
-def scrape(address: str) -> dict:
-    """Counters and stage histograms of a daemon's Prometheus endpoint.
-
-    Returns
-    -------
-    {"counters": {name: value}, "stages": {stage: {"buckets": [(le, cum)], "sum": s,
-    "count": n}}} with counter names without the ``lobstream_`` prefix and ``_total`` suffix.
-    """
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    counters: dict[str, float] = {}
-    stages: dict[str, dict] = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            if s.name.endswith("_total"):
-                key = s.name.removeprefix("lobstream_").removesuffix("_total")
-                counters[key] = counters.get(key, 0.0) + s.value
-            elif s.name.startswith("lobstream_stage_seconds"):
-                st = stages.setdefault(s.labels["stage"], {"buckets": [], "sum": 0.0, "count": 0.0})
-                if s.name.endswith("_bucket"):
-                    st["buckets"].append((float(s.labels["le"]), s.value))
-                elif s.name.endswith("_sum"):
-                    st["sum"] = s.value
-                elif s.name.endswith("_count"):
-                    st["count"] = s.value
-    return {"counters": counters, "stages": stages}
-
-
-def stage_breakdown(before: dict, after: dict) -> dict:
-    """Per stage, from two scrapes: ``count``, ``mean_us``, ``p50_us``, ``p99_us``.
-
-    Quantiles interpolate linearly inside the histogram bucket that holds them (the bucket
-    edges are the resolution: 1-2-5 steps per decade).
-    """
-    out = {}
-    for stage, a in after["stages"].items():
-        b = before["stages"].get(stage, {"buckets": [], "sum": 0.0, "count": 0.0})
-        prev = dict(b["buckets"])
-        edges = np.array([le for le, _ in a["buckets"]])
-        cum = np.array([c - prev.get(le, 0.0) for le, c in a["buckets"]])
-        n = a["count"] - b["count"]
-        mean = (a["sum"] - b["sum"]) / n * 1e6 if n > 0 else 0.0
-        out[stage] = {
-            "count": int(n),
-            "mean_us": mean,
-            "p50_us": _bucket_quantile(edges, cum, 0.5) * 1e6,
-            "p99_us": _bucket_quantile(edges, cum, 0.99) * 1e6,
-        }
-    return out
-
-
-def _bucket_quantile(edges: np.ndarray, cum: np.ndarray, q: float) -> float:
-    if len(cum) == 0 or cum[-1] <= 0:
-        return 0.0
-    target = q * cum[-1]
-    k = int(np.searchsorted(cum, target, side="left"))
-    lo_e = edges[k - 1] if k > 0 else 0.0
-    lo_c = cum[k - 1] if k > 0 else 0.0
-    hi_e = edges[k] if np.isfinite(edges[k]) else lo_e
-    span = cum[k] - lo_c
-    return float(lo_e + (hi_e - lo_e) * ((target - lo_c) / span if span > 0 else 1.0))
 
 
 def hdr_summary(latency_ns: np.ndarray) -> dict:
@@ -194,49 +62,6 @@ def hdr_summary(latency_ns: np.ndarray) -> dict:
     out["max_us"] = float(h.get_max_value()) if len(us) else 0.0
     out["n_signals"] = int(len(us))
     return out
-
-
-def model_b1_p50_us(model_path: Path, device: str, threads: int, calls: int = 300) -> float:
-    """Median latency of one batch-1 call of the runner, in microseconds."""
-    from lobstream.models.artifact import load_model
-    from lobstream.models.runner import ModelRunner
-
-    module, manifest = load_model(model_path, device=device)
-    runner = ModelRunner(module, manifest, device=device, max_batch=1, threads=threads)
-    runner.input[...] = np.random.default_rng(0).standard_normal(runner.input.shape)
-    for _ in range(20):
-        runner.infer(1)
-    times = np.empty(calls)
-    for i in range(calls):
-        t0 = time.perf_counter_ns()
-        runner.infer(1)
-        times[i] = time.perf_counter_ns() - t0
-    return float(np.median(times) / 1000)
-
-
-def _config_text(
-    model: Path,
-    manifest: dict,
-    symbols: Sequence[str],
-    md: str,
-    sig: str,
-    metrics: str,
-    device: str,
-    threads: int,
-    tick_size: float,
-) -> str:
-    inst = "".join(
-        f'\n[[instruments.instrument]]\nsymbol = "{s}"\ntick_size = {tick_size}\n' for s in symbols
-    )
-    return (
-        f'[model]\npath = "{model}"\ndevice = "{device}"\nthreads = {threads}\n'
-        f"window = {int(manifest['T'])}\nlevels = {int(manifest['L'])}\n"
-        f'feature_kind = "{manifest["feature"]["kind"]}"\n'
-        f"reload_poll_s = 0.0\n{inst}\n"
-        f'[ingest]\nendpoints = ["{md}"]\nmode = "connect"\n\n'
-        f'[publish]\nendpoint = "{sig}"\nmode = "bind"\nstatus_interval_s = {_STATUS_INTERVAL_S}\n\n'
-        f'[metrics]\naddress = "{metrics}"\n'
-    )
 
 
 def _phase_streams(
@@ -286,18 +111,6 @@ def _replay(events: np.ndarray, endpoint: str, registry, speed: float, first: bo
         return rep.run([events], registry)
 
 
-def _stop_daemon(proc: subprocess.Popen, timeout_s: float = 5.0) -> int | None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            logger.warning("daemon %d ignored SIGTERM for %.0f s: killing it", proc.pid, timeout_s)
-            proc.kill()
-            proc.wait(timeout_s)
-    return proc.returncode
-
-
 # ----------------------------------------------------------------------------- driver ---
 def run_latency(
     model_path: str | Path | None = None,
@@ -319,123 +132,41 @@ def run_latency(
     ``conflated``, ``dropped``, ``rejected``, ``daemon_cpu`` (cores busy), ``stages``),
     ``model_b1_p50_us``, ``arch``, ``device``, ``n_instruments``.
     """
-    from lobstream.engine.throughput_bench import default_model_path
-    from lobstream.kernels.registry import Registry
     from lobstream.models.artifact import read_manifest
 
     say = progress or (lambda s: None)
-    model_path = Path(model_path).resolve() if model_path else default_model_path()
+    model_path = Path(model_path).resolve() if model_path else harness.default_model()
     manifest = read_manifest(model_path)
-    b1 = model_b1_p50_us(model_path, device, threads)
+    b1 = harness.model_alone(model_path, threads, (), device=device, calls=300)["b1_p50_us"]
     say(f"model alone, batch 1: p50 {b1:.0f} us")
-    feature = manifest.get("feature", {})
-    start_price = 10_000
-    if feature.get("kind") == "zscore" and feature.get("params"):
-        # prices near the training data's mean keep the model's inputs in range
-        start_price = max(start_price, int(feature["params"][0]))
     symbols = [f"SYN{i:03d}" for i in range(n_instruments)]
-    results = []
     tmp = Path(tempfile.mkdtemp(prefix="lobl", dir="/tmp" if os.path.isdir("/tmp") else None))
     md, sig = f"ipc://{tmp}/md", f"ipc://{tmp}/sig"
-    metrics_addr = f"127.0.0.1:{_free_port()}"
-    cfg = tmp / "serve.toml"
-    cfg.write_text(
-        _config_text(model_path, manifest, symbols, md, sig, metrics_addr, device, threads, 0.01)
-    )
-    log = open(tmp / "daemon.log", "wb")  # noqa: SIM115 (closed in finally)
-    daemon = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "from lobstream.engine.cli import main; main()",
-            "serve",
-            "--config",
-            str(cfg),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    out_npz = tmp / "signals.npz"
-    sub = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys; from lobstream.engine.latency_bench import "
-            "subscriber_main as m; m(sys.argv[1], sys.argv[2])",
-            sig,
-            str(out_npz),
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-    )
+    metrics = f"127.0.0.1:{harness.free_port()}"
+    tables = harness.daemon_tables(
+        model_path, symbols, md, sig, window=manifest["T"], levels=manifest["L"],
+        feature_kind=manifest["feature"]["kind"], metrics=metrics,
+        model={"device": device, "threads": threads}, ingest={"mode": "connect"},
+        publish={"mode": "bind", "status_interval_s": _STATUS_INTERVAL_S},
+    )  # fmt: skip
+    cfg = harness.write_config(tmp, tables)
+    daemon = harness.spawn_daemon(cfg, tmp / "daemon.log")
+    sub = harness.SubscriberProcess(sig, tmp)
     code = None
     try:
-        if _wait_ready(sub, daemon, 90) != "ready":
+        if not sub.wait_ready(daemon, 90):
             raise RuntimeError(
                 f"the daemon sent no status heartbeat within 90 s (exit code {daemon.poll()}); "
                 f"see its log {tmp / 'daemon.log'}"
             )
-        phases = []
-        prime, *streams = _phase_streams(
-            rates, seconds, n_instruments, start_price, int(manifest["T"])
+        phases = _replay_rates(
+            daemon, manifest, symbols, md, metrics, rates, seconds, settle_s, say
         )
-        registry = Registry()
-        for sym in symbols:
-            registry.add(sym, "0.01")
-        _replay(prime, md, registry, 0.0, True)
-        time.sleep(settle_s)
-        for rate, ev in zip(rates, streams, strict=True):
-            before = scrape(metrics_addr)
-            cpu0 = _cpu_seconds(daemon.pid)
-            t0 = time.monotonic_ns()
-            stats = _replay(ev, md, registry, 1.0 if rate else 0.0, False)
-            t1 = time.monotonic_ns()
-            sent = stats.events
-            time.sleep(settle_s)  # let the daemon drain what is queued before the next scrape
-            after = scrape(metrics_addr)
-            cpu1 = _cpu_seconds(daemon.pid)
-            phases.append((rate, stats, t0, t1, before, after, cpu1 - cpu0))
-            say(f"rate {rate or 'max'}: sent {sent:,} events in {stats.seconds:.2f} s")
-        sub.stdin.write(b"stop\n")
-        sub.stdin.flush()
-        if _readline(sub, 30) != "done":
-            raise RuntimeError("the subscriber process did not save its signals within 30 s")
-        with np.load(out_npz) as z:
-            ts, lat = z["ts_recv"], z["latency_ns"]
-        for rate, stats, t0, t1, before, after, cpu in phases:
-            sent = stats.events
-            mine = (ts >= t0) & (ts <= t1)
-            c0, c1 = before["counters"], after["counters"]
-            delta = {k: c1.get(k, 0.0) - c0.get(k, 0.0) for k in c1}
-            rejected = sum(v for k, v in delta.items() if k.startswith("rejected"))
-            span = stats.seconds
-            hdr = hdr_summary(lat[mine])
-            results.append(
-                {
-                    "target_events_per_s": float(rate),
-                    "events": int(sent),
-                    "events_per_s": sent / span if span > 0 else 0.0,
-                    **hdr,
-                    "signals_per_s": hdr["n_signals"] / span if span > 0 else 0.0,
-                    "conflated": int(delta.get("conflated", 0)),
-                    "dropped": int(max(0, sent - delta.get("events", 0)) + rejected),
-                    "rejected": int(rejected),
-                    "daemon_cpu": cpu / ((t1 - t0) / 1e9 + settle_s),
-                    "pacing_p99_us": stats.pacing_p99_us,
-                    "stages": stage_breakdown(before, after),
-                }
-            )
+        got = sub.finish()
+        results = [_rate_result(got, settle_s, *phase) for phase in phases]
     finally:
-        code = _stop_daemon(daemon)
-        if sub.poll() is None:
-            sub.stdin.close()
-            try:
-                sub.wait(5)
-            except subprocess.TimeoutExpired:
-                sub.kill()
-                sub.wait(5)
-        sub.stdout.close()
-        log.close()
+        code = harness.stop_process(daemon, "daemon")
+        sub.close()
         logger.info("daemon exited with %s; its log is %s", code, tmp / "daemon.log")
         if code == 0:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -449,3 +180,201 @@ def run_latency(
         "seconds_per_rate": seconds,
         "daemon_exit_code": code,
     }
+
+
+def _replay_rates(daemon, manifest, symbols, md, metrics, rates, seconds, settle_s, say) -> list:
+    """Prime every ring, then replay each rate between two scrapes of the daemon."""
+    from lobstream.kernels.registry import Registry
+
+    feature = manifest.get("feature", {})
+    start_price = 10_000
+    if feature.get("kind") == "zscore" and feature.get("params"):
+        # prices near the training data's mean keep the model's inputs in range
+        start_price = max(start_price, int(feature["params"][0]))
+    prime, *streams = _phase_streams(rates, seconds, len(symbols), start_price, int(manifest["T"]))
+    registry = Registry()
+    for sym in symbols:
+        registry.add(sym, "0.01")
+    _replay(prime, md, registry, 0.0, True)
+    time.sleep(settle_s)
+    phases = []
+    for rate, ev in zip(rates, streams, strict=True):
+        before = harness.scrape(metrics)
+        cpu0 = _cpu_seconds(daemon.pid)
+        t0 = time.monotonic_ns()
+        stats = _replay(ev, md, registry, 1.0 if rate else 0.0, False)
+        t1 = time.monotonic_ns()
+        time.sleep(settle_s)  # let the daemon drain what is queued before the next scrape
+        after = harness.scrape(metrics)
+        cpu1 = _cpu_seconds(daemon.pid)
+        phases.append((rate, stats, t0, t1, before, after, cpu1 - cpu0))
+        say(f"rate {rate or 'max'}: sent {stats.events:,} events in {stats.seconds:.2f} s")
+    return phases
+
+
+def _rate_result(got, settle_s, rate, stats, t0, t1, before, after, cpu) -> dict:
+    sent = stats.events
+    mine = (got.ts_recv >= t0) & (got.ts_recv <= t1)
+    c0, c1 = before["counters"], after["counters"]
+    delta = {k: c1.get(k, 0.0) - c0.get(k, 0.0) for k in c1}
+    rejected = sum(v for k, v in delta.items() if k.startswith("rejected"))
+    span = stats.seconds
+    hdr = hdr_summary(got.latency_ns[mine])
+    return {
+        "target_events_per_s": float(rate),
+        "events": int(sent),
+        "events_per_s": sent / span if span > 0 else 0.0,
+        **hdr,
+        "signals_per_s": hdr["n_signals"] / span if span > 0 else 0.0,
+        "conflated": int(delta.get("conflated", 0)),
+        "dropped": int(max(0, sent - delta.get("events", 0)) + rejected),
+        "rejected": int(rejected),
+        "daemon_cpu": cpu / ((t1 - t0) / 1e9 + settle_s),
+        "pacing_p99_us": stats.pacing_p99_us,
+        "stages": harness.stage_breakdown(before, after),
+    }
+
+
+# -------------------------------------------------------------------------- command line ---
+def _rates(value: str) -> tuple[float, ...]:
+    try:
+        out = tuple(float(x) for x in value.split(",") if x.strip())
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r}: expected comma-separated events/s (0 = max)"
+        ) from None
+    if not out or any(r < 0 for r in out):
+        raise click.BadParameter(f"{value!r}: expected rates >= 0 (0 = as fast as possible)")
+    return out
+
+
+@click.command("latency")
+@click.option(
+    "--rates",
+    default="1000,10000,100000,0",
+    show_default=True,
+    help="Target events/s per run, comma-separated; 0 = as fast as possible.",
+)
+@click.option(
+    "--seconds",
+    default=3.0,
+    show_default=True,
+    type=click.FloatRange(0.1),
+    help="Replay duration per rate (the max-rate run sends seconds x 100k events).",
+)
+@click.option(
+    "--instruments",
+    default=10,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Synthetic instruments in the replayed stream.",
+)
+@click.option(
+    "--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda", "auto"])
+)
+@click.option(
+    "--threads",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Torch threads of the daemon.",
+)
+@click.option(
+    "--model",
+    "model_path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Model artifact (default: the bundled one).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    help="Write latency.json and latency.png here.",
+)
+def latency(rates, seconds, instruments, device, threads, model_path, as_json, out_dir) -> None:
+    """End-to-end signal latency of a live daemon at fixed replay rates."""
+    result = run_latency(
+        model_path,
+        rates=_rates(rates),
+        seconds=seconds,
+        n_instruments=instruments,
+        device=device,
+        threads=threads,
+        progress=None if as_json else click.echo,
+    )
+    result["machine"] = machine()
+    if out_dir:
+        from lobstream.replay.backtest.plots import plot_latency
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "latency.json").write_text(json.dumps(result, indent=2))
+        result["plot"] = str(
+            plot_latency(out / "latency.png", result["rates"], result["model_b1_p50_us"])
+        )
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    _latency_table(result)
+
+
+def _latency_table(result: dict) -> None:
+    from rich.table import Table
+
+    t = Table(
+        title=(
+            f"end-to-end latency (us), {result['n_instruments']} instruments, model "
+            f"{result['arch']} on {result['device']}; model alone B=1 p50 "
+            f"{result['model_b1_p50_us']:.0f} us"
+        )
+    )
+    cols = (
+        "target",
+        "sent/s",
+        "signals/s",
+        "p50",
+        "p90",
+        "p99",
+        "p99.9",
+        "max",
+        "conflated",
+        "dropped",
+        "daemon cpu",
+    )
+    for c in cols:
+        t.add_column(c, justify="right")
+    for r in result["rates"]:
+        t.add_row(
+            f"{r['target_events_per_s']:,.0f}" if r["target_events_per_s"] else "max",
+            f"{r['events_per_s']:,.0f}",
+            f"{r['signals_per_s']:,.0f}",
+            *(f"{r[k]:,.0f}" for k in ("p50_us", "p90_us", "p99_us", "p999_us", "max_us")),
+            f"{r['conflated']:,}",
+            f"{r['dropped']:,}",
+            f"{r['daemon_cpu']:.0%}",
+        )
+    console().print(t)
+    s = Table(title="daemon stages, mean / p99 (us, from its Prometheus histograms)")
+    s.add_column("target", justify="right")
+    stages = list(result["rates"][0]["stages"]) if result["rates"] else []
+    for st in stages:
+        s.add_column(st, justify="right")
+    for r in result["rates"]:
+        s.add_row(
+            f"{r['target_events_per_s']:,.0f}" if r["target_events_per_s"] else "max",
+            *(
+                f"{r['stages'][st]['mean_us']:,.0f} / {r['stages'][st]['p99_us']:,.0f}"
+                for st in stages
+            ),
+        )
+    console().print(s)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m bench.latency``: the ``lobstream bench latency`` command."""
+    latency.main(args=argv, prog_name="python -m bench.latency")
+
+
+if __name__ == "__main__":
+    main()

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench._common import emit_json, machine, parser, print_table
+from lobstream.bench._common import emit_json, machine, parser, print_table
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 GOOG10 = "lobster/GOOG_2012-06-21_34200000_57600000_message_10.csv.gz"

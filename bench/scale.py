@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench._common import emit_json, machine, parser, print_table
+from lobstream.bench._common import emit_json, machine, parser, print_table
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "replay" / "samples" / "GOOG_2012-06-21_34200000_57600000_{}_10.csv.gz"

@@ -21,23 +21,18 @@ backlog not growing (its last minute no larger than its largest earlier one plus
 
 from __future__ import annotations
 
-import json
-import multiprocessing as mp
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
+import tomllib
 from pathlib import Path
 
 import numpy as np
-import zmq
 
-from bench._common import emit_json, machine, parser, print_table
-from bench.daemon import _config, default_model
+from lobstream.bench import harness
+from lobstream.bench._common import emit_json, machine, parser, print_table
 
 RSS_BAR = 0.05
 
@@ -47,55 +42,6 @@ def _rss_kb(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
-
-
-def _scrape(port: int) -> dict:
-    """The daemon's counters that tell whether it keeps up."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    out = {}
-    for line in text.splitlines():
-        for key in ("events_total", "signals_total", "conflated_total", "drain_backlog"):
-            if line.startswith(f"lobstream_{key} "):
-                out[key] = float(line.rsplit(" ", 1)[1])
-    return out
-
-
-def _subscriber(endpoint: str, out_path: str, ready, stop, minute_s: float) -> None:
-    """Separate process: per ``minute_s`` window, latency percentiles and signal count as one
-    JSON line each; nothing else is kept."""
-    from lobstream.engine.subscriber import Subscriber
-    from lobstream.kernels.dtypes import SIGNAL_DTYPE
-
-    with Subscriber(endpoint) as sub, open(out_path, "w") as out:
-        sock, status_topic = sub.sock, sub.status_topic
-        recv, clock = sock.recv_multipart, time.monotonic_ns
-        lat: list[np.ndarray] = []
-        n = 0
-        end = None
-        while not stop.is_set():
-            if not sock.poll(50):
-                continue
-            while True:
-                try:
-                    topic, payload = recv(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                t = clock()
-                if topic == status_topic:
-                    ready.set()
-                    continue
-                if end is None:
-                    end = t + int(minute_s * 1e9)
-                rec = np.frombuffer(payload, SIGNAL_DTYPE)
-                n += len(rec)
-                lat.append(t - rec["ts_recv"][rec["ts_recv"] > 0])
-            if end is not None and clock() >= end:
-                a = np.concatenate(lat) / 1e3 if lat else np.zeros(0)
-                q = np.percentile(a, [50, 99, 99.9]) if len(a) else [float("nan")] * 3
-                row = {"signals": n, "p50_us": q[0], "p99_us": q[1], "p999_us": q[2]}
-                out.write(json.dumps({k: float(v) for k, v in row.items()}) + "\n")
-                out.flush()
-                lat, n, end = [], 0, end + int(minute_s * 1e9)
 
 
 class Pool:
@@ -118,11 +64,10 @@ class Pool:
         for k in range(self.n_slices):
             part = ev[k * per_slice : (k + 1) * per_slice]
             arr = part[np.argsort(part["instrument"], kind="stable")]
-            cuts = np.flatnonzero(np.diff(arr["instrument"])) + 1
             self.arrays.append(arr)
-            self.runs_of.append([(int(r["instrument"][0]), r) for r in np.split(arr, cuts)])
+            self.runs_of.append(harness.split_runs(arr))
             self.base.append((arr["seq"].copy(), arr["ts_event"].copy(), counts[arr["instrument"]]))
-        self.events = n
+        self.events, self.per_slice = n, per_slice
 
     def runs(self, k: int) -> list[tuple[int, np.ndarray]]:
         """Slice ``k`` of the endless stream, as (instrument, run) messages."""
@@ -134,115 +79,108 @@ class Pool:
         return self.runs_of[s]
 
 
+def _counts(metrics: str) -> dict:
+    """The daemon's counters that tell whether it keeps up."""
+    v = harness.metric_values(metrics)
+    keys = ("events_total", "signals_total", "conflated_total", "drain_backlog")
+    return {k: v[f"lobstream_{k}"] for k in keys if f"lobstream_{k}" in v}
+
+
 def run(args) -> dict:
-    model = args.model or default_model()
+    from lobstream.bench.daemon import bench_config
     from lobstream.models.artifact import read_manifest
 
+    model = args.model or harness.default_model()
     man = read_manifest(model)
     info = {"T": int(man["T"]), "L": int(man["L"]), "feature_kind": man["feature"]["kind"]}
     tmp = Path(tempfile.mkdtemp(prefix="lobsoak", dir="/tmp"))
     symbols = [f"S{i:03d}" for i in range(args.instruments)]
-    topics = [f"md.{s}".encode() for s in symbols]
-    cfg = _config(tmp, model, info, symbols, 1, args.instruments, None)
-    port = int(cfg.read_text().split('address = "127.0.0.1:')[1].split('"')[0])
-    slice_s = args.slice_ms / 1e3
+    cfg = bench_config(tmp, model, info, symbols, 1, args.instruments, None)
+    metrics = tomllib.loads(cfg.read_text())["metrics"]["address"]
     print(f"building a {args.pool_s:g} s pool of events ...", file=sys.stderr)
-    pool = Pool(args.instruments, args.rate, args.pool_s, slice_s)
-    log = open(tmp / "daemon.log", "wb")  # noqa: SIM115 - closed below
-    cmd = [sys.executable, "-c", "from lobstream.engine.cli import main; main()"]
-    daemon = subprocess.Popen([*cmd, "serve", "--config", str(cfg)], stdout=log, stderr=log)
-    ctx_mp = mp.get_context("spawn")
-    ready, stop = ctx_mp.Event(), ctx_mp.Event()
-    minutes_file = tmp / "minutes.jsonl"
-    sub = ctx_mp.Process(
-        target=_subscriber,
-        args=(f"ipc://{tmp}/sig", str(minutes_file), ready, stop, args.minute_s),
-        daemon=True,
-    )
-    sub.start()
-    rows: list[dict] = []
-    ctx = zmq.Context()
-    pub = ctx.socket(zmq.PUB)
-    pub.setsockopt(zmq.SNDHWM, 0)
-    pub.setsockopt(zmq.LINGER, 1000)
-    sent = 0
+    pool = Pool(args.instruments, args.rate, args.pool_s, args.slice_ms / 1e3)
+    daemon = harness.spawn_daemon(cfg, tmp / "daemon.log")
+    sub = harness.SubscriberProcess(f"ipc://{tmp}/sig", tmp, period_s=args.minute_s)
+    ctx = pub = None
     try:
-        if not ready.wait(180):
+        if not sub.wait_ready(daemon, 180):
             raise RuntimeError(f"daemon did not start: {(tmp / 'daemon.log').read_text()}")
-        pub.connect(f"ipc://{tmp}/md")
-        time.sleep(0.5)
-        send, more, clock = pub.send, zmq.SNDMORE, time.monotonic_ns
-        t0 = time.monotonic()
-        total = int(args.minutes * 60 / slice_s)
-        next_minute, minute = t0 + args.minute_s, 0
-        prev = {"events_total": 0.0, "signals_total": 0.0}
-        for k in range(total):
-            delay = t0 + k * slice_s - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            for inst, r in pool.runs(k):
-                r["ts_recv"] = clock()
-                send(topics[inst], more)
-                send(r.view(np.uint8))
-                sent += len(r)
-            if time.monotonic() >= next_minute:
-                minute += 1
-                m = _scrape(port)
-                rows.append(
-                    {
-                        "minute": minute,
-                        "rss_mb": _rss_kb(daemon.pid) / 1024,
-                        "events_sent": sent,
-                        "events_taken": int(m.get("events_total", 0)),
-                        "backlog_events": sent - int(m.get("events_total", 0)),
-                        "events_per_s": (m.get("events_total", 0) - prev["events_total"])
-                        / args.minute_s,
-                        "signals_per_s": (m.get("signals_total", 0) - prev["signals_total"])
-                        / args.minute_s,
-                    }
-                )
-                prev = m
-                print(
-                    f"minute {minute}: rss {rows[-1]['rss_mb']:.1f} MB, backlog "
-                    f"{rows[-1]['backlog_events']:,} events, {rows[-1]['signals_per_s']:,.0f} "
-                    "signals/s",
-                    file=sys.stderr,
-                )
-                next_minute += args.minute_s
-        feed_s = time.monotonic() - t0
+        ctx, pub = harness.feeder(f"ipc://{tmp}/md")
+        rows, sent, feed_s = _feed(args, pool, pub, symbols, daemon.pid, metrics)
         deadline = time.monotonic() + 30
-        m = _scrape(port)
+        m = _counts(metrics)
         while m.get("events_total", 0) < sent and time.monotonic() < deadline:
             time.sleep(0.2)
-            m = _scrape(port)
+            m = _counts(metrics)
         taken = int(m.get("events_total", 0))
     finally:
-        pub.close()
-        ctx.term()
+        if pub is not None:
+            pub.close()
+            ctx.term()
         time.sleep(1.0)
-        stop.set()
-        sub.join(30)
-        if daemon.poll() is None:
-            daemon.send_signal(signal.SIGTERM)
-            try:
-                daemon.wait(15)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-        log.close()
-    lat = (
-        [json.loads(x) for x in minutes_file.read_text().splitlines()]
-        if minutes_file.exists()
-        else []
-    )
+        try:
+            sub.finish()
+        finally:
+            sub.close()
+            harness.stop_process(daemon, "daemon", timeout_s=15)
+    lat = sub.periods()
     shutil.rmtree(tmp, ignore_errors=True)
     for r, q in zip(rows, lat, strict=False):
         r.update({"p50_us": q["p50_us"], "p99_us": q["p99_us"], "p999_us": q["p999_us"]})
+    return _judged(args, model, rows, sent, taken, feed_s)
+
+
+def _feed(args, pool: Pool, pub, symbols, pid: int, metrics: str) -> tuple[list, int, float]:
+    """Send ``args.minutes`` of the pool, one slice every ``args.slice_ms``, and record the
+    daemon each period: (rows, events sent, seconds)."""
+    topics = [f"md.{s}".encode() for s in symbols]
+    slice_s = args.slice_ms / 1e3
+    rows: list[dict] = []
+    sent = 0
+    t0 = time.monotonic()
+    total = int(args.minutes * 60 / slice_s)
+    next_minute, minute = t0 + args.minute_s, 0
+    prev = {"events_total": 0.0, "signals_total": 0.0}
+    for k in range(total):
+        delay = t0 + k * slice_s - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        harness.send_runs(pub, pool.runs(k), topics)
+        sent += pool.per_slice
+        if time.monotonic() >= next_minute:
+            minute += 1
+            m = _counts(metrics)
+            rows.append(
+                {
+                    "minute": minute,
+                    "rss_mb": _rss_kb(pid) / 1024,
+                    "events_sent": sent,
+                    "events_taken": int(m.get("events_total", 0)),
+                    "backlog_events": sent - int(m.get("events_total", 0)),
+                    "events_per_s": (m.get("events_total", 0) - prev["events_total"])
+                    / args.minute_s,
+                    "signals_per_s": (m.get("signals_total", 0) - prev["signals_total"])
+                    / args.minute_s,
+                }
+            )
+            prev = m
+            print(
+                f"minute {minute}: rss {rows[-1]['rss_mb']:.1f} MB, backlog "
+                f"{rows[-1]['backlog_events']:,} events, {rows[-1]['signals_per_s']:,.0f} "
+                "signals/s",
+                file=sys.stderr,
+            )
+            next_minute += args.minute_s
+    return rows, sent, time.monotonic() - t0
+
+
+def _judged(args, model: Path, rows: list, sent: int, taken: int, feed_s: float) -> dict:
     w = min(args.warmup_min, len(rows)) - 1
     ref = rows[w]["rss_mb"] if rows else float("nan")
     after = rows[w:]
     rss_growth = max(r["rss_mb"] for r in after) / ref - 1 if after else float("nan")
     backlog = [r["backlog_events"] for r in rows]
-    per_slice = args.rate * slice_s
+    per_slice = args.rate * args.slice_ms / 1e3
     result = {
         "bench": "soak",
         "machine": machine(),

@@ -17,35 +17,30 @@ CPU), these say how much cheaper the data path is, which the end-to-end ratio ca
 
 Compile and warm-up never fall in a timed region: every path runs once untimed first. The
 paths are timed in turns, ``repeat`` times, and medians reported (the machine may be shared).
+
+``lobstream bench throughput`` and ``python -m bench.throughput`` are this one command (the
+latter with ``--repeat 5`` by default, as every ``python -m bench.NAME``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import statistics
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import click
 import numpy as np
+
+from lobstream.bench._common import console, machine
+from lobstream.bench.harness import default_model
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_BATCHES = (16, 32, 64, 128, 256, 512)
 NOTEBOOK_BATCH = 64
-
-
-def default_model_path() -> Path:
-    """The bundled model artifact (models/assets/*.pt), the first in name order."""
-    from lobstream.models import __file__ as models_init
-
-    found = sorted((Path(models_init).parent / "assets").glob("*.pt"))
-    if not found:
-        raise FileNotFoundError(
-            "no bundled model in lobstream/models/assets; pass --model MODEL.pt "
-            "(make one with lobstream train)"
-        )
-    return found[0]
 
 
 def default_files() -> list[Path]:
@@ -164,13 +159,13 @@ def run_throughput(
 
     from lobstream.kernels.registry import Registry
     from lobstream.models.artifact import load_model
-    from lobstream.models.runner import ModelRunner
     from lobstream.models.manifest import spec_from_manifest
+    from lobstream.models.runner import ModelRunner
     from lobstream.replay.backtest.run import rows_from_events, run_backtest
     from lobstream.replay.readers import read_events
 
     torch.set_num_threads(threads)
-    model_path = Path(model_path) if model_path else default_model_path()
+    model_path = Path(model_path) if model_path else default_model()
     files = [Path(f) for f in files] if files else default_files()
     module, manifest = load_model(model_path, device=device)
     T = int(manifest["T"])
@@ -275,3 +270,109 @@ class _TimedRunner:
         out = self.runner.infer(n)
         self.seconds += time.perf_counter() - t0
         return out
+
+
+# -------------------------------------------------------------------------- command line ---
+@click.command("throughput")
+@click.option(
+    "--model",
+    "model_path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Model artifact (default: the bundled one).",
+)
+@click.option(
+    "--files",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="LOB files to score (default: the bundled LOBSTER GOOG sample).",
+)
+@click.option(
+    "--windows",
+    default=4096,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Windows scored by the backtest path and by the model alone.",
+)
+@click.option(
+    "--notebook-windows",
+    default=1024,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Windows scored the notebook way (it is slow).",
+)
+@click.option(
+    "--batches",
+    default="16,32,64,128,256,512",
+    show_default=True,
+    help="Batch sizes tried for the model alone.",
+)
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda", "auto"])
+)
+@click.option(
+    "--repeat",
+    default=3,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Timed turns of every path (medians reported).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def throughput(
+    model_path, files, windows, notebook_windows, batches, threads, device, repeat, as_json
+) -> None:
+    """Offline windows/s: backtest path vs model alone vs the notebook way, one run."""
+    try:
+        bs = tuple(int(b) for b in batches.split(",") if b.strip())
+    except ValueError:
+        raise click.BadParameter(f"{batches!r}: expected comma-separated integers") from None
+    result = run_throughput(
+        model_path,
+        files or None,
+        n_windows=windows,
+        notebook_windows=notebook_windows,
+        batches=bs,
+        threads=threads,
+        device=device,
+        repeat=repeat,
+    )
+    result["machine"] = machine()
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    from rich.table import Table
+
+    t = Table(
+        title=(
+            f"offline windows/s, {result['arch']} on {result['device']}, "
+            f"{result['threads']} thread(s)"
+        )
+    )
+    t.add_column("path")
+    t.add_column("windows/s", justify="right")
+    t.add_column("vs model alone", justify="right")
+    m = result["model_only_windows_per_s"]
+    for name, key in (
+        (f"model alone (B={result['best_batch']})", "model_only_windows_per_s"),
+        ("backtest (events in memory)", "backtest_windows_per_s"),
+        ("backtest (from file open)", "backtest_with_read_windows_per_s"),
+        ("notebook way", "notebook_windows_per_s"),
+        ("backtest data path alone", "backtest_data_path_windows_per_s"),
+        ("notebook data path alone", "notebook_data_path_windows_per_s"),
+    ):
+        t.add_row(name, f"{result[key]:,.0f}", f"{result[key] / m:.0%}")
+    console().print(t)
+    click.echo(
+        f"backtest / notebook: {result['backtest_vs_notebook']:.1f}x end to end, "
+        f"{result['data_path_vs_notebook']:.1f}x for the data path alone "
+        f"(medians of {result['repeat']} turns)"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m bench.throughput``: the ``lobstream bench throughput`` command."""
+    throughput.main(args=argv, prog_name="python -m bench.throughput", default_map={"repeat": 5})
+
+
+if __name__ == "__main__":
+    main()

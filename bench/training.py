@@ -21,7 +21,7 @@ import time
 import numpy as np
 import torch
 
-from bench._common import emit_json, machine, parser, print_table
+from lobstream.bench._common import emit_json, machine, parser, print_table
 from lobstream.models import seqtrain
 from lobstream.models.baselines import class_weights
 from lobstream.models.train import Windows

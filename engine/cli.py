@@ -14,14 +14,14 @@ import click
 
 # name -> "module:attribute" of a click.Command
 SUBCOMMANDS: dict[str, str] = {
-    "demo": "lobstream.engine.demo:demo",
+    "demo": "lobstream.bench.demo:demo",
     "serve": "lobstream.engine.serve:serve",
     "replay": "lobstream.replay.cli.data:replay",
     "convert": "lobstream.replay.cli.data:convert",
     "train": "lobstream.replay.cli.train:train",
     "backtest": "lobstream.replay.cli.backtest:backtest",
     "explain": "lobstream.replay.cli.explain:explain",
-    "bench": "lobstream.engine.bench_cli:bench",
+    "bench": "lobstream.bench.cli:bench",
 }
 
 

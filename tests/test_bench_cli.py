@@ -13,8 +13,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from lobstream.engine.bench_cli import bench
-from lobstream.engine.latency_bench import _bucket_quantile, hdr_summary, stage_breakdown
+from lobstream.bench.cli import bench
+from lobstream.bench.harness import _bucket_quantile, stage_breakdown
+from lobstream.bench.latency import hdr_summary
 from lobstream.models.artifact import export_model
 from lobstream.models.zoo import build_model
 from lobstream.replay.samples import GOOG_MESSAGE_10

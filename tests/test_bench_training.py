@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from bench import training
+from lobstream.bench import training
 
 
 def test_training_bench_json(capsys) -> None:

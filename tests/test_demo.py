@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from lobstream.bench.demo import demo_config_path, sample_files, write_demo_config
 from lobstream.engine.config import load_config
-from lobstream.engine.demo import demo_config_path, sample_files, write_demo_config
 from lobstream.models.artifact import export_model
 from lobstream.models.zoo import build_model
 

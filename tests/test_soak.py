@@ -19,7 +19,7 @@ PERIOD_S = float(os.environ.get("LOBSTREAM_SOAK_PERIOD_S", "60"))  # one reporte
 @pytest.mark.soak
 @pytest.mark.timeout(int(MINUTES * 60) + 600)
 def test_soak_memory_flat_every_event_taken_no_queue_growth():
-    from bench import soak
+    from lobstream.bench import soak
 
     args = argparse.Namespace(
         model=None,
