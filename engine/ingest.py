@@ -34,8 +34,8 @@ import zmq
 from lobstream.engine.config import IngestConfig
 from lobstream.engine.metrics import Metrics, PeerMonitor, RateLimitedLog
 from lobstream.engine.security import setup_curve
-from lobstream.kernels._jit import njit
-from lobstream.kernels.dtypes import ACTION_CLEAR, ACTION_TRADE, EVENT_DTYPE, SIDE_ASK
+from lobstream.kernels.dtypes import EVENT_DTYPE
+from lobstream.kernels.message_checks import check_messages
 from lobstream.replay.feed import wire
 
 logger = logging.getLogger(__name__)
@@ -46,79 +46,8 @@ _RCVMORE = int(zmq.RCVMORE)
 _PEER_POLL_S = 0.25  # how often account() reads the socket monitor (feeds come and go)
 _TS_MIN = np.iinfo(np.int64).min
 _TS_MAX = np.iinfo(np.int64).max
-# verdict of _check_frames per message: 0 accepted, else the index of its reason here
+# verdict of check_messages per message: 0 accepted, else the index of its reason here
 VERDICTS = (wire.REASON_OK, *wire.CONTENT_REASONS)
-
-
-@njit
-def _check_frames(events, insts, counts, last_ts, ref, mark, stamp, clock_limit, jump_ns,
-                  verdict, where):  # fmt: skip
-    """Judge each message ``f`` (records ``counts[f]`` long, back to back in ``events``) as a
-    whole: ``verdict[f]`` (see VERDICTS) and ``where[f]``, its first bad record. ``ref`` is
-    the instrument's clock as the book will have it after the accepted messages so far
-    (``mark[i] == stamp`` once taken from ``last_ts`` this round). Returns the bad count."""
-    n_bad = 0
-    start = 0
-    for f in range(insts.shape[0]):
-        inst = insts[f]
-        end = start + counts[f]
-        v = 0
-        w = start
-        for k in range(start, end):
-            if events[k].instrument != inst:
-                v = 1
-                w = k
-                break
-        if v == 0:
-            for k in range(start, end):
-                ev = events[k]
-                size = ev.size
-                # the book kernel's content rule, on the whole message first
-                if ev.action > ACTION_TRADE or (
-                    ev.action != ACTION_CLEAR
-                    and (
-                        ev.side > SIDE_ASK
-                        or ev.price <= 0
-                        or not (size >= 0.0 and size - size == 0.0)
-                    )
-                ):
-                    v = 2
-                    w = k
-                    break
-        if v == 0:
-            for k in range(start, end):
-                if events[k].ts_event > clock_limit:
-                    v = 3
-                    w = k
-                    break
-        if v == 0:
-            if mark[inst] != stamp:
-                mark[inst] = stamp
-                ref[inst] = last_ts[inst]
-            r = ref[inst]
-            for k in range(start, end):
-                ev = events[k]
-                ts = ev.ts_event
-                if ev.action == ACTION_CLEAR:
-                    r = ts  # a snapshot restarts the clock (the book does the same)
-                elif ts > r:
-                    # unsigned: the difference of two int64 always fits
-                    if (
-                        r != _TS_MIN
-                        and jump_ns >= 0
-                        and np.uint64(ts) - np.uint64(r) > np.uint64(jump_ns)
-                    ):
-                        v = 4
-                        w = k
-                        break
-                    r = ts
-            if v == 0:
-                ref[inst] = r
-        verdict[f] = v
-        where[f] = w - start
-        n_bad += v != 0
-        start = end
-    return n_bad
 
 
 class Ingest:
@@ -163,7 +92,7 @@ class Ingest:
         logger.info("ingest %s %s, topics %s", cfg.mode, list(cfg.endpoints), list(cfg.topics))
         n = len(self.symbols)
         self.last_ts = last_ts if last_ts is not None else np.full(n, _TS_MIN, np.int64)
-        self._ref = np.zeros(n, np.int64)  # scratch of _check_frames
+        self._ref = np.zeros(n, np.int64)  # scratch of check_messages
         self._mark = np.full(n, -1, np.int64)
         self._stamp = 0
         self._verdict = np.zeros(cfg.max_drain, np.int64)
@@ -306,13 +235,13 @@ class Ingest:
         return min(self.wall_ns() + self._lead_ns, _TS_MAX)
 
     def _check(self, events: np.ndarray, insts: list[int], counts: list[int]) -> np.ndarray:
-        """Drop, whole, every message with a bad record (see :func:`_check_frames`)."""
+        """Drop, whole, every message with a bad record (the rules: ``check_messages``)."""
         self._stamp += 1
         ins = np.array(insts, np.int64)
         cnt = np.array(counts, np.int64)
-        n_bad = _check_frames(events, ins, cnt, self.last_ts, self._ref, self._mark,
-                              self._stamp, self._clock_limit(), self._jump_ns,
-                              self._verdict, self._where)  # fmt: skip
+        n_bad = check_messages(events, ins, cnt, self.last_ts, self._ref, self._mark,
+                               self._stamp, self._clock_limit(), self._jump_ns,
+                               self._verdict, self._where)  # fmt: skip
         if n_bad == 0:
             return events
         verdict = self._verdict[: len(ins)]
@@ -337,8 +266,8 @@ class Ingest:
         one = np.zeros(1, np.int64)
         scratch = [np.zeros(1, np.int64) for _ in range(5)]
         for events in (ev, np.frombuffer(ev.tobytes(), EVENT_DTYPE)):
-            _check_frames(events, one, one + 1, np.full(1, _TS_MIN), *scratch[:2], 0,
-                          _TS_MAX, -1, *scratch[2:4])  # fmt: skip
+            check_messages(events, one, one + 1, np.full(1, _TS_MIN), *scratch[:2], 0,
+                           _TS_MAX, -1, *scratch[2:4])  # fmt: skip
 
     def _reject(self, reason: str, msg: str, *args) -> None:
         self.metrics.reject(reason)
