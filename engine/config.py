@@ -405,11 +405,6 @@ def is_loopback(endpoint: str) -> bool:
     return _host_is_loopback(host)
 
 
-def curve_enabled(c: CurveConfig) -> bool:
-    """Whether CurveZMQ is configured for a socket."""
-    return bool(c.secret_key)
-
-
 def load_instruments(cfg: ServeConfig):
     """The instrument registry the config names (a registry file or the inline list).
 

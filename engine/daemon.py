@@ -5,9 +5,10 @@ rounds: wait for market data (bounded), drain what has arrived (at most ``max_dr
 messages), apply it with one kernel call, then infer every instrument whose window changed
 since its last inference (up to ``max_batch``, newest window only) and publish. At low load
 a signal costs one inline model call. Once ``model.overlap_batch`` windows or more are due,
-the inference thread (:class:`~lobstream.engine.scheduler.InferenceWorker`) takes over: it
+the inference thread (:class:`~lobstream.engine.handoff.InferenceWorker`) takes over: it
 chooses and gathers each next batch itself the moment a call ends, on the newest windows
-(under a lock shared with the loop's book updates), while the loop keeps draining, applying
+(under a lock shared with the loop's book updates; the protocol is
+:class:`~lobstream.engine.handoff.Handoff`), while the loop keeps draining, applying
 and publishing what it finished; it goes back to sleep when fewer are due. So under load the
 model never waits for the loop, the batch grows instead of the queue, and what waits does so
 in ZeroMQ's bounded queue (``ingest.rcvhwm``) or as conflated windows (counted).
@@ -24,7 +25,7 @@ and window of the running one (the rings hold rows normalised with it).
 A causal artifact (``manifest["causal"]``) on the CPU is run incrementally unless
 ``model.incremental = false``: an :class:`~lobstream.models.incremental.IncrementalRunner`
 keeps one slot per instrument and each model call pushes the rows its instruments gained
-since their last call (:class:`~lobstream.engine.scheduler.IncrementalFeed`), the head only
+since their last call (:class:`~lobstream.engine.incremental_feed.IncrementalFeed`), the head only
 for the newest, so a signal costs the new rows' columns of convolutions plus one head instead
 of a whole window, with the same probabilities. Slots follow the rings: like the ring (and the
 backtest), they are not reset by a sequence gap or the snapshot that heals it, so a window
@@ -40,21 +41,27 @@ import os
 import threading
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import zmq
 
 from lobstream.engine.config import ServeConfig
+from lobstream.engine.handoff import Handoff, InferenceWorker
+from lobstream.engine.incremental_feed import IncrementalFeed
 from lobstream.engine.ingest import Ingest
 from lobstream.engine.malloc import hold_freed_memory
 from lobstream.engine.metrics import Metrics, RateLimitedLog
 from lobstream.engine.publisher import Publisher
-from lobstream.engine.scheduler import IncrementalFeed, InferenceWorker, Scheduler
+from lobstream.engine.scheduler import Scheduler
 from lobstream.engine.signals import fill_probs, signal_records
 from lobstream.kernels.book import new_book, new_report
 from lobstream.kernels.dtypes import CODE_CROSSED, CODE_SEQ_GAP
 from lobstream.kernels.ring import apply_events_rows, gather_windows, new_ring
 from lobstream.kernels.ring import warmup as warmup_kernels
+
+if TYPE_CHECKING:
+    from lobstream.models.runner import Inferable, ModelRunner
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +75,7 @@ class LoadedModel:
     path: str
     sha256: str
     manifest: dict
-    runner: object  # lobstream.models.runner.ModelRunner: .input (Bmax,1,T,F), .infer(n)
+    runner: ModelRunner  # .input (Bmax, 1, T, F), .infer(n)
     model_id: int
     mtime_ns: int
     size: int
@@ -177,6 +184,11 @@ class Daemon:
         self.report = new_report()
         self.max_batch = min(cfg.model.max_batch, model.runner.input.shape[0])
         self.scheduler = Scheduler(n, self.T, self.max_batch)
+        # which thread makes each model call and on what; its lock guards the book, rings and
+        # scheduler between the loop and the inference thread
+        self.handoff = Handoff(
+            self.scheduler, self.ring.count, self.book.stale, cfg.model.overlap_batch
+        )
         # v1 records, or v2 for a multi-horizon artifact (engine.signals); zeroed padding
         self.records = signal_records(self.max_batch, model.manifest.get("heads"))
         self.records["model_id"] = model.model_id
@@ -193,16 +205,6 @@ class Daemon:
         self._loader: threading.Thread | None = None
         self.metrics_port: int | None = None
         self.worker: InferenceWorker | None = None
-        # Guards the book, rings and scheduler between the loop and the inference thread.
-        # ``_pulling``: the inference thread owns the runner and takes batches itself (set by
-        # the loop, cleared by the thread, both under the lock); ``_hold``: it must stop
-        # taking them (a model swap or shutdown waits for that).
-        self._lock = threading.Lock()
-        self._pulling = False
-        self._hold = False
-        # set by each round: due windows are left for the next round (more than max_batch were
-        # due), so the loop must not block before it; what run() checks instead of scanning
-        self._more_due = False
         self._last_call = 0.0  # perf_counter() of the last model call (model.keep_warm_ms)
         self.poller = zmq.Poller()
         self.started = threading.Event()  # set once sockets are open (tests wait on it)
@@ -238,7 +240,7 @@ class Daemon:
         )
         self.poller.register(self.ingest.sock, zmq.POLLIN)
         if self.cfg.model.overlap_batch:
-            self.worker = InferenceWorker(self.ctx, self._next_job, self.cfg.model.cpus)
+            self.worker = self.handoff.start_worker(self.ctx, self._gather, self.cfg.model.cpus)
             self.poller.register(self.worker.sock, zmq.POLLIN)
         self.started.set()
 
@@ -260,9 +262,9 @@ class Daemon:
         next_poll = time.monotonic() + (self.cfg.model.reload_poll_s or 1e18)
         try:
             while not self._stop.is_set():
-                if self._pending is not None and self._worker_parked():
+                if self._pending is not None and self._parked():
                     self._swap_model()
-                if not (self.ingest.backlog or self._more_due) and not (
+                if not (self.ingest.backlog or self.handoff.more_due) and not (
                     spin_s and self._spin(spin_s)
                 ):
                     self.poller.poll(self._idle_wait_ms(warm_s) if warm_s else _IDLE_WAIT_MS)
@@ -288,7 +290,7 @@ class Daemon:
         """How long to block with ``model.keep_warm_ms`` on: until the model is next due a
         throwaway call, made here when it is (only while the loop owns the runner)."""
         left = self._last_call + warm_s - time.perf_counter()
-        if left <= 0 and not self._pulling:
+        if left <= 0 and not self.handoff.pulling:
             feed = self.model.feed
             (feed.runner if feed is not None else self.model.runner).keep_warm()
             self._last_call = time.perf_counter()
@@ -330,59 +332,27 @@ class Daemon:
         return sent
 
     def _dispatch(self) -> int:
-        """Start the inference thread when a large batch is due, else infer inline.
+        """Start the inference thread when a large batch is due, else infer inline (one scan
+        of the due windows, :meth:`Handoff.plan`). The thread's last results go out first, so
+        an instrument's signals stay in order."""
+        ids, conflated = self.handoff.plan()
+        if len(ids) == 0:
+            return 0
+        return self._publish_finished() + self._infer_inline(ids, conflated)
 
-        The due windows are scanned once, under the lock; an inline batch is chosen from that
-        scan. ``_more_due`` records whether some stay due for the next round."""
-        self._more_due = False
-        if self.worker is None:
-            return self.infer_and_publish()
-        with self._lock:
-            if self._pulling:
-                return 0  # the thread takes whatever is due, and wakes the loop when done
-            due = self.scheduler.due(self.ring.count, self.book.stale)
-            if len(due) == 0:
-                return 0
-            if min(len(due), self.max_batch) >= self.cfg.model.overlap_batch and not self._hold:
-                self._pulling = True
-                self.worker.kick()
-                return 0
-        # the thread is idle and only this thread starts it: no lock needed from here (the
-        # loop is the only writer of the rings). Its last results go out first, so an
-        # instrument's signals stay in order.
-        return self._publish_finished() + self.infer_and_publish(due)
-
-    def _next_job(self) -> tuple | None:
-        """The inference thread's next batch, ``(runner, n, tag)``; None parks the thread.
-
-        Runs on the inference thread. The lock keeps the loop's kernel off the rings while the
-        windows are copied out."""
-        with self._lock:
-            ids, conflated = (
-                self.scheduler.select(
-                    self.ring.count, self.book.stale, self.cfg.model.overlap_batch
-                )
-                if not self._hold
-                else (None, 0)
-            )
-            if ids is None or len(ids) == 0:
-                self._pulling = False
-                return None
-            runner, meta, t0, t1 = self._gather(ids)
-        return runner, len(ids), (ids, meta, conflated, t0, t1)
-
-    def _gather(self, ids: np.ndarray) -> tuple:
+    def _gather(self, ids: np.ndarray, conflated: int = 0) -> tuple[Inferable, tuple]:
         """Copy the windows of ``ids`` into the runner's input, or their new rows into an
-        incremental call: ``(runner, meta, t0, t1)``, ``runner.infer(len(ids))`` runs it."""
+        incremental call: ``(call, tag)``; ``call.infer(len(ids))`` runs it and ``tag`` is
+        what :meth:`_publish` needs besides its result."""
         feed = self.model.feed
         t0 = time.perf_counter_ns()
         if feed is None:
-            runner = self.model.runner
-            gather_windows(self.ring, ids, runner.input)
+            call = self.model.runner
+            gather_windows(self.ring, ids, call.input)
         else:
-            runner = feed.take(self.ring, ids)
+            call = feed.take(self.ring, ids)
         meta = self.ring.meta[ids]  # a copy: rows applied meanwhile do not change it
-        return runner, meta, t0, time.perf_counter_ns()
+        return call, (ids, meta, conflated, t0, time.perf_counter_ns())
 
     def _publish_finished(self) -> int:
         """Publish the calls the inference thread finished; returns signals sent."""
@@ -396,35 +366,13 @@ class Daemon:
             sent += self._publish(ids, meta, probs, conflated, t0, t1, t2)
         return sent
 
-    def _worker_parked(self, timeout_s: float = 0.0) -> bool:
-        """Hold the inference thread and wait up to ``timeout_s`` for it to park, publishing
-        what it finishes meanwhile; whether it is parked (then the runner is the loop's).
-        The hold lasts until a model swap releases it, or for good at shutdown."""
-        with self._lock:
-            self._hold = True
-            if not self._pulling:
-                return True
-        end = time.monotonic() + timeout_s
-        while time.monotonic() < end:
-            self.worker.wait(10)
-            self._publish_finished()
-            with self._lock:
-                if not self._pulling:
-                    return True
-        return False
-
-    def apply(self, events: np.ndarray) -> None:
-        """Apply an event batch to the books and rings, and count the kernel's conditions.
-
-        Parameters
-        ----------
-        events : ndarray (n,) EVENT_DTYPE
-            Not modified (may be read-only).
-        """
-        self._account(*self._apply_kernel(events))
+    def _parked(self, timeout_s: float = 0.0) -> bool:
+        """Hold the inference thread (publishing what it finishes meanwhile); whether it is
+        parked, so that the runner is the loop's. A swap releases the hold."""
+        return self.worker is None or self.handoff.park(timeout_s, self._publish_finished)
 
     def _apply_kernel(self, events: np.ndarray) -> tuple[np.ndarray, int]:
-        with self._lock:
+        with self.handoff.lock:
             stale_before = self.book.stale.copy()
             t0 = time.perf_counter_ns()
             apply_events_rows(self.book, self.ring, self.spec, events, self.report)
@@ -441,8 +389,7 @@ class Daemon:
             rep[1] = -1
         n_stale = int(np.count_nonzero(self.book.stale))
         if n_stale:  # else nothing to forget: no lock taken on a quiet, healthy round
-            with self._lock:
-                self.scheduler.forget_stale(self.ring.count, self.book.stale)
+            self.handoff.forget_stale()
         self.metrics.stale.set(n_stale)
 
     def _log_stale_changes(self, before: np.ndarray, rep: np.ndarray) -> None:
@@ -456,20 +403,10 @@ class Daemon:
         for i in np.flatnonzero(before & ~now):
             self.rlog.warning("healed", "%s healed by a snapshot", self.symbols[i])
 
-    def infer_and_publish(self, due: np.ndarray | None = None) -> int:
-        """Infer the due instruments (at most ``max_batch``) inline and publish their signals.
-
-        Only while the inference thread is parked (it owns the runner when it runs). ``due``:
-        the ids of a scan just made (none: scan here)."""
-        if due is None:
-            due = self.scheduler.due(self.ring.count, self.book.stale)
-        ids, conflated = self.scheduler.select(self.ring.count, self.book.stale, due=due)
-        b = len(ids)
-        self._more_due = len(due) > b
-        if b == 0:
-            return 0
-        runner, meta, t0, t1 = self._gather(ids)
-        probs = runner.infer(b)
+    def _infer_inline(self, ids: np.ndarray, conflated: int) -> int:
+        """Infer ``ids`` on the loop (the inference thread is parked) and publish them."""
+        call, (ids, meta, conflated, t0, t1) = self._gather(ids, conflated)
+        probs = call.infer(len(ids))
         return self._publish(ids, meta, probs, conflated, t0, t1, time.perf_counter_ns())
 
     def _publish(self, ids, meta, probs, conflated: int, t0: int, t1: int, t2: int) -> int:
@@ -601,7 +538,7 @@ class Daemon:
         new, self._pending = self._pending, None
         if new.runner.input.shape[0] < self.max_batch:
             self.max_batch = new.runner.input.shape[0]
-            self.scheduler.max_batch = self.max_batch
+            self.scheduler.max_batch = self.max_batch  # the handoff's selections follow
         old = self.model
         self.model = new
         if new.manifest.get("heads") != old.manifest.get("heads"):
@@ -614,8 +551,7 @@ class Daemon:
             )  # fmt: skip
         self.records["model_id"] = new.model_id
         self._loader = None
-        with self._lock:
-            self._hold = False  # the inference thread may take batches again
+        self.handoff.release()  # the inference thread may take batches again
         self.metrics.reloads.labels("ok").inc()
         self.metrics.totals["reloads.ok"] += 1
         logger.info(
@@ -632,7 +568,7 @@ class Daemon:
         parked = True
         if self.worker is not None:
             # the batch in flight finishes and is published; no new one starts
-            parked = self._worker_parked(timeout_s=1.0)
+            parked = self._parked(timeout_s=1.0)
             if not parked:
                 logger.warning("shutdown: the model call in flight did not end within 1 s")
             self._publish_finished()
@@ -640,7 +576,7 @@ class Daemon:
             self.worker = None
         if self.publisher is not None:
             # windows already applied but not yet inferred (the runner is free only if parked)
-            sent = self.infer_and_publish() if parked else 0
+            sent = self._dispatch() if parked else 0
             logger.info("shutdown: published %s signals in flight; final heartbeat", sent)
             self.send_status()
             self.publisher.close()

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -116,6 +116,22 @@ def _prepare(module: nn.Module, mode: str, device: torch.device) -> nn.Module:
         if mode == "frozen":
             return torch.jit.freeze(scripted)
         return torch.jit.optimize_for_inference(scripted)
+
+
+class Inferable(Protocol):
+    """A model call as the daemon and its inference thread make it: ``infer(n)`` gives the
+    probabilities (n, 3), or (n, H, 3), of the first ``n`` windows it holds (a
+    :class:`ModelRunner` on its input buffer, an ``engine.incremental_feed.IncrementalCall``
+    on the rows it carries)."""
+
+    def infer(self, n: int) -> np.ndarray: ...
+
+
+class KeepsWarm(Protocol):
+    """A runner that can make a throwaway call, so that a quiet market finds it in cache
+    (:class:`ModelRunner`, :class:`~lobstream.models.incremental.IncrementalRunner`)."""
+
+    def keep_warm(self) -> None: ...
 
 
 class ModelRunner:

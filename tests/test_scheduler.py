@@ -1,122 +1,15 @@
-"""The inference thread: batches it takes itself, results handed back over its inproc socket,
-errors passed on, and its CPU pinning."""
+"""The scheduler: which instruments are due, round-robin selection of at most max_batch,
+conflation counts and stale instruments."""
 
 from __future__ import annotations
 
-import os
-import threading
-
 import numpy as np
-import pytest
-import zmq
 
-from lobstream.engine.scheduler import InferenceWorker
-
-
-class _Recorder:
-    """A runner stand-in that records which CPUs the calling thread may use."""
-
-    def __init__(self) -> None:
-        self.cpus: set[int] | None = None
-
-    def infer(self, n: int) -> np.ndarray:
-        self.cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
-        return np.full((n, 3), 1 / 3, np.float32)
-
-
-def _run_one(cpus: tuple[int, ...]) -> tuple[_Recorder, np.ndarray]:
-    ctx = zmq.Context()
-    rec = _Recorder()
-    jobs = [(rec, 4, "tag")]
-    worker = InferenceWorker(ctx, lambda: jobs.pop() if jobs else None, cpus)
-    try:
-        worker.kick()
-        assert worker.wait(10_000)
-        ((tag, probs, err, _),) = worker.take()
-        assert tag == "tag" and err is None
-        return rec, probs
-    finally:
-        worker.close()
-        ctx.term()
-
-
-def test_worker_returns_result():
-    rec, out = _run_one(())
-    assert out.shape == (4, 3)
-
-
-@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU pinning is Linux-only")
-def test_worker_pins_only_its_own_thread():
-    mine = os.sched_getaffinity(0)
-    target = min(mine)
-    rec, _ = _run_one((target,))
-    assert rec.cpus == {target}
-    assert os.sched_getaffinity(0) == mine  # the calling (loop) thread is not moved
-
-
-def test_worker_takes_batches_until_none_then_parks():
-    ctx = zmq.Context()
-    rec = _Recorder()
-    jobs = [(rec, n, n) for n in (3, 2, 1)]
-    parked = threading.Event()
-
-    def next_job():
-        if jobs:
-            return jobs.pop()
-        parked.set()
-        return None
-
-    worker = InferenceWorker(ctx, next_job)
-    try:
-        worker.kick()
-        got = []
-        for _ in range(100):
-            if len(got) == 3:
-                break
-            worker.wait(100)
-            got += worker.take()
-        assert [g[0] for g in got] == [1, 2, 3]  # in the order taken
-        assert [len(g[1]) for g in got] == [1, 2, 3]
-        assert parked.wait(10)
-        jobs.append((rec, 5, "again"))  # parked: only a kick starts it again
-        # parking is announced (an empty wake-up, so the loop infers what is left inline),
-        # unless the loop above already took that announcement with the last result
-        worker.wait(2000)
-        assert worker.take() == [] and not worker.wait(200) and worker.take() == []
-        worker.kick()
-        assert worker.wait(10_000)
-        assert [g[0] for g in worker.take()] == ["again"]
-    finally:
-        worker.close()
-        ctx.term()
-
-
-def test_worker_hands_errors_to_the_loop():
-    class Boom:
-        def infer(self, n):
-            raise ValueError("bad batch")
-
-    def bad_job():
-        raise KeyError("no batch")
-
-    ctx = zmq.Context()
-    jobs = [(Boom(), 2, "t")]
-    for next_job, err in ((lambda: jobs.pop() if jobs else None, ValueError), (bad_job, KeyError)):
-        worker = InferenceWorker(ctx, next_job)
-        try:
-            worker.kick()
-            assert worker.wait(10_000)
-            (res,) = worker.take()
-            assert res[1] is None and isinstance(res[2], err)
-        finally:
-            worker.close()
-    ctx.term()
+from lobstream.engine.scheduler import Scheduler
 
 
 def test_select_from_a_scan_equals_select_that_scans():
     """The daemon scans the due windows once a round and selects from that scan."""
-    from lobstream.engine.scheduler import Scheduler
-
     rng = np.random.default_rng(0)
     a, b = Scheduler(40, 5, 8), Scheduler(40, 5, 8)
     count = np.zeros(40, np.int64)
@@ -128,3 +21,71 @@ def test_select_from_a_scan_equals_select_that_scans():
         ib, cb = b.select(count, stale, due=due)
         assert np.array_equal(ia, ib) and ca == cb
         assert np.array_equal(a.last, b.last)
+
+
+def test_due_needs_a_full_window_and_new_rows():
+    s = Scheduler(3, 4, 8)
+    count = np.array([3, 4, 9], np.int64)
+    stale = np.zeros(3, np.uint8)
+    assert s.due(count, stale).tolist() == [1, 2]  # instrument 0 has 3 rows of a 4-row window
+    s.select(count, stale)
+    assert s.due(count, stale).tolist() == []  # inferred at these counts: nothing new
+    count[2] += 1
+    assert s.due(count, stale).tolist() == [2]
+
+
+def test_round_robin_serves_every_due_instrument_before_any_twice():
+    """More due than max_batch: the next selection starts after the last one taken, so low
+    ids that are always due cannot starve the others."""
+    s = Scheduler(10, 1, 3)
+    stale = np.zeros(10, np.uint8)
+    count = np.zeros(10, np.int64)
+    taken = []
+    for _ in range(10):
+        count += 1  # every instrument gains a row every round: all ten are always due
+        ids, _ = s.select(count, stale)
+        assert len(ids) == 3
+        taken += ids.tolist()
+    # each window of 10 consecutive selections covers all ten instruments once
+    for k in range(0, len(taken) - 9):
+        assert sorted(taken[k : k + 10]) == list(range(10))
+
+
+def test_conflated_counts_rows_never_inferred_on_their_own_window():
+    s = Scheduler(2, 2, 8)
+    stale = np.zeros(2, np.uint8)
+    count = np.array([2, 5], np.int64)  # 0: first full window; 1: rows 2..5, windows at 2,3,4,5
+    ids, conflated = s.select(count, stale)
+    assert ids.tolist() == [0, 1] and conflated == 3  # instrument 1's windows at 2, 3, 4
+    count += np.array([1, 4])
+    ids, conflated = s.select(count, stale)
+    assert ids.tolist() == [0, 1] and conflated == 3  # 1 newest each; 0 + 3 skipped
+    ids, conflated = s.select(count, stale)
+    assert len(ids) == 0 and conflated == 0
+
+
+def test_stale_instruments_are_never_selected_and_forget_their_pending_rows():
+    s = Scheduler(3, 1, 8)
+    count = np.array([5, 5, 5], np.int64)
+    stale = np.array([0, 1, 0], np.uint8)
+    ids, _ = s.select(count, stale)
+    assert ids.tolist() == [0, 2]
+    count[1] = 8  # rows written while stale predate the fault
+    s.forget_stale(count, stale)
+    stale[1] = 0  # healed by a snapshot
+    ids, conflated = s.select(count, stale)
+    assert len(ids) == 0 and conflated == 0  # nothing new since the heal
+    count[1] += 1
+    ids, conflated = s.select(count, stale)
+    assert ids.tolist() == [1] and conflated == 0  # its first window after the heal only
+
+
+def test_min_batch_and_max_batch():
+    count = np.ones(6, np.int64)
+    stale = np.zeros(6, np.uint8)
+    s = Scheduler(6, 1, 8)
+    ids, _ = s.select(count, stale, min_batch=7)  # fewer due than asked: none taken
+    assert len(ids) == 0 and s.last.tolist() == [0] * 6
+    s = Scheduler(6, 1, 4)
+    ids, _ = s.select(count, stale, min_batch=7)  # a batch can never exceed max_batch
+    assert ids.tolist() == [0, 1, 2, 3]
