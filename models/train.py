@@ -246,6 +246,56 @@ def _keep_frozen_in_eval(model: nn.Module) -> None:
                 m.eval()
 
 
+def _heads_loss(
+    model: nn.Module, train: Windows, config: TrainConfig
+) -> tuple[HeadsLoss, tuple[float, ...]]:
+    """The loss (each head's class-weighted cross-entropy) and the heads' weights in it."""
+    heads = model_heads(model)
+    if train.n_heads != heads:
+        raise ValueError(
+            f"the model has {heads} head(s) but the windows carry {train.n_heads} label column(s)"
+        )
+    cols = train.labels.astype(np.int64).reshape(len(train), heads)
+    cw = np.stack(
+        [class_weights(cols[:, h]) if config.class_weighted else np.ones(3) for h in range(heads)]
+    )
+    lw = tuple(config.loss_weights or [1.0 / heads] * heads)
+    return HeadsLoss(cw, lw), lw
+
+
+def _batches(
+    model: nn.Module,
+    train: Windows,
+    config: TrainConfig,
+    device: torch.device,
+    chunks: list,
+    rng: np.random.Generator,
+) -> Iterator[tuple[np.ndarray, Callable[[], Tensor]]]:
+    """(window indices, logits of those windows) per optimizer step of one epoch: chunks of
+    consecutive rows through a causal model when ``chunks`` (sequence training), else random
+    windows."""
+    if chunks:
+        order = epoch_chunks(chunks, rng, config.max_train_windows)
+        for a in range(0, len(order), config.chunks_per_step):
+            step = order[a : a + config.chunks_per_step]
+            yield (
+                chunk_windows(step),
+                lambda step=step: chunk_logits(model, train.rows, step, train.window, device),
+            )
+        return
+    n = len(train)
+    if config.max_train_windows is not None and config.max_train_windows < n:
+        order = rng.choice(n, size=config.max_train_windows, replace=False)
+    else:
+        order = rng.permutation(n)
+    for a in range(0, len(order), config.batch_size):
+        idx = order[a : a + config.batch_size]
+        if len(idx) < 2:
+            continue  # BatchNorm needs more than one sample
+        x = torch.from_numpy(train.batch(idx)).to(device, non_blocking=True)
+        yield idx, lambda x=x: model(x)
+
+
 def train_model(
     model: nn.Module,
     train: Windows,
@@ -278,55 +328,21 @@ def train_model(
     use_amp = device.type == "cuda"
     seed_everything(config.seed)
     model.to(device)
-    y_train = train.labels.astype(np.int64)
-    heads = model_heads(model)
-    if train.n_heads != heads:
-        raise ValueError(
-            f"the model has {heads} head(s) but the windows carry {train.n_heads} label column(s)"
-        )
-    cols = y_train.reshape(len(y_train), heads)
-    cw = np.stack(
-        [class_weights(cols[:, h]) if config.class_weighted else np.ones(3) for h in range(heads)]
-    )
-    lw = config.loss_weights or tuple([1.0 / heads] * heads)
-    loss_fn = HeadsLoss(cw, lw).to(device)
+    loss_fn, lw = _heads_loss(model, train, config)
+    loss_fn.to(device)
     # frozen parameters (fine-tuning, models.finetune) never move: no optimizer state for them
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     val_idx = _strided(len(val), config.max_eval_windows)
     val_sub = val.subset(val_idx)
-    y_train_t = torch.from_numpy(y_train)
-    sequence = config.sequence and is_causal(model)
-    chunks = plan_chunks(train, config.chunk_rows) if sequence else []
-    if sequence:
+    y_train_t = torch.from_numpy(train.labels.astype(np.int64))
+    chunks = plan_chunks(train, config.chunk_rows) if config.sequence and is_causal(model) else []
+    if chunks:
         logger.info(
             "sequence training: %d chunks of up to %d rows, %.0f windows each on average",
             len(chunks), config.chunk_rows, len(train) / len(chunks),
         )  # fmt: skip
-
-    def batches(rng: np.random.Generator) -> Iterator[tuple[np.ndarray, Callable[[], Tensor]]]:
-        """(window indices, logits of those windows) per optimizer step of one epoch."""
-        if sequence:
-            order = epoch_chunks(chunks, rng, config.max_train_windows)
-            for a in range(0, len(order), config.chunks_per_step):
-                step = order[a : a + config.chunks_per_step]
-                yield (
-                    chunk_windows(step),
-                    lambda step=step: chunk_logits(model, train.rows, step, train.window, device),
-                )
-            return
-        n = len(train)
-        if config.max_train_windows is not None and config.max_train_windows < n:
-            order = rng.choice(n, size=config.max_train_windows, replace=False)
-        else:
-            order = rng.permutation(n)
-        for a in range(0, len(order), config.batch_size):
-            idx = order[a : a + config.batch_size]
-            if len(idx) < 2:
-                continue  # BatchNorm needs more than one sample
-            x = torch.from_numpy(train.batch(idx)).to(device, non_blocking=True)
-            yield idx, lambda x=x: model(x)
 
     history: list[dict[str, Any]] = []
     best_f1, best_epoch, best_state, best_metrics = -1.0, -1, None, {}
@@ -337,7 +353,7 @@ def train_model(
         model.train()
         _keep_frozen_in_eval(model)
         total, seen = 0.0, 0
-        for idx, logits in batches(rng):
+        for idx, logits in _batches(model, train, config, device, chunks, rng):
             y = y_train_t[idx].to(device, non_blocking=True)
             opt.zero_grad(set_to_none=True)
             with torch.autocast(device.type, enabled=use_amp):
