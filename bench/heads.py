@@ -32,8 +32,8 @@ from lobstream.models.heads import parse_horizons, parse_loss_weights
 from lobstream.models.incremental import IncrementalRunner, is_causal
 from lobstream.models.runner import ModelRunner
 from lobstream.models.train import TrainConfig
-from lobstream.replay.cli.train import run_training
 from lobstream.replay.samples import GOOG_MESSAGE_10
+from lobstream.replay.training.pipeline import run_training
 
 BAR = -0.02  # each head's test macro-F1 minus its single-head model's, at least this
 

@@ -1,12 +1,10 @@
-"""``lobstream train``: files -> dataset -> training -> test vs baselines -> artifact."""
+"""``lobstream train``: the command line of the training pipeline
+(:func:`lobstream.replay.training.pipeline.run_training`) and its result tables."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import logging
 import shlex
-import time
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +13,10 @@ import numpy as np
 from click.core import ParameterSource
 
 from lobstream.models.zoo import ARCHITECTURES
+from lobstream.replay.training.pipeline import run_training
 from lobstream.replay.training.sweep import (
     sweep_options,  # train --sweep [--ray]: lobstream.replay.training.sweep
 )
-
-logger = logging.getLogger(__name__)
 
 
 def _alpha(value: str) -> float | None:
@@ -53,224 +50,6 @@ def _summary_rows(result: dict[str, Any]) -> list[tuple[str, str, float, float, 
             m = part[split]
             rows.append((name, split, m["f1_macro"], m["f1_weighted"], m["accuracy"], m["mcc"]))
     return rows
-
-
-def _column(labels: np.ndarray, h: int) -> np.ndarray:
-    return labels if labels.ndim == 1 else labels[:, h]
-
-
-def _trend_lookback(ds: Any, head: int = 0) -> int:
-    """Rows of the trend baseline's mean: the label horizon (of ``head``), in rows.
-
-    In events that is ``k``; in seconds, ``h`` times the training part's rows per second
-    (the smoothed label's past window holds about that many rows). Clipped to ``[1, T]``.
-    """
-    label = ds.heads[head]
-    if label.unit == "events":
-        k = int(label.horizon)
-    else:
-        rows, secs = 0, 0.0
-        for s in ds.streams:
-            a, b = s.parts["train"]
-            if b - a > 1:
-                rows += b - a - 1
-                secs += float(ds.meta["ts_event"][b - 1] - ds.meta["ts_event"][a]) / 1e9
-        k = int(round(label.horizon * rows / secs)) if secs > 0 else 1
-    return max(1, min(k, ds.window))
-
-
-def run_training(
-    files: list[str],
-    *,
-    arch: str | None,
-    horizon: float,
-    horizon_unit: str = "events",
-    alpha: float | None = None,
-    label_kind: str = "future",
-    window: int = 100,
-    levels: int = 10,
-    features: str = "zscore",
-    split: tuple[float, float] = (0.7, 0.15),
-    max_events: int | None = None,
-    eval_stride: int = 1,
-    train_config: Any = None,
-    model_config: dict[str, Any] | None = None,
-    out: str | Path | None = None,
-    progress=None,
-    status=None,
-    command: str | None = None,
-    init: str | Path | None = None,
-    freeze_layers: str = "none",
-    horizons: tuple[float, ...] | None = None,
-    loss_weights: tuple[float, ...] | None = None,
-) -> dict[str, Any]:
-    """Build the dataset, fit baselines, train, test, and export (when ``out`` is given).
-
-    Returns a JSON-ready summary (what goes into the manifest, plus the artifact's SHA-256).
-    ``progress`` receives each epoch's history entry; ``status`` short phase messages.
-    ``label_kind``: ``"future"`` (leak-free, the default), ``"smoothed"`` (the literature's) or
-    ``"spread"`` (see :mod:`lobstream.kernels.labels`).
-
-    ``horizons``: one head per horizon (a multi-horizon model, :mod:`lobstream.models.heads`;
-    ``horizon`` is then ignored), trained with ``loss_weights`` (equal when None); the first
-    horizon is the primary head.
-
-    ``init``: fine-tune the artifact at this path instead of a fresh model (``arch`` None: the
-    parent's; window, levels and feature kind must be the parent's, see
-    :mod:`lobstream.models.finetune`); ``freeze_layers`` ``"conv"`` trains only its head.
-    """
-    from lobstream.models.artifact import export_model
-    from lobstream.models.baselines import baseline_reports
-    from lobstream.models.train import (
-        TrainConfig,
-        evaluate,
-        pick_device,
-        seed_everything,
-        train_model,
-    )
-    from lobstream.models.zoo import build_model
-    from lobstream.models.manifest import LabelDef
-    from lobstream.replay.training.dataset import build_dataset
-
-    say = status or (lambda msg: None)
-    tc = train_config or TrainConfig()
-    hs = tuple(horizons) if horizons else (horizon,)
-    lw = tuple(loss_weights) if loss_weights else tuple([1.0 / len(hs)] * len(hs))
-    if len(lw) != len(hs):
-        raise ValueError(f"{len(lw)} loss weights for {len(hs)} horizons")
-    if len(hs) > 1:
-        tc = dataclasses.replace(tc, loss_weights=lw)
-    t0 = time.perf_counter()
-    parent = None
-    if init is not None:
-        from lobstream.models.finetune import freeze, init_from_artifact
-
-        if model_config:
-            raise ValueError("--init takes the parent's model config; give no model config")
-        expect = {"T": window, "L": levels, "feature_kind": features, "heads": len(hs)}
-        if arch is not None:
-            expect["arch"] = arch
-        # checked before reading any data: a mismatch fails in a second, not after the dataset
-        init_model, parent = init_from_artifact(init, expect)
-        arch = parent["arch"]
-        frozen = set(freeze(init_model, freeze_layers))
-        parent = {
-            "artifact": parent["artifact"],
-            "sha256": parent["sha256"],
-            "arch": arch,
-            "label": parent["label"],
-            "freeze": freeze_layers,
-            "frozen_parameters": sum(
-                p.numel() for n, p in init_model.named_parameters() if n in frozen
-            ),
-        }
-        say(
-            f"fine-tuning {init} (sha256 {parent['sha256'][:16]}...), freeze {freeze_layers}: "
-            f"{parent['frozen_parameters']:,} parameters frozen"
-        )
-    elif arch is None:
-        raise ValueError("give an architecture (or init, whose architecture is then taken)")
-    say(f"reading {len(files)} file(s) and building rows, labels, windows")
-    ds = build_dataset(
-        files,
-        [LabelDef(h, horizon_unit, alpha, label_kind) for h in hs],
-        window=window,
-        levels=levels,
-        fractions=split,
-        features=features,
-        max_events=max_events,
-    )
-    say(
-        f"{ds.rows.shape[0]} rows; windows {[len(w) for w in ds.parts.values()]} "
-        f"(train/val/test); {label_kind} label, alpha {ds.alpha:.3g}; "
-        f"balance {ds.class_balance()}"
-    )
-    tr, va, te = ds.parts["train"], ds.parts["val"], ds.parts["test"]
-    if eval_stride > 1:
-        # neighbouring windows share T - 1 rows: a strided subset scores almost the same
-        va = va.subset(np.arange(0, len(va), eval_stride))
-        te = te.subset(np.arange(0, len(te), eval_stride))
-    say(
-        "fitting baselines (majority class, logistic regression on OFI + imbalances, "
-        "trend of the window's mids)"
-    )
-    bases = [
-        baseline_reports(
-            ds.raw,
-            levels,
-            window,
-            (tr.ends, _column(tr.labels, h)),
-            {
-                "validation": (va.ends, _column(va.labels, h)),
-                "test": (te.ends, _column(te.labels, h)),
-            },
-            mid=ds.meta["mid"],
-            alpha=ds.alphas[h],
-            trend_lookback=_trend_lookback(ds, h),
-        )
-        for h in range(len(hs))
-    ]
-    base = bases[0]
-    say(f"trend baseline: {[b['trend']['rule'] for b in bases]}")
-    seed_everything(tc.seed)
-    if parent is not None:
-        model = init_model
-    else:
-        cfg = dict(model_config or {})
-        if len(hs) > 1:
-            cfg["n_classes"] = 3 * len(hs)  # one (down, flat, up) block per head
-        model = build_model(arch, T=window, levels=levels, **cfg)
-    n_params = sum(p.numel() for p in model.parameters())
-    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    say(f"training {arch} ({n_train:,} of {n_params:,} parameters) on {tc.device}")
-    res = train_model(model, tr, va, tc, progress=progress)
-    say("scoring the test split")
-    test = evaluate(
-        res.model, te, batch_size=tc.eval_batch_size, device=pick_device(tc.device),
-        loss_weights=lw,
-    )  # fmt: skip
-    val_h = res.val_metrics.get("heads", [res.val_metrics])
-    test_h = test.get("heads", [test])
-    summary: dict[str, Any] = {
-        "feature": ds.spec.to_dict(),
-        "label": ds.label_dict(),
-        "trained_on": {**ds.trained_on(), **({"init": parent} if parent else {})},
-        "metrics": {"validation": val_h[0], "test": test_h[0]},
-        "baselines": base,
-        "training": {
-            **tc.to_dict(),
-            "best_epoch": res.best_epoch,
-            "history": res.history,
-            "seconds": round(time.perf_counter() - t0, 1),
-            "parameters": n_params,
-            "trainable_parameters": n_train,
-            "subsampling": "per-epoch random subset of max_train_windows (seed, epoch)",
-            "eval_stride": eval_stride,
-        },
-        "reproduce": command,
-    }
-    if len(hs) > 1:
-        summary["heads"] = [
-            {
-                "label": ds.label_dict(h),
-                "loss_weight": lw[h],
-                "metrics": {"validation": val_h[h], "test": test_h[h]},
-                "baselines": bases[h],
-                "class_balance": ds.class_balance(h),
-            }
-            for h in range(len(hs))
-        ]
-        summary["selection"] = {
-            "rule": "validation macro-F1 of each head weighted by its loss weight",
-            "validation": res.val_metrics["f1_macro"],
-            "test": test["f1_macro"],
-        }
-    if out is not None:
-        summary["sha256"] = export_model(
-            res.model.cpu(), out, {k: v for k, v in summary.items() if k != "sha256"}
-        )
-        say(f"wrote {out}")
-    return summary
 
 
 @click.command("train")
@@ -472,7 +251,6 @@ def train(
 ) -> None:
     """Build windows and labels from FILES, train ARCH, test against baselines, export."""
     from rich.console import Console
-    from rich.table import Table
 
     from lobstream.models.train import TrainConfig
     from lobstream.replay.errors import DataError
@@ -535,7 +313,22 @@ def train(
     except (DataError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     parent = summary["trained_on"].get("init")
-    arch = parent["arch"] if parent else arch
+    _print_tables(summary, parent["arch"] if parent else arch)
+    if report_json:
+        Path(report_json).write_text(json.dumps(summary, indent=1, default=_np_default))
+    click.echo(f"{out}  sha256 {summary['sha256']}")
+    if parent:
+        click.echo(
+            f"fine-tuned from {parent['artifact']}  sha256 {parent['sha256']}  "
+            f"freeze {parent['freeze']} ({parent['frozen_parameters']:,} parameters frozen)"
+        )
+
+
+def _print_tables(summary: dict[str, Any], arch: str) -> None:
+    """One table per head: the model's and the baselines' scores on validation and test."""
+    from rich.console import Console
+    from rich.table import Table
+
     heads = summary.get("heads") or [summary]
     for i, head in enumerate(heads):
         lab = head["label"]
@@ -555,14 +348,6 @@ def train(
         for r in _summary_rows(head):
             table.add_row(r[0], r[1], *(f"{x:.4f}" for x in r[2:]))
         Console().print(table)
-    if report_json:
-        Path(report_json).write_text(json.dumps(summary, indent=1, default=_np_default))
-    click.echo(f"{out}  sha256 {summary['sha256']}")
-    if parent:
-        click.echo(
-            f"fine-tuned from {parent['artifact']}  sha256 {parent['sha256']}  "
-            f"freeze {parent['freeze']} ({parent['frozen_parameters']:,} parameters frozen)"
-        )
 
 
 def _heads_options(

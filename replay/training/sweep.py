@@ -4,8 +4,8 @@ SPEC names values per parameter, ``;`` or spaces between parameters, commas betw
 
     --sweep "horizon=10,50 alpha=auto,0.0002 features=zscore,ticks_from_mid arch=binctabl,cnn"
 
-Every combination is a trial: :func:`lobstream.replay.cli.train.run_training` with the other
-options of the command (epochs, split, max-events, ...), on the same chronological split
+Every combination is a trial: :func:`lobstream.replay.training.pipeline.run_training` with the
+other options of the command (epochs, split, max-events, ...), on the same chronological split
 (train, validation, test by time, as every ``lobstream train``). The table of trials is printed
 (validation and test macro-F1, test accuracy, the best baseline's test macro-F1 on the same
 windows); the trial with the best VALIDATION macro-F1 is the one written to ``--out`` (the test
@@ -30,7 +30,6 @@ import dataclasses
 import functools
 import itertools
 import json
-import logging
 import os
 import tempfile
 import time
@@ -39,8 +38,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-
-logger = logging.getLogger(__name__)
 
 # parameter -> (run_training keyword, parser of one value)
 SWEEPABLE: dict[str, tuple[str, Callable[[str], Any]]] = {
@@ -89,7 +86,7 @@ def trials(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
 def run_trial(files: Sequence[str], params: dict[str, Any], base: dict[str, Any]) -> dict:
     """One trial: ``run_training`` with ``base`` overridden by ``params``, exported to a temp
     file. Returns a JSON-ready row (``summary``: run_training's) plus the ``artifact`` bytes."""
-    from lobstream.replay.cli.train import run_training
+    from lobstream.replay.training.pipeline import run_training
 
     t0 = time.perf_counter()
     kw = dict(base)
