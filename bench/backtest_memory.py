@@ -89,7 +89,8 @@ def child(
     from lobstream.models.artifact import load_model
     from lobstream.models.runner import ModelRunner
     from lobstream.replay.backtest.evaluator import stream_backtest
-    from lobstream.replay.backtest.run import evaluate, run_backtest, trading_config_for
+    from lobstream.replay.backtest.trading import trading_config_for
+    from tests.reference.backtest import evaluate, run_backtest
 
     torch.set_num_threads(1)
     path = default_files()[0]

@@ -58,7 +58,7 @@ def _pid() -> int:
 
 
 def _config_for(manifest: dict):
-    from lobstream.replay.backtest.run import trading_config_for
+    from lobstream.replay.backtest.trading import trading_config_for
 
     return trading_config_for(manifest)
 
@@ -81,7 +81,7 @@ def one_process(paths: list[Path], model: Path, threads: int):
         return evs[0].add
 
     t0 = time.perf_counter()
-    result, _, reg = backtest_files(paths, model, threads=threads, keep_rows=False, rows_sink=sink)
+    result, _, reg = backtest_files(paths, model, threads=threads, rows_sink=sink)
     evs[0].finish()
     summary, trades = evs[0].summary(result, tick_sizes={i.id: float(i.tick_size) for i in reg})
     return time.perf_counter() - t0, summary, trades, result

@@ -60,7 +60,7 @@ from typing import Any
 import numpy as np
 
 from lobstream.kernels.registry import Registry
-from lobstream.replay.backtest.simulate import DEFAULT_SWEEP, TradingConfig
+from lobstream.replay.backtest.trading import DEFAULT_SWEEP, TradingConfig
 
 logger = logging.getLogger(__name__)
 
@@ -490,7 +490,6 @@ def backtest_unit(
         manifest,
         n_instruments=n_inst,
         batch=batch,
-        keep_rows=False,
         on_rows=on_rows,
     )
     ev.finish()
@@ -522,7 +521,6 @@ def merge_units(units: Sequence[UnitResult], n_files: int, seconds: float):
     Rows are renumbered into the one stream's numbering (files in command order) and the
     evaluators merged in unit order (the merge is order-independent; a fixed order keeps the
     arithmetic of the float sums of the calibration bins reproducible)."""
-    from lobstream.kernels.dtypes import ROW_META_DTYPE
     from lobstream.replay.backtest.run import BacktestResult
 
     rows = np.zeros(n_files, np.int64)
@@ -547,9 +545,6 @@ def merge_units(units: Sequence[UnitResult], n_files: int, seconds: float):
         raise ValueError("no units to merge")
     scorers = {u.scorer for u in units}
     result = BacktestResult(
-        np.empty(0, ROW_META_DTYPE),
-        np.empty((0, 3), np.float32),
-        np.empty(0, np.int8),
         sum(sum(u.events) for u in units),
         sum(u.n_windows for u in units),
         seconds,

@@ -18,12 +18,9 @@ from lobstream.kernels.dtypes import (
 from lobstream.kernels.features import FeatureSpec, events_to_rows
 from lobstream.kernels.labels import smoothed_labels
 from lobstream.models.manifest import label_def_from_manifest, spec_from_manifest
-from lobstream.replay.backtest.run import (
-    WindowScorer,
-    evaluate,
-    run_backtest,
-    trading_config_for,
-)
+from lobstream.replay.backtest.run import WindowScorer
+from lobstream.replay.backtest.trading import trading_config_for
+from tests.reference.backtest import evaluate, run_backtest
 
 T, L = 5, 2
 F = 4 * L

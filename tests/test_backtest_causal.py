@@ -23,13 +23,12 @@ from lobstream.replay.backtest.run import (
     CausalScorer,
     WindowScorer,
     choose_scorer,
-    evaluate,
     make_scorer,
-    run_backtest,
     scorer_for,
-    trading_config_for,
 )
+from lobstream.replay.backtest.trading import trading_config_for
 from lobstream.replay.feed.synthetic import synthetic_events
+from tests.reference.backtest import evaluate, run_backtest
 
 ATOL = 1e-5
 T, L = 30, 2

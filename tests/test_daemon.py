@@ -28,7 +28,7 @@ from lobstream.engine.signals import decode
 from lobstream.kernels.dtypes import SIGNAL_DTYPE
 from lobstream.models.artifact import export_model, load_model, sha256_file
 from lobstream.models.zoo import build_model
-from lobstream.replay.backtest.run import run_backtest
+from tests.reference.backtest import run_backtest
 from lobstream.replay.feed.synthetic import synthetic_events
 
 T, L = 10, 2

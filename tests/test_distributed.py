@@ -19,7 +19,8 @@ import pytest
 
 from lobstream.kernels.registry import Registry
 from lobstream.replay.backtest.evaluator import evaluator_for
-from lobstream.replay.backtest.run import backtest_files, trading_config_for
+from lobstream.replay.backtest.run import backtest_files
+from lobstream.replay.backtest.trading import trading_config_for
 from lobstream.replay.distributed import (
     INSTALL_HINT,
     backtest_unit,
@@ -98,7 +99,7 @@ def one_process(paths):
         evs.append(evaluator_for(manifest, config_for(manifest), THRESHOLDS))
         return evs[0].add
 
-    result, _, reg = backtest_files(paths, MODEL, keep_rows=False, rows_sink=sink)
+    result, _, reg = backtest_files(paths, MODEL, rows_sink=sink)
     evs[0].finish()
     summary, trades = evs[0].summary(result, tick_sizes={i.id: float(i.tick_size) for i in reg})
     return summary, trades, evs[0], reg
@@ -223,7 +224,7 @@ def test_units_merged_equal_one_process_for_a_multi_horizon_artifact(files, tmp_
     exact merge."""
     from lobstream.models.artifact import load_model
     from lobstream.models.train import TrainConfig
-    from lobstream.replay.cli.train import run_training
+    from lobstream.replay.training.pipeline import run_training
 
     model = tmp_path / "heads.pt"
     tc = TrainConfig(epochs=1, max_train_windows=200, device="cpu", threads=1)
@@ -239,7 +240,7 @@ def test_units_merged_equal_one_process_for_a_multi_horizon_artifact(files, tmp_
         evs.append(evaluator_for(m, config_for(m), THRESHOLDS))
         return evs[0].add
 
-    result, _, reg = backtest_files(files, model, keep_rows=False, rows_sink=sink)
+    result, _, reg = backtest_files(files, model, rows_sink=sink)
     evs[0].finish()
     ticks = {i.id: float(i.tick_size) for i in reg}
     one, one_trades = evs[0].summary(result, tick_sizes=ticks)

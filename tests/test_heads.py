@@ -31,10 +31,11 @@ from lobstream.models.metrics import confusion_matrix, report_from_confusion
 from lobstream.models.runner import ModelRunner
 from lobstream.models.zoo import build_model
 from lobstream.replay.backtest.evaluator import StreamingEvaluator, evaluator_for
-from lobstream.replay.backtest.run import labels_for_rows, run_backtest
-from lobstream.replay.backtest.simulate import TradingConfig
+from lobstream.replay.backtest.run import labels_for_rows
+from lobstream.replay.backtest.trading import TradingConfig
 from lobstream.replay.feed.synthetic import synthetic_events
 from lobstream.replay.training.dataset import dataset_from_events
+from tests.reference.backtest import run_backtest
 from tests.test_daemon import MANIFEST, PROB_ATOL, Running, make_cfg
 
 T, L, F = 30, 2, 8

@@ -8,18 +8,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lobstream.kernels.dtypes import ROW_META_DTYPE
-from lobstream.replay.backtest.simulate import (
-    EXIT_END,
-    EXIT_HORIZON,
-    EXIT_SIGNAL,
+from lobstream.kernels.trading import EXIT_END, EXIT_HORIZON, EXIT_SIGNAL
+from lobstream.replay.backtest.trading import (
     TradingConfig,
     max_drawdown,
     signals_from_probs,
-    simulate,
-    simulate_rows,
-    threshold_sweep,
     trade_stats,
 )
+from tests.reference.simulate import simulate, simulate_rows, threshold_sweep
 
 
 def _ladder(n, start=100):

@@ -1,7 +1,7 @@
 """Scoring a backtest as its rows stream past: memory bounded by instruments, not by rows.
 
 :class:`StreamingEvaluator` is the ``on_rows`` sink of :func:`lobstream.replay.backtest.run.
-run_backtest` (``keep_rows=False``). Each chunk of scored rows goes
+run_backtest`. Each chunk of scored rows goes
 
 - to :class:`~lobstream.replay.backtest.trading.StreamingTrader`, which simulates the trading at
   the chosen threshold and at every sweep threshold in one pass (no lookahead: orders in flight
@@ -12,16 +12,16 @@ run_backtest` (``keep_rows=False``). Each chunk of scored rows goes
   probabilities and the trend baseline's prediction) until its label is known, then hands it
   on to the confusion matrices (model, majority and trend baselines) and the calibration bins.
 
-:meth:`StreamingEvaluator.summary` returns the same dict as :func:`lobstream.replay.backtest.run.
-evaluate` on the per-row record of the same run: equal counts, metrics from the same confusion
-matrix, the same trades in the same order (so the same trading statistics to the last bit).
-Only the calibration bins' float sums are added in another order (plots only).
+:meth:`StreamingEvaluator.summary` returns the report; ``tests/reference/backtest.py`` keeps
+every row and scores them all at the end, and the two agree: equal counts, metrics from the
+same confusion matrix, the same trades in the same order (so the same trading statistics to
+the last bit). Only the calibration bins' float sums are added in another order (plots only).
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict
 
 import numpy as np
 
@@ -38,23 +38,15 @@ from lobstream.replay.backtest.plots import (
     calibration_table_from_counts,
     signal_counts_by_bin,
 )
-from lobstream.replay.backtest.run import (
-    BacktestResult,
-    ProgressFn,
-    baselines_summary,
-    run_backtest,
-    summarise,
-)
-from lobstream.replay.backtest.simulate import (
+from lobstream.replay.backtest.run import BacktestResult, ProgressFn, run_backtest
+from lobstream.replay.backtest.trading import (
     DEFAULT_SWEEP,
+    StreamingTrader,
     Trades,
     TradingConfig,
     signals_from_probs,
     trade_stats,
 )
-from lobstream.replay.backtest.trading import StreamingTrader
-
-logger = logging.getLogger(__name__)
 
 _SLICE_ROWS = 16_384  # rows per step of add(): ~1 MB of temporaries per step
 
@@ -138,7 +130,7 @@ class StreamingEvaluator:
 
     def _trend_predictions(self, meta: np.ndarray) -> np.ndarray:
         """The trend baseline's prediction (m,) float32 of each row (-1: none), from each
-        instrument's carried last ``k - 1`` mids and the new rows (equal to the per-row
+        instrument's carried last ``k - 1`` mids and the new rows (equal to the whole-stream
         path's, see :meth:`TrendBaseline.signal`)."""
         out = np.full(len(meta), -1.0, np.float32)
         if self.trend is None:
@@ -241,7 +233,7 @@ class StreamingEvaluator:
         result: BacktestResult,
         tick_sizes: Mapping[int, float] | Sequence[float] | None = None,
     ) -> tuple[dict, Trades]:
-        """The summary :func:`lobstream.replay.backtest.run.evaluate` gives for the same rows.
+        """The backtest's report: metrics, baselines, trading and its sweep (:func:`summarise`).
 
         Parameters
         ----------
@@ -286,6 +278,82 @@ class StreamingEvaluator:
         return summary, trades
 
 
+def baselines_summary(
+    majority: int | None,
+    cm_majority: np.ndarray,
+    trend_rule: dict,
+    cm_trend: np.ndarray | None,
+) -> dict:
+    """The backtest's baseline reports from their confusion matrices (3, 3), on the model's
+    scored rows. The logistic baseline needs RAW-row imbalance features and coefficients that
+    the manifest does not keep: its training-time scores are in the manifest's ``baselines``."""
+    out: dict = {}
+    if majority is not None and cm_majority.sum() > 0:
+        out["majority"] = {**report_from_confusion(cm_majority), "class": int(majority)}
+    if cm_trend is not None and cm_trend.sum() > 0:
+        out["trend"] = {**report_from_confusion(cm_trend), "rule": trend_rule}
+    return out
+
+
+def summarise(
+    result: BacktestResult,
+    manifest: dict,
+    config: TradingConfig,
+    metrics: dict,
+    n_scored: int,
+    trades: Trades,
+    sweep: list[dict],
+    instruments: np.ndarray,
+    baselines: dict | None = None,
+) -> dict:
+    """The JSON-ready summary of a scored backtest (:meth:`StreamingEvaluator.summary`).
+
+    Parameters
+    ----------
+    metrics : the classification report. n_scored : rows with a window and a label.
+    trades : the trades at ``config.threshold``. sweep : one stats dict per sweep threshold.
+    instruments : (k,) ids of the instruments that had rows (keys of ``per_instrument``).
+    baselines : :func:`baselines_summary` of the same rows.
+    """
+    trading = {
+        **trade_stats(trades),
+        "config": asdict(config),
+        "sweep": sweep,
+        "per_instrument": {
+            str(int(i)): trade_stats(_subset(trades, trades.instrument == i)) for i in instruments
+        },
+    }
+    return {
+        "model": {
+            "arch": manifest.get("arch"),
+            "T": manifest.get("T"),
+            "label": manifest.get("label"),
+            # what the labels below are, also for manifests without a kind (smoothed)
+            "label_kind": label_def_from_manifest(manifest).kind,
+        },
+        "n_events": result.n_events,
+        "n_rows": result.n_rows,
+        "n_windows": result.n_windows,
+        # "incremental" (causal artifact, per-row caches) or "full-window"
+        "scorer": result.scorer,
+        "n_scored": n_scored,
+        "seconds": result.seconds,
+        "windows_per_s": result.n_windows / result.seconds if result.seconds > 0 else 0.0,
+        "metrics": metrics,
+        "baselines": baselines or {},
+        "trading": trading,
+        "kernel_conditions": result.report,
+    }
+
+
+def _subset(trades: Trades, mask: np.ndarray) -> Trades:
+    return Trades(*(col[mask] for col in trades))
+
+
+def _subset(trades: Trades, mask: np.ndarray) -> Trades:
+    return Trades(*(col[mask] for col in trades))
+
+
 def evaluator_for(
     manifest: dict,
     config: TradingConfig,
@@ -318,11 +386,11 @@ def stream_backtest(
     max_rows: int | None = None,
     on_progress: ProgressFn | None = None,
 ) -> tuple[BacktestResult, StreamingEvaluator]:
-    """:func:`run_backtest` with no per-row record, scored by a :class:`StreamingEvaluator`.
+    """:func:`run_backtest` into the evaluator of the artifact (:func:`evaluator_for`).
 
     Returns
     -------
-    (result, evaluator): ``result`` holds counts and time (empty row arrays); call
+    (result, evaluator): ``result`` holds counts and time; call
     ``evaluator.summary(result, tick_sizes)`` for the report.
     """
     ev = evaluator_for(manifest, config, thresholds, n_instruments=n_instruments)
@@ -334,7 +402,6 @@ def stream_backtest(
         batch=batch,
         max_rows=max_rows,
         on_progress=on_progress,
-        keep_rows=False,
         on_rows=ev.add,
     )
     ev.finish()

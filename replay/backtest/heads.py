@@ -17,10 +17,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from lobstream.models.heads import head_manifest, n_heads
-from lobstream.models.manifest import label_def_from_manifest
 from lobstream.replay.backtest.evaluator import StreamingEvaluator
 from lobstream.replay.backtest.run import BacktestResult
-from lobstream.replay.backtest.simulate import DEFAULT_SWEEP, Trades, TradingConfig
+from lobstream.replay.backtest.trading import DEFAULT_SWEEP, Trades, TradingConfig, label_horizon
 
 # per-head entries of the summary (the rest: rows, time, kernel conditions are shared)
 _HEAD_KEYS = ("model", "n_scored", "metrics", "baselines", "trading")
@@ -28,8 +27,7 @@ _HEAD_KEYS = ("model", "n_scored", "metrics", "baselines", "trading")
 
 def head_config(manifest: dict, config: TradingConfig) -> TradingConfig:
     """``config`` with the holding horizon of ``manifest``'s label (a head manifest)."""
-    label = label_def_from_manifest(manifest)
-    return dataclasses.replace(config, horizon=label.horizon, horizon_unit=label.unit)
+    return dataclasses.replace(config, **label_horizon(manifest))
 
 
 class MultiHeadEvaluator:

@@ -15,29 +15,25 @@ full window (float32 round-off), same NaN rows; :func:`make_scorer` picks the sc
 ``scorer="full-window"`` forces the old path for comparison.
 
 Memory: the chunk buffers are fixed (``batch_rows`` events of rows at a time) and the window
-carry is ``T - 1`` rows per instrument. Two ways to consume the scored rows:
-
-- streaming (``keep_rows=False`` with an ``on_rows`` sink, what ``lobstream backtest`` does):
-  :class:`lobstream.replay.backtest.evaluator.StreamingEvaluator` labels rows with a lookahead of one
-  label horizon per instrument, adds them to the confusion matrix, calibration bins and signal
-  counts, and simulates the trading at every threshold with a few integers of state per
-  (threshold, instrument). Memory is O(instruments x (T + label horizon)) plus the completed
-  trades (80 bytes each); it does not grow with the number of rows (``python -m
-  bench.backtest_memory`` measures it).
-- per-row (``keep_rows=True``, the default, for tests and tools that need each row's
-  probabilities): the compact per-row record is kept (row meta 64 bytes, probabilities 12,
-  label 1: about 77 bytes per feature row, 3 GB for a year of one stock at 40 M rows), and
-  :func:`evaluate` scores it all at the end. Never the ``T x F`` windows (16 kB each).
+carry is ``T - 1`` rows per instrument. The scored rows stream out, chunk by chunk, to an
+``on_rows`` sink and are not kept: :func:`lobstream.replay.backtest.evaluator.stream_backtest`
+(what ``lobstream backtest`` runs) gives them to a
+:class:`~lobstream.replay.backtest.evaluator.StreamingEvaluator`, which labels rows with a
+lookahead of one label horizon per instrument, adds them to the confusion matrix, calibration
+bins and signal counts, and simulates the trading at every threshold with a few integers of
+state per (threshold, instrument). Memory is O(instruments x (T + label horizon)) plus the
+completed trades (80 bytes each); it does not grow with the number of rows (``python -m
+bench.backtest_memory`` measures it). Never the ``T x F`` windows (16 kB each).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -46,23 +42,7 @@ from lobstream.kernels.dtypes import CODE_NAMES, ROW_META_DTYPE
 from lobstream.kernels.features import FeatureSpec, events_to_rows
 from lobstream.kernels.labels import LABEL_NONE, mid_labels
 from lobstream.kernels.registry import Registry
-from lobstream.models.baselines import TrendBaseline
-from lobstream.models.manifest import (
-    LabelDef,
-    label_def_from_manifest,
-    majority_from_manifest,
-    spec_from_manifest,
-    trend_from_manifest,
-)
-from lobstream.replay.backtest.simulate import (
-    DEFAULT_SWEEP,
-    Trades,
-    TradingConfig,
-    signals_from_probs,
-    simulate_rows,
-    threshold_sweep,
-    trade_stats,
-)
+from lobstream.models.manifest import LabelDef, spec_from_manifest
 
 if TYPE_CHECKING:
     from lobstream.models.incremental import IncrementalRunner
@@ -80,76 +60,26 @@ RowsFn = Callable[[np.ndarray, np.ndarray], None]
 
 @dataclass
 class BacktestResult:
-    """Per-row record of a backtest (every array has one entry per feature row, arrival order).
+    """What a backtest run counted (its rows went to the ``on_rows`` sink).
 
     Attributes
     ----------
-    meta : (n,) ROW_META_DTYPE; ``event_index`` counts events from the start of the stream.
-    probs : (n, 3) float32, down/flat/up ((n, H, 3) for a multi-horizon artifact); NaN for
-        rows without a full window.
-    labels : (n,) int8, 0/1/2, or -1 (no full horizon, see kernels.labels).
-    n_rows : feature rows scored; equals ``len(meta)`` when the rows were kept, while a
-        streaming run (``keep_rows=False``) keeps none and its arrays are empty.
+    n_events : events read. n_windows : rows that got probabilities (a full window).
+    seconds : wall time of the run. report : kernel conditions by name (non-zero counts).
+    n_rows : feature rows scored. scorer : :attr:`Scorer.name` of the scorer that ran.
     """
 
-    meta: np.ndarray
-    probs: np.ndarray
-    labels: np.ndarray
     n_events: int
     n_windows: int
     seconds: float
     report: dict = field(default_factory=dict)
-    n_rows: int | None = None
-    scorer: str = "full-window"  # Scorer.name of the scorer that ran
-
-    def __post_init__(self) -> None:
-        if self.n_rows is None:
-            self.n_rows = len(self.meta)
-
-    @property
-    def rows_kept(self) -> bool:
-        """Whether the per-row arrays hold every row (``keep_rows=True``)."""
-        return self.n_rows == len(self.meta)
-
-    @property
-    def scored(self) -> np.ndarray:
-        """(n,) bool: rows with both a window and a label."""
-        return has_window(self.probs) & (self.labels >= 0)
+    n_rows: int = 0
+    scorer: str = "full-window"
 
 
 def has_window(probs: np.ndarray) -> np.ndarray:
     """(n,) bool: rows of probabilities (n, 3) or (n, H, 3) that had a full window (not NaN)."""
     return ~np.isnan(probs.reshape(len(probs), -1)[:, 0])
-
-
-def trend_predictions(meta: np.ndarray, trend: TrendBaseline) -> np.ndarray:
-    """Trend predictions (n,) int8 of rows of any instruments, each stream on its own; -1
-    where an instrument has fewer than ``lookback`` rows so far."""
-    out = np.full(len(meta), -1, np.int8)
-    inst = meta["instrument"]
-    for i in np.unique(inst):
-        idx = np.flatnonzero(inst == i)
-        out[idx] = trend.predict_rows(meta["mid"][idx])
-    return out
-
-
-def baselines_summary(
-    majority: int | None,
-    cm_majority: np.ndarray,
-    trend_rule: dict,
-    cm_trend: np.ndarray | None,
-) -> dict:
-    """The backtest's baseline reports from their confusion matrices (3, 3), on the model's
-    scored rows. The logistic baseline needs RAW-row imbalance features and coefficients that
-    the manifest does not keep: its training-time scores are in the manifest's ``baselines``."""
-    from lobstream.models.metrics import report_from_confusion
-
-    out: dict = {}
-    if majority is not None and cm_majority.sum() > 0:
-        out["majority"] = {**report_from_confusion(cm_majority), "class": int(majority)}
-    if cm_trend is not None and cm_trend.sum() > 0:
-        out["trend"] = {**report_from_confusion(cm_trend), "rule": trend_rule}
-    return out
 
 
 class Scorer(Protocol):
@@ -431,14 +361,13 @@ def run_backtest(
     runner,
     manifest: dict,
     *,
+    on_rows: RowsFn | None = None,
     n_instruments: int = 1,
     batch: int | None = None,
     max_rows: int | None = None,
     on_progress: ProgressFn | None = None,
-    keep_rows: bool = True,
-    on_rows: RowsFn | None = None,
 ) -> BacktestResult:
-    """Score every window of an event stream; keep and label every row, or stream them out.
+    """Score every window of an event stream and stream the scored rows to ``on_rows``.
 
     Parameters
     ----------
@@ -447,24 +376,20 @@ def run_backtest(
     runner : a :class:`lobstream.models.runner.ModelRunner` of the artifact (full windows),
         an :class:`lobstream.models.incremental.IncrementalRunner` (causal artifacts, with a
         slot per instrument id), or a ready :class:`Scorer` (:func:`make_scorer`).
-    manifest : the artifact's manifest (feature spec, T, label definition).
+    manifest : the artifact's manifest (feature spec, T).
+    on_rows : called with ``(meta (m,) ROW_META_DTYPE, probs (m, 3) float32)`` of each chunk
+        of scored rows, in arrival order (``event_index`` counted from the start of the
+        stream). The arrays are the callee's to keep; e.g.
+        :meth:`lobstream.replay.backtest.evaluator.StreamingEvaluator.add`. None: the rows
+        are only counted (throughput measurements).
     n_instruments : instruments expected (the book grows if more appear).
     batch : windows per model call (default: the runner's buffer size).
     max_rows : stop after this many feature rows (for benchmarks and quick looks).
     on_progress : called after each event batch with (events, rows, windows) so far.
-    keep_rows : keep the per-row record (meta, probs, labels) in the result. ``False`` keeps
-        none (memory independent of the stream's length): consume the rows with ``on_rows``.
-    on_rows : called with ``(meta (m,) ROW_META_DTYPE, probs (m, 3) float32)`` of each chunk
-        of scored rows, in arrival order (``event_index`` counted from the start of the
-        stream). The arrays are the callee's to keep; e.g.
-        :meth:`lobstream.replay.backtest.evaluator.StreamingEvaluator.add`.
     """
     spec = spec_from_manifest(manifest)
-    label = label_def_from_manifest(manifest)
-    T = int(manifest["T"])
-    scorer = scorer_for(runner, T, spec.n_features, batch)
+    scorer = scorer_for(runner, int(manifest["T"]), spec.n_features, batch)
     report = new_report()
-    metas, probs = [], []
     n_events = n_rows = 0
     t0 = time.perf_counter()
     for rows, meta, n in rows_from_events(batches, spec, n_instruments, report):
@@ -475,39 +400,33 @@ def run_backtest(
         meta["event_index"] += n_events  # index in the whole stream, not in its batch
         if on_rows is not None:
             on_rows(meta, p)
-        if keep_rows:
-            probs.append(p)
-            metas.append(meta)
         n_events += n
         n_rows += len(meta)
-        # without keep_rows this chunk is the sink's now: not alive while the next is scored
+        # this chunk is the sink's now: not alive while the next is scored
         del rows, meta, p
         if on_progress is not None:
             on_progress(n_events, n_rows, scorer.n_windows)
         if max_rows is not None and n_rows >= max_rows:
             break
-    meta_all = np.concatenate(metas) if metas else np.empty(0, ROW_META_DTYPE)
-    shape = getattr(scorer, "out_shape", (3,))
-    probs_all = np.concatenate(probs) if probs else np.empty((0, *shape), np.float32)
-    labels = labels_for_rows(meta_all, label)
     seconds = time.perf_counter() - t0
     counts = {CODE_NAMES[c]: int(report[0, c]) for c in range(len(CODE_NAMES)) if report[0, c]}
     if counts:
         logger.info("kernel conditions during the backtest: %s", counts)
-    return BacktestResult(
-        meta_all,
-        probs_all,
-        labels,
-        n_events,
-        scorer.n_windows,
-        seconds,
-        counts,
-        n_rows,
-        scorer.name,
-    )
+    return BacktestResult(n_events, scorer.n_windows, seconds, counts, n_rows, scorer.name)
 
 
-def backtest_files(
+class BacktestInput(NamedTuple):
+    """A loaded artifact and its event stream, ready for :func:`run_backtest` or
+    :func:`lobstream.replay.backtest.evaluator.stream_backtest`."""
+
+    batches: Iterator[np.ndarray]  # event batches of the files, read lazily
+    scorer: Scorer
+    manifest: dict
+    registry: Registry  # fills with every instrument the readers meet (tick sizes)
+    n_instruments: int  # instruments known before reading (state grows past it)
+
+
+def open_backtest(
     paths: Iterable[str | Path],
     model_path: str | Path,
     *,
@@ -518,32 +437,16 @@ def backtest_files(
     batch: int = 256,
     batch_rows: int | None = None,
     skip_bad: bool = False,
-    max_rows: int | None = None,
-    on_progress: ProgressFn | None = None,
-    keep_rows: bool = True,
-    rows_sink: Callable[[dict], RowsFn] | None = None,
     scorer: str = "auto",
-) -> tuple[BacktestResult, dict, Registry]:
-    """Load the artifact, read the files and run :func:`run_backtest`.
-
-    Parameters
-    ----------
-    scorer : one of :data:`SCORERS` (see :func:`choose_scorer`): ``auto`` scores a causal
-        artifact incrementally on the CPU, ``full-window`` forces a window per row.
-    keep_rows, rows_sink : ``rows_sink(manifest)`` is called once the artifact is loaded; the
-        function it returns is :func:`run_backtest`'s ``on_rows`` (e.g. ``lambda m:
-        StreamingEvaluator(m, ...).add``). With ``keep_rows=False`` no per-row record is kept.
-
-    Returns
-    -------
-    (result, manifest, registry): the registry holds every instrument the readers met (tick
-    sizes for money figures).
-    """
+) -> BacktestInput:
+    """Load the artifact and its scorer (:func:`make_scorer`; ``scorer`` one of
+    :data:`SCORERS`) and open the files as one stream of event batches."""
     from lobstream.models.artifact import load_model
     from lobstream.replay.readers import DEFAULT_BATCH_ROWS, read_events
 
     module, manifest = load_model(model_path, device=device)
     registry = Registry() if registry is None else registry
+    n_instruments = max(1, len(registry))
     runner = make_scorer(
         module,
         manifest,
@@ -551,138 +454,45 @@ def backtest_files(
         device=device,
         batch=batch,
         threads=threads,
-        n_instruments=max(1, len(registry)),
+        n_instruments=n_instruments,
     )
     batches = read_events(
         paths, registry, fmt=fmt, batch_rows=batch_rows or DEFAULT_BATCH_ROWS, skip_bad=skip_bad
     )
-    result = run_backtest(
-        batches,
-        runner,
-        manifest,
-        n_instruments=max(1, len(registry)),
-        batch=batch,
-        max_rows=max_rows,
-        on_progress=on_progress,
-        keep_rows=keep_rows,
-        on_rows=None if rows_sink is None else rows_sink(manifest),
-    )
-    return result, manifest, registry
+    return BacktestInput(batches, runner, manifest, registry, n_instruments)
 
 
-def evaluate(
-    result: BacktestResult,
-    manifest: dict,
-    config: TradingConfig,
+def backtest_files(
+    paths: Iterable[str | Path],
+    model_path: str | Path,
+    rows_sink: Callable[[dict], RowsFn],
     *,
-    tick_sizes: Mapping[int, float] | Sequence[float] | None = None,
-    thresholds: Sequence[float] = DEFAULT_SWEEP,
-) -> tuple[dict, Trades]:
-    """Classification report and trading simulation of a backtest, as one JSON-ready dict.
+    batch: int = 256,
+    max_rows: int | None = None,
+    on_progress: ProgressFn | None = None,
+    **open_kw: Any,
+) -> tuple[BacktestResult, dict, Registry]:
+    """:func:`open_backtest` then :func:`run_backtest`, for callers whose sink depends on
+    the manifest: ``rows_sink(manifest)`` is called once the artifact is loaded and returns
+    the ``on_rows`` of the run (e.g. ``lambda m: evaluator_for(m, ...).add``).
+
+    ``open_kw``: ``registry``, ``fmt``, ``device``, ``threads``, ``batch_rows``, ``skip_bad``,
+    ``scorer`` of :func:`open_backtest`.
 
     Returns
     -------
-    (summary, trades): ``summary`` holds ``n_events``, ``n_rows``, ``n_windows``,
-    ``scorer`` (which :class:`Scorer` ran), ``n_scored``, ``seconds``, ``windows_per_s``, ``metrics`` (:func:`lobstream.models.metrics.
-    classification_report` of the argmax against the artifact's labels, on rows with both a
-    window and a label), ``trading`` (:func:`lobstream.replay.backtest.simulate.trade_stats` at
-    ``config.threshold`` plus ``config``, ``sweep`` and ``per_instrument`` stats keyed by
-    instrument id) and ``kernel_conditions``.
+    (result, manifest, registry): the registry holds every instrument the readers met (tick
+    sizes for money figures).
     """
-    from lobstream.models.metrics import classification_report, confusion_matrix
-
-    if not result.rows_kept:
-        raise ValueError(
-            f"this backtest kept {len(result.meta)} of its {result.n_rows} rows "
-            "(keep_rows=False): score it with lobstream.replay.backtest.evaluator.StreamingEvaluator, "
-            "or run it with keep_rows=True"
-        )
-    if result.probs.ndim == 3:
-        raise ValueError(
-            f"a {result.probs.shape[1]}-head artifact: score its heads with "
-            "lobstream.replay.backtest.evaluator.evaluator_for (what lobstream backtest does)"
-        )
-    scored = result.scored
-    y_pred = np.argmax(result.probs[scored], axis=1)
-    y = result.labels[scored]
-    metrics = classification_report(y, y_pred)
-    # baselines on exactly the model's scored rows
-    maj = majority_from_manifest(manifest)
-    cm_maj = confusion_matrix(y, np.full(len(y), 0 if maj is None else maj))
-    trend, rule = trend_from_manifest(manifest)
-    cm_trend = None
-    if trend is not None:
-        tp = trend_predictions(result.meta, trend)[scored]
-        ok = tp >= 0
-        cm_trend = confusion_matrix(y[ok], tp[ok])
-    baselines = baselines_summary(maj, cm_maj, rule, cm_trend)
-    signal = signals_from_probs(result.probs, config.threshold)
-    trades = simulate_rows(signal, result.meta, config, tick_sizes)
-    sweep = threshold_sweep(result.probs, result.meta, config, thresholds, tick_sizes)
-    instruments = np.unique(result.meta["instrument"])
-    summary = summarise(
-        result, manifest, config, metrics, int(scored.sum()), trades, sweep, instruments, baselines
+    src = open_backtest(paths, model_path, batch=batch, **open_kw)
+    result = run_backtest(
+        src.batches,
+        src.scorer,
+        src.manifest,
+        on_rows=rows_sink(src.manifest),
+        n_instruments=src.n_instruments,
+        batch=batch,
+        max_rows=max_rows,
+        on_progress=on_progress,
     )
-    return summary, trades
-
-
-def summarise(
-    result: BacktestResult,
-    manifest: dict,
-    config: TradingConfig,
-    metrics: dict,
-    n_scored: int,
-    trades: Trades,
-    sweep: list[dict],
-    instruments: np.ndarray,
-    baselines: dict | None = None,
-) -> dict:
-    """The JSON-ready summary both scoring paths return (see :func:`evaluate`).
-
-    Parameters
-    ----------
-    metrics : the classification report. n_scored : rows with a window and a label.
-    trades : the trades at ``config.threshold``. sweep : one stats dict per sweep threshold.
-    instruments : (k,) ids of the instruments that had rows (keys of ``per_instrument``).
-    baselines : :func:`baselines_summary` of the same rows.
-    """
-    trading = {
-        **trade_stats(trades),
-        "config": asdict(config),
-        "sweep": sweep,
-        "per_instrument": {
-            str(int(i)): trade_stats(_subset(trades, trades.instrument == i)) for i in instruments
-        },
-    }
-    return {
-        "model": {
-            "arch": manifest.get("arch"),
-            "T": manifest.get("T"),
-            "label": manifest.get("label"),
-            # what the labels below are, also for manifests without a kind (smoothed)
-            "label_kind": label_def_from_manifest(manifest).kind,
-        },
-        "n_events": result.n_events,
-        "n_rows": result.n_rows,
-        "n_windows": result.n_windows,
-        # "incremental" (causal artifact, per-row caches) or "full-window"
-        "scorer": result.scorer,
-        "n_scored": n_scored,
-        "seconds": result.seconds,
-        "windows_per_s": result.n_windows / result.seconds if result.seconds > 0 else 0.0,
-        "metrics": metrics,
-        "baselines": baselines or {},
-        "trading": trading,
-        "kernel_conditions": result.report,
-    }
-
-
-def _subset(trades: Trades, mask: np.ndarray) -> Trades:
-    return Trades(*(col[mask] for col in trades))
-
-
-def trading_config_for(manifest: dict, **overrides) -> TradingConfig:
-    """A :class:`TradingConfig` whose holding horizon is the artifact's label horizon."""
-    label = label_def_from_manifest(manifest)
-    base = {"horizon": label.horizon, "horizon_unit": label.unit}
-    return TradingConfig(**{**base, **{k: v for k, v in overrides.items() if v is not None}})
+    return result, src.manifest, src.registry

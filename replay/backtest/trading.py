@@ -1,174 +1,272 @@
-"""The trading simulation of :mod:`lobstream.replay.backtest.simulate`, run on rows as they arrive.
+"""Trading simulation of a signal, run on rows as they arrive: does the prediction pay after
+crossing the spread and costs?
 
-:func:`~lobstream.replay.backtest.simulate.simulate_rows` needs every row at once: it looks ahead for the
-row a decision fills at (``ts_event + latency``) and for the row where the horizon is due.
-Here the same rules run as a state machine per (threshold, instrument) that waits instead of
-looking ahead: a decision leaves an order in flight, and each later row of the instrument is
-checked against the order's fill time, the position's due row or time, and the signal. The
-state is a few integers per (threshold, instrument), so every sweep threshold is simulated in
-the same pass over the rows; no row is kept.
+The rules, one position per instrument at a time, one share count ``quantity`` per trade:
+
+- A row's signal is long (+1) when P(up) >= threshold and P(up) >= P(down), short (-1) when
+  P(down) >= threshold and P(down) > P(up), otherwise none (0). Rows without a window (the
+  first T-1 rows of an instrument) carry no signal.
+- A decision taken at row ``i`` fills at the first row whose ``ts_event`` is at least
+  ``ts_event[i] + latency_ns`` (row ``i`` itself when the latency is 0), at the touch of that
+  row: buys at the best ask, sells at the best bid. While an order is in flight, signals are
+  ignored. An order that would arrive after the last row never fills.
+- A position is closed by the first of: an opposite signal (which also opens the opposite
+  position at the same fill: a reversal), the horizon (``horizon`` rows, or ns of ``ts_event``,
+  after the entry fill: the exit is decided there and fills after the latency like any order),
+  or the end of the data (closed at the last row's touch). Signals in the direction already
+  held are ignored; they do not extend the horizon.
+- Costs are charged per fill: ``cost_per_share * quantity`` plus ``cost_bps`` basis points of
+  the fill's notional (``quantity * price``).
+
+Prices stay integer ticks through the kernel; money (quote currency) appears only in the
+statistics, using each instrument's tick size.
+The rules run as a state machine per (threshold, instrument) that waits instead of looking
+ahead (:mod:`lobstream.kernels.trading`): a decision leaves an order in flight, and each later
+row of the instrument is checked against the order's fill time, the position's due row or time,
+and the signal. The state is a few integers per (threshold, instrument), so every sweep
+threshold is simulated in the same pass over the rows; no row is kept.
 
 States: flat (looking for a signal), entry in flight, holding, exit in flight. A fill ends the
-row's turn, exactly as the array kernel resumes after a fill row (a reversal holds from the
-next row; after a horizon exit the next signal is looked for from the next row on). At the end
-of the data an open position, or one whose exit is in flight, closes at the instrument's last
-row (``EXIT_END``); an entry still in flight never fills.
+row's turn (a reversal holds from the next row; after a horizon exit the next signal is looked
+for from the next row on). At the end of the data an open position, or one whose exit is in
+flight, closes at the instrument's last row (``EXIT_END``); an entry still in flight never
+fills.
 
 Completed trades are kept (in ticks; a trade is 80 bytes and there are far fewer trades than
-rows), so :meth:`StreamingTrader.trades` returns the very ``Trades`` that ``simulate_rows``
-returns for the same rows and threshold, in the same order, and ``trade_stats`` of them is the
-same to the last bit.
+rows). ``tests/reference/simulate.py`` is the array simulator these trades are checked against,
+trade for trade and in the same order.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import numpy as np
 
-from lobstream.kernels._jit import njit
-from lobstream.replay.backtest.simulate import (
-    EXIT_END,
-    EXIT_HORIZON,
-    EXIT_SIGNAL,
-    Trades,
-    TradingConfig,
-    _empty,
-    _price,
-    merge_trades,
-    signals_from_probs,
+from lobstream.kernels.trading import (
+    C_ENTRY_PX,
+    C_ENTRY_ROW,
+    C_ENTRY_TS,
+    C_EXIT_PX,
+    C_EXIT_ROW,
+    C_EXIT_TS,
+    C_INST,
+    C_REASON,
+    C_SIDE,
+    C_THR,
+    EXIT_NAMES,
+    L_COUNT,
+    L_ROW,
+    L_TS,
+    N_COLS,
+    N_LAST,
+    N_STATE,
+    close_all,
+    trade_rows,
 )
+from lobstream.models.manifest import kernel_horizon, label_def_from_manifest
 
-logger = logging.getLogger(__name__)
-
-_FLAT, _ENTRY_WAIT, _HOLD, _EXIT_WAIT = 0, 1, 2, 3
-# columns of the int64 trade records
-_C_THR, _C_INST, _C_SIDE, _C_REASON = 0, 1, 2, 3
-_C_ENTRY_ROW, _C_EXIT_ROW, _C_ENTRY_TS, _C_EXIT_TS, _C_ENTRY_PX, _C_EXIT_PX = 4, 5, 6, 7, 8, 9
-_N_COLS = 10
-# per (threshold, instrument) state columns
-_S_STATE, _S_SIDE, _S_TARGET, _S_REASON, _S_ENTRY_ROW, _S_ENTRY_TS, _S_ENTRY_PX, _S_ENTRY_K = (
-    0,
-    1,
-    2,
-    3,
-    4,
-    5,
-    6,
-    7,
-)
-_N_STATE = 8
-# per instrument: rows seen, and the global row, ts, bid, ask of its last row
-_L_COUNT, _L_ROW, _L_TS, _L_BID, _L_ASK = 0, 1, 2, 3, 4
-_N_LAST = 5
+DEFAULT_SWEEP = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
-@njit
-def _enter(st, side, row, ts, bid, ask, k):
-    st[_S_SIDE] = side
-    st[_S_ENTRY_ROW] = row
-    st[_S_ENTRY_TS] = ts
-    st[_S_ENTRY_PX] = ask if side > 0 else bid
-    st[_S_ENTRY_K] = k
-    st[_S_STATE] = _HOLD
+@dataclass(frozen=True)
+class TradingConfig:
+    """Parameters of the simulation.
 
-
-@njit
-def _record(out, k, thr, inst, st, row, ts, px, reason):
-    out[k, _C_THR] = thr
-    out[k, _C_INST] = inst
-    out[k, _C_SIDE] = st[_S_SIDE]
-    out[k, _C_REASON] = reason
-    out[k, _C_ENTRY_ROW] = st[_S_ENTRY_ROW]
-    out[k, _C_EXIT_ROW] = row
-    out[k, _C_ENTRY_TS] = st[_S_ENTRY_TS]
-    out[k, _C_EXIT_TS] = ts
-    out[k, _C_ENTRY_PX] = st[_S_ENTRY_PX]
-    out[k, _C_EXIT_PX] = px
-
-
-@njit
-def _trade_rows(start, inst, ts, bid, ask, sig, first_row, lat, h_rows, h_ns, state, last, out):
-    """Advance every (threshold, instrument) machine over rows ``start..`` of a chunk.
-
-    ``sig`` (n_thr, m) int8; ``state`` (n_thr, n_inst, _N_STATE) and ``last`` (n_inst, _N_LAST)
-    int64 are updated in place; trades go to ``out`` (cap, _N_COLS). Returns (next row, trades
-    written): the kernel stops early, before a row, when ``out`` might not hold its trades.
+    Parameters
+    ----------
+    threshold : class probability a signal must reach (0..1).
+    latency_ns : decision latency in ns of ``ts_event``: from the row a decision is taken on to
+        the row whose touch it trades at.
+    horizon : maximum holding period, in rows (``horizon_unit="events"``, one feature row per
+        consistent book) or in seconds (``horizon_unit="seconds"``).
+    horizon_unit : ``"events"`` or ``"seconds"``.
+    cost_per_share : quote currency per share (contract) per fill.
+    cost_bps : basis points of notional per fill.
+    quantity : shares per trade.
     """
-    n_thr = sig.shape[0]
-    cap = out.shape[0]
-    k = 0
-    m = inst.shape[0]
-    for j in range(start, m):
-        if k + n_thr > cap:
-            return j, k
-        i = inst[j]
-        row = first_row + j
-        c = last[i, _L_COUNT]
-        for t in range(n_thr):
-            st = state[t, i]
-            s = st[_S_STATE]
-            if s == _FLAT:
-                if sig[t, j] == 0:
-                    continue
-                st[_S_SIDE] = sig[t, j]
-                st[_S_TARGET] = ts[j] + lat
-                s = _ENTRY_WAIT
-            elif s == _HOLD:
-                if h_rows > 0:
-                    due = c >= st[_S_ENTRY_K] + h_rows
-                else:
-                    due = ts[j] >= st[_S_ENTRY_TS] + h_ns
-                if due:
-                    st[_S_REASON] = EXIT_HORIZON
-                elif sig[t, j] == -st[_S_SIDE]:
-                    st[_S_REASON] = EXIT_SIGNAL
-                else:
-                    continue
-                st[_S_TARGET] = ts[j] + lat
-                s = _EXIT_WAIT
-            st[_S_STATE] = s
-            if ts[j] < st[_S_TARGET]:
-                continue  # the order is still in flight
-            if s == _ENTRY_WAIT:
-                _enter(st, st[_S_SIDE], row, ts[j], bid[j], ask[j], c)
-            elif s == _EXIT_WAIT:
-                px = bid[j] if st[_S_SIDE] > 0 else ask[j]
-                _record(out, k, t, i, st, row, ts[j], px, st[_S_REASON])
-                k += 1
-                if st[_S_REASON] == EXIT_SIGNAL:
-                    _enter(st, -st[_S_SIDE], row, ts[j], bid[j], ask[j], c)
-                else:
-                    st[_S_STATE] = _FLAT
-        last[i, _L_COUNT] = c + 1
-        last[i, _L_ROW] = row
-        last[i, _L_TS] = ts[j]
-        last[i, _L_BID] = bid[j]
-        last[i, _L_ASK] = ask[j]
-    return m, k
+
+    threshold: float = 0.6
+    latency_ns: int = 0
+    horizon: float = 100
+    horizon_unit: str = "events"
+    cost_per_share: float = 0.0
+    cost_bps: float = 0.0
+    quantity: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
+        if self.latency_ns < 0:
+            raise ValueError(f"latency must be >= 0 ns, got {self.latency_ns}")
+        if self.horizon_unit not in ("events", "seconds"):
+            raise ValueError(
+                f"horizon_unit must be 'events' or 'seconds', got {self.horizon_unit!r}"
+            )
+        if self.horizon <= 0:
+            raise ValueError(f"horizon must be > 0, got {self.horizon}")
+        if self.cost_per_share < 0 or self.cost_bps < 0 or self.quantity <= 0:
+            raise ValueError(
+                "costs must be >= 0 and quantity > 0, got "
+                f"cost_per_share={self.cost_per_share}, cost_bps={self.cost_bps}, "
+                f"quantity={self.quantity}"
+            )
 
 
-@njit
-def _close_all(state, last, out):
-    """End of data: open positions and exits in flight close at their instrument's last row."""
-    k = 0
-    for t in range(state.shape[0]):
-        for i in range(state.shape[1]):
-            st = state[t, i]
-            if last[i, _L_COUNT] == 0:
-                continue
-            if st[_S_STATE] == _HOLD or st[_S_STATE] == _EXIT_WAIT:
-                px = last[i, _L_BID] if st[_S_SIDE] > 0 else last[i, _L_ASK]
-                _record(out, k, t, i, st, last[i, _L_ROW], last[i, _L_TS], px, EXIT_END)
-                k += 1
-            st[_S_STATE] = _FLAT
-    return k
+class Trades(NamedTuple):
+    """Completed round trips, one entry per trade, ordered by exit time (then instrument).
+
+    All arrays have shape (n,). Row indices number the rows of the whole stream given to the
+    simulation.
+    """
+
+    instrument: np.ndarray  # u4
+    side: np.ndarray  # i1: +1 long, -1 short
+    entry_row: np.ndarray  # i8
+    exit_row: np.ndarray  # i8
+    entry_ts: np.ndarray  # i8 ts_event of the entry fill row
+    exit_ts: np.ndarray  # i8
+    entry_px: np.ndarray  # i8 ticks
+    exit_px: np.ndarray  # i8 ticks
+    reason: np.ndarray  # u1 EXIT_*
+    gross: np.ndarray  # f8 quote currency
+    costs: np.ndarray  # f8 quote currency
+    net: np.ndarray  # f8 quote currency
+    notional: np.ndarray  # f8 entry + exit notional, quote currency
+
+
+def signals_from_probs(probs: np.ndarray, threshold: float) -> np.ndarray:
+    """Long/short/none per row from class probabilities.
+
+    Parameters
+    ----------
+    probs : (n, 3) float, columns down, flat, up. Rows of NaN (no window) give no signal.
+    threshold : probability a class must reach.
+
+    Returns
+    -------
+    (n,) int8: +1 long, -1 short, 0 none (new array).
+    """
+    probs = np.asarray(probs)
+    if probs.ndim != 2 or probs.shape[1] != 3:
+        raise ValueError(f"probs must have shape (n, 3) (down, flat, up), got {probs.shape}")
+    down, up = probs[:, 0], probs[:, 2]
+    sig = np.zeros(len(probs), dtype=np.int8)
+    sig[(up >= threshold) & (up >= down)] = 1
+    sig[(down >= threshold) & (down > up)] = -1
+    return sig
+
+
+def price_trades(
+    instrument,
+    side,
+    entry,
+    exit_,
+    entry_ts,
+    exit_ts,
+    entry_px,
+    exit_px,
+    reason,
+    tick,
+    config: TradingConfig,
+) -> Trades:
+    """Trades from their ticks: gross, costs, net and notional in quote currency (``tick``
+    per trade), by ``config``'s quantity and costs."""
+    q = config.quantity
+    gross = side * (exit_px - entry_px) * tick * q
+    notional = (entry_px + exit_px) * tick * q
+    costs = 2.0 * q * config.cost_per_share + config.cost_bps * 1e-4 * notional
+    return Trades(
+        instrument,
+        side,
+        entry,
+        exit_,
+        entry_ts,
+        exit_ts,
+        entry_px,
+        exit_px,
+        reason,
+        gross.astype(np.float64),
+        costs,
+        gross - costs,
+        notional.astype(np.float64),
+    )
+
+
+def merge_trades(parts: Sequence[Trades]) -> Trades:
+    """Concatenate trades and order them by exit time, then exit row."""
+    if not parts:
+        return empty_trades()
+    cat = Trades(*(np.concatenate(cols) for cols in zip(*parts, strict=True)))
+    order = np.lexsort((cat.exit_row, cat.exit_ts))
+    return Trades(*(c[order] for c in cat))
+
+
+def empty_trades() -> Trades:
+    i8 = np.empty(0, np.int64)
+    f8 = np.empty(0, np.float64)
+    return Trades(
+        np.empty(0, np.uint32),
+        np.empty(0, np.int8),
+        i8,
+        i8,
+        i8,
+        i8,
+        i8,
+        i8,
+        np.empty(0, np.uint8),
+        f8,
+        f8,
+        f8,
+        f8,
+    )
+
+
+def equity_curve(trades: Trades) -> tuple[np.ndarray, np.ndarray]:
+    """(exit ts_event (n,) int64, cumulative net P&L (n,) float64) in exit order."""
+    return trades.exit_ts, np.cumsum(trades.net)
+
+
+def max_drawdown(cum_pnl: np.ndarray) -> float:
+    """Largest fall of the cumulative P&L from a running peak (peak starts at 0), >= 0."""
+    if len(cum_pnl) == 0:
+        return 0.0
+    peak = np.maximum.accumulate(np.concatenate(([0.0], cum_pnl)))
+    return float(np.max(peak[1:] - cum_pnl))
+
+
+def trade_stats(trades: Trades) -> dict:
+    """Summary statistics of a set of trades (JSON-ready floats and ints).
+
+    ``sharpe`` is the per-trade Sharpe ratio, mean / standard deviation (ddof=1) of net P&L per
+    trade, not annualised (a single session gives no honest annualisation); 0 with fewer than
+    two trades or no dispersion. ``turnover`` is the traded notional (both fills) in quote
+    currency; ``hit_rate`` the fraction of trades with positive net P&L.
+    """
+    n = len(trades.net)
+    net = trades.net
+    std = float(np.std(net, ddof=1)) if n > 1 else 0.0
+    reasons = {name: int(np.sum(trades.reason == code)) for code, name in enumerate(EXIT_NAMES)}
+    return {
+        "n_trades": n,
+        "n_long": int(np.sum(trades.side > 0)),
+        "n_short": int(np.sum(trades.side < 0)),
+        "gross_pnl": float(np.sum(trades.gross)),
+        "costs": float(np.sum(trades.costs)),
+        "net_pnl": float(np.sum(net)),
+        "mean_pnl_per_trade": float(np.mean(net)) if n else 0.0,
+        "hit_rate": float(np.mean(net > 0)) if n else 0.0,
+        "turnover": float(np.sum(trades.notional)),
+        "sharpe": float(np.mean(net) / std) if std > 0 else 0.0,
+        "max_drawdown": max_drawdown(np.cumsum(net)),
+        "exits": reasons,
+    }
 
 
 class StreamingTrader:
-    """:func:`~lobstream.replay.backtest.simulate.simulate_rows` at several thresholds, chunk by chunk.
+    """The trading simulation at several thresholds, chunk by chunk.
 
     Parameters
     ----------
@@ -190,15 +288,12 @@ class StreamingTrader:
         self.config = config
         self.thresholds = tuple(float(t) for t in thresholds)
         self._lat = np.int64(config.latency_ns)
-        if config.horizon_unit == "events":
-            # the array path's rounding, so the due row is the same
-            self._h_rows, self._h_ns = max(1, int(round(config.horizon))), np.int64(0)
-        else:
-            self._h_rows, self._h_ns = 0, np.int64(round(config.horizon * 1e9))
+        h, unit = kernel_horizon(config.horizon, config.horizon_unit)
+        self._h_rows, self._h_ns = (h, np.int64(0)) if unit == "events" else (0, np.int64(h))
         n = max(1, int(n_instruments))
-        self._state = np.zeros((len(self.thresholds), n, _N_STATE), np.int64)
-        self._last = np.zeros((n, _N_LAST), np.int64)
-        self._out = np.empty((max(buffer_trades, len(self.thresholds)), _N_COLS), np.int64)
+        self._state = np.zeros((len(self.thresholds), n, N_STATE), np.int64)
+        self._last = np.zeros((n, N_LAST), np.int64)
+        self._out = np.empty((max(buffer_trades, len(self.thresholds)), N_COLS), np.int64)
         self._kept: list[np.ndarray] = []
         self.n_rows = 0
         self._closed = False
@@ -230,7 +325,7 @@ class StreamingTrader:
         ask = np.ascontiguousarray(meta["best_ask"], np.int64)
         j = 0
         while j < m:
-            j, k = _trade_rows(
+            j, k = trade_rows(
                 j,
                 inst,
                 ts,
@@ -253,8 +348,8 @@ class StreamingTrader:
         """End of the data: close what is open (``EXIT_END``). Further ``add`` calls refuse."""
         if self._closed:
             return
-        out = np.empty((self._state.shape[0] * self._state.shape[1], _N_COLS), np.int64)
-        k = _close_all(self._state, self._last, out)
+        out = np.empty((self._state.shape[0] * self._state.shape[1], N_COLS), np.int64)
+        k = close_all(self._state, self._last, out)
         if k:
             self._kept.append(out[:k])
         # one array from here on: trades() selects from it without joining the pieces again
@@ -264,12 +359,12 @@ class StreamingTrader:
     @property
     def instruments(self) -> np.ndarray:
         """(n,) sorted ids of the instruments that had rows."""
-        return np.flatnonzero(self._last[:, _L_COUNT] > 0)
+        return np.flatnonzero(self._last[:, L_COUNT] > 0)
 
     def trades(
         self, k: int, tick_sizes: Mapping[int, float] | Sequence[float] | None = None
     ) -> Trades:
-        """Trades of threshold ``self.thresholds[k]``, priced and ordered as ``simulate_rows``.
+        """Trades of threshold ``self.thresholds[k]``, priced, ordered by exit time.
 
         Parameters
         ----------
@@ -278,27 +373,27 @@ class StreamingTrader:
         """
         if not self._closed:
             raise RuntimeError("trades() before finish(): positions still open")
-        rec = self._kept[0] if self._kept else np.empty((0, _N_COLS), np.int64)
-        rec = rec[rec[:, _C_THR] == k]
+        rec = self._kept[0] if self._kept else np.empty((0, N_COLS), np.int64)
+        rec = rec[rec[:, C_THR] == k]
         if len(rec) == 0:
-            return _empty()
-        inst = rec[:, _C_INST].astype(np.uint32)
+            return empty_trades()
+        inst = rec[:, C_INST].astype(np.uint32)
         if tick_sizes is None:
             tick = np.ones(len(rec))
         else:
             table = {int(i): float(tick_sizes[int(i)]) for i in np.unique(inst)}
             tick = np.array([table[int(i)] for i in inst], np.float64)
         cfg = replace(self.config, threshold=self.thresholds[k])
-        t = _price(
+        t = price_trades(
             inst,
-            rec[:, _C_SIDE].astype(np.int8),
-            rec[:, _C_ENTRY_ROW].copy(),
-            rec[:, _C_EXIT_ROW].copy(),
-            rec[:, _C_ENTRY_TS].copy(),
-            rec[:, _C_EXIT_TS].copy(),
-            rec[:, _C_ENTRY_PX].copy(),
-            rec[:, _C_EXIT_PX].copy(),
-            rec[:, _C_REASON].astype(np.uint8),
+            rec[:, C_SIDE].astype(np.int8),
+            rec[:, C_ENTRY_ROW].copy(),
+            rec[:, C_EXIT_ROW].copy(),
+            rec[:, C_ENTRY_TS].copy(),
+            rec[:, C_EXIT_TS].copy(),
+            rec[:, C_ENTRY_PX].copy(),
+            rec[:, C_EXIT_PX].copy(),
+            rec[:, C_REASON].astype(np.uint8),
             tick,
             cfg,
         )
@@ -353,22 +448,22 @@ class StreamingTrader:
             return rows - loc[k] + glo[k]
 
         for rec in self._kept:
-            rec[:, _C_ENTRY_ROW] = remap(rec[:, _C_ENTRY_ROW])
-            rec[:, _C_EXIT_ROW] = remap(rec[:, _C_EXIT_ROW])
-        seen = self._last[:, _L_COUNT] > 0
-        self._last[seen, _L_ROW] = remap(self._last[seen, _L_ROW])
+            rec[:, C_ENTRY_ROW] = remap(rec[:, C_ENTRY_ROW])
+            rec[:, C_EXIT_ROW] = remap(rec[:, C_EXIT_ROW])
+        seen = self._last[:, L_COUNT] > 0
+        self._last[seen, L_ROW] = remap(self._last[seen, L_ROW])
 
     def _grow(self, n: int) -> None:
-        state = np.zeros((self._state.shape[0], n, _N_STATE), np.int64)
+        state = np.zeros((self._state.shape[0], n, N_STATE), np.int64)
         state[:, : self._state.shape[1]] = self._state
-        last = np.zeros((n, _N_LAST), np.int64)
+        last = np.zeros((n, N_LAST), np.int64)
         last[: len(self._last)] = self._last
         self._state, self._last = state, last
 
     def _check_time(self, inst: np.ndarray, ts: np.ndarray) -> None:
-        # each instrument's rows in time order, across chunks too (the array path refuses the
-        # same input in simulate())
-        prev = np.where(self._last[inst, _L_COUNT] > 0, self._last[inst, _L_TS], ts)
+        # each instrument's rows in time order, across chunks too: fill and due times compare
+        # ts_event, which means nothing out of order
+        prev = np.where(self._last[inst, L_COUNT] > 0, self._last[inst, L_TS], ts)
         order = np.lexsort((np.arange(len(inst)), inst))
         s_inst, s_ts = inst[order], ts[order]
         back = np.zeros(len(ts), bool)
@@ -383,3 +478,17 @@ class StreamingTrader:
                 f"{self.n_rows + j} ({ts[j]}); the simulation needs each instrument's rows in "
                 "time order"
             )
+
+
+def label_horizon(manifest: dict) -> dict:
+    """``horizon`` and ``horizon_unit`` of a :class:`TradingConfig` holding for the label
+    horizon of ``manifest`` (a head manifest for one head of a multi-horizon artifact)."""
+    label = label_def_from_manifest(manifest)
+    return {"horizon": label.horizon, "horizon_unit": label.unit}
+
+
+def trading_config_for(manifest: dict, **overrides) -> TradingConfig:
+    """A :class:`TradingConfig` whose holding horizon is the artifact's label horizon;
+    overrides of None are left out (the defaults stand)."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return TradingConfig(**{**label_horizon(manifest), **given})

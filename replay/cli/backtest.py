@@ -8,8 +8,8 @@ from pathlib import Path
 
 import click
 
-from lobstream.replay.backtest.simulate import DEFAULT_SWEEP
-from lobstream.replay.cli.data import _MODEL
+from lobstream.replay.backtest.trading import DEFAULT_SWEEP
+from lobstream.replay.cli.options import FORMAT, MODEL, REGISTRY, SKIP_BAD, registry_from
 from lobstream.replay.distributed import check_ray_address, ray_option
 
 logger = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ def _thresholds(value: str) -> tuple[float, ...]:
 
 @click.command("backtest")
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
-@_MODEL
+@MODEL
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
 @click.option(
     "--plots",
@@ -76,13 +76,9 @@ def _thresholds(value: str) -> tuple[float, ...]:
     show_default=True,
     help="Thresholds of the threshold sweep (comma-separated).",
 )
-@click.option(
-    "--registry",
-    type=click.Path(exists=True, dir_okay=False),
-    help="Instrument registry TOML (tick sizes); readers add unknown symbols.",
-)
-@click.option("--format", "fmt", default="auto", show_default=True, help="Input format.")
-@click.option("--skip-bad", is_flag=True, help="Count bad records instead of stopping.")
+@REGISTRY
+@FORMAT
+@SKIP_BAD
 @click.option(
     "--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda", "auto"])
 )
@@ -153,8 +149,9 @@ def backtest(
     from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from lobstream.replay.backtest.evaluator import evaluator_for
-    from lobstream.replay.backtest.run import backtest_files, trading_config_for
+    from lobstream.replay.backtest.evaluator import stream_backtest
+    from lobstream.replay.backtest.run import open_backtest
+    from lobstream.replay.backtest.trading import trading_config_for
     from lobstream.replay.errors import DataError
 
     if full_window:
@@ -167,11 +164,7 @@ def backtest(
             "--max-rows cuts the one stream of all files at a row; with --ray each unit is its "
             "own stream: give fewer or shorter files instead"
         )
-    reg = None
-    if registry:
-        from lobstream.replay.instruments import load_registry
-
-        reg = load_registry(registry)
+    reg = registry_from(registry)
     err = Console(stderr=True)
     with Progress(
         SpinnerColumn(),
@@ -188,8 +181,6 @@ def backtest(
                 description=(f"backtest: {events:,} events, {rows:,} rows, {windows:,} windows"),
             )
 
-        evaluators: list = []
-
         def config_for(manifest: dict):
             return trading_config_for(
                 manifest,
@@ -199,15 +190,6 @@ def backtest(
                 cost_bps=cost_bps,
                 quantity=quantity,
             )
-
-        def sink(manifest: dict):
-            # the rows stream into the evaluator: memory does not grow with the files' length
-            evaluators.append(
-                evaluator_for(
-                    manifest, config_for(manifest), _thresholds(sweep), n_instruments=len(reg or ())
-                )
-            )
-            return evaluators[0].add
 
         try:
             if ray_address is not None:
@@ -229,7 +211,7 @@ def backtest(
                     ),
                 )
             else:
-                result, manifest, reg = backtest_files(
+                src = open_backtest(
                     files,
                     model_path,
                     registry=reg,
@@ -238,14 +220,21 @@ def backtest(
                     threads=threads,
                     batch=batch,
                     skip_bad=skip_bad,
-                    max_rows=max_rows,
-                    on_progress=on_progress,
-                    keep_rows=False,
-                    rows_sink=sink,
                     scorer=scorer,
                 )
-                ev = evaluators[0]
-                ev.finish()
+                manifest = src.manifest
+                # the rows stream into the evaluator: memory does not grow with the files' length
+                result, ev = stream_backtest(
+                    src.batches,
+                    src.scorer,
+                    manifest,
+                    config_for(manifest),
+                    thresholds=_thresholds(sweep),
+                    n_instruments=src.n_instruments,
+                    batch=batch,
+                    max_rows=max_rows,
+                    on_progress=on_progress,
+                )
             ticks = {inst.id: float(inst.tick_size) for inst in reg}
             summary, trades = ev.summary(result, tick_sizes=ticks)
         except (DataError, ValueError) as exc:
@@ -280,7 +269,7 @@ def _backtest_on_ray(address: str, files, model_path, **kw):
 
 def _plots(out: Path, ev, summary: dict, trades) -> list[Path]:
     from lobstream.replay.backtest import plots
-    from lobstream.replay.backtest.simulate import equity_curve
+    from lobstream.replay.backtest.trading import equity_curve
 
     ts, cum = equity_curve(trades)
     return [

@@ -11,51 +11,13 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from lobstream.kernels.registry import Registry
+from lobstream.replay.cli.options import FORMAT, REGISTRY, SKIP_BAD, defects_table, registry_from
 from lobstream.replay.distributed import check_ray_address, ray_option
 from lobstream.replay.errors import DataError, Defects
 
 _FILES = click.argument(
     "files", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path)
 )
-_REGISTRY = click.option(
-    "--registry",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Instrument registry TOML (ids and tick sizes); readers add unknown symbols.",
-)
-_FORMAT = click.option(
-    "--format", "fmt", default="auto", show_default=True, help="Input format (auto: detect)."
-)
-_SKIP_BAD = click.option(
-    "--skip-bad", is_flag=True, help="Skip and count bad records instead of stopping."
-)
-_MODEL = click.option(
-    "--model",
-    "model_path",
-    required=True,
-    type=click.Path(exists=True, dir_okay=False),
-    help="Model artifact (*.pt) with its manifest.",
-)
-
-
-def _registry(path: Path | None) -> Registry:
-    if path is None:
-        return Registry()
-    from lobstream.replay.instruments import load_registry
-
-    try:
-        return load_registry(path)
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from None
-
-
-def _defects_table(defects: Defects) -> Table:
-    table = Table(title="skipped defects")
-    for col in ("kind", "count", "first seen"):
-        table.add_column(col)
-    for kind, n in sorted(defects.items()):
-        table.add_row(kind, f"{n:,}", defects.first.get(kind, ""))
-    return table
 
 
 @click.command()
@@ -71,7 +33,7 @@ def _defects_table(defects: Defects) -> Table:
 @click.option(
     "--bind/--connect", default=True, show_default=True, help="Bind the endpoint or connect."
 )
-@_SKIP_BAD
+@SKIP_BAD
 @click.option(
     "--batch",
     type=click.IntRange(min=1),
@@ -117,8 +79,8 @@ def _defects_table(defects: Defects) -> Table:
     show_default=True,
     help="Interleave the FILES by time (several instruments at once) or play one after another.",
 )
-@_REGISTRY
-@_FORMAT
+@REGISTRY
+@FORMAT
 @click.option("--json", "as_json", is_flag=True, help="Print the end counts as one JSON object.")
 def replay(files, endpoint, speed, bind, skip_bad, batch, coalesce_us, wait, subscribers, hwm,
            lossless, no_require_snapshot, merge, registry, fmt, as_json) -> None:  # fmt: skip
@@ -126,7 +88,7 @@ def replay(files, endpoint, speed, bind, skip_bad, batch, coalesce_us, wait, sub
     from lobstream.replay.feed.replayer import Replayer, ReplayStats, merge_by_time
     from lobstream.replay.readers import read_events
 
-    reg = _registry(registry)
+    reg = registry_from(registry)
     defects = Defects()
     console = Console(stderr=True)
     stats = ReplayStats()
@@ -190,7 +152,7 @@ def replay(files, endpoint, speed, bind, skip_bad, batch, coalesce_us, wait, sub
     report = Console()
     report.print(table)
     if defects:
-        report.print(_defects_table(defects))
+        report.print(defects_table(defects))
 
 
 def _maybe(v: float | None) -> str:
@@ -205,9 +167,9 @@ def _maybe(v: float | None) -> str:
     type=click.Path(file_okay=False, path_type=Path),
     help="Dataset root: instrument=SYMBOL/date=YYYY-MM-DD/part-*.parquet below it.",
 )
-@_FORMAT
-@_SKIP_BAD
-@_REGISTRY
+@FORMAT
+@SKIP_BAD
+@REGISTRY
 @click.option(
     "--rows-per-file", type=click.IntRange(min=1), default=1_000_000, show_default=True,
     help="Events per Parquet part file at most.",
@@ -232,7 +194,7 @@ def convert(files, out, fmt, skip_bad, registry, rows_per_file, as_json, ray_add
             except RayUnavailable as exc:
                 raise click.UsageError(str(exc)) from None
 
-    reg = _registry(registry)
+    reg = registry_from(registry)
     console = Console(stderr=True)
     t0 = time.perf_counter()
     with Progress(
@@ -292,4 +254,4 @@ def convert(files, out, fmt, skip_bad, registry, rows_per_file, as_json, ray_add
         f"{sum(summary.defects.values()):,} bad records skipped"
     )
     if summary.defects:
-        report.print(_defects_table(summary.defects))
+        report.print(defects_table(summary.defects))

@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from lobstream.replay.cli.data import _FORMAT, _MODEL, _REGISTRY, _SKIP_BAD, _registry
+from lobstream.replay.cli.options import FORMAT, MODEL, REGISTRY, SKIP_BAD, registry_from
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def _files_label(files) -> str:
 
 @click.command("explain")
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
-@_MODEL
+@MODEL
 @click.option(
     "--at",
     "at",
@@ -149,9 +149,9 @@ def _files_label(files) -> str:
     type=click.Path(dir_okay=False),
     help="PNG to write; with --top N > 1, OUT's stem gets -1 .. -N (rank) before .png.",
 )
-@_REGISTRY
-@_FORMAT
-@_SKIP_BAD
+@REGISTRY
+@FORMAT
+@SKIP_BAD
 @click.option(
     "--head",
     type=click.IntRange(0),
@@ -183,7 +183,7 @@ def explain(
         module, manifest = load_model(model_path)
         model = ex.select_head(ex.eager_model(module, manifest), manifest, head)
         horizon = head_manifest(manifest, head)["label"].get("horizon")
-        reg = _registry(registry)
+        reg = registry_from(registry)
         T, arch = int(manifest["T"]), str(manifest["arch"])
         scorer = None
         if row is not None:

@@ -1,133 +1,27 @@
-"""Trading simulation of a signal: does the prediction pay after crossing the spread and costs?
+"""The array trading simulator: every row at once, looking ahead for fills and due rows.
 
-The rules, one position per instrument at a time, one share count ``quantity`` per trade:
-
-- A row's signal is long (+1) when P(up) >= threshold and P(up) >= P(down), short (-1) when
-  P(down) >= threshold and P(down) > P(up), otherwise none (0). Rows without a window (the
-  first T-1 rows of an instrument) carry no signal.
-- A decision taken at row ``i`` fills at the first row whose ``ts_event`` is at least
-  ``ts_event[i] + latency_ns`` (row ``i`` itself when the latency is 0), at the touch of that
-  row: buys at the best ask, sells at the best bid. While an order is in flight, signals are
-  ignored. An order that would arrive after the last row never fills.
-- A position is closed by the first of: an opposite signal (which also opens the opposite
-  position at the same fill: a reversal), the horizon (``horizon`` rows, or ns of ``ts_event``,
-  after the entry fill: the exit is decided there and fills after the latency like any order),
-  or the end of the data (closed at the last row's touch). Signals in the direction already
-  held are ignored; they do not extend the horizon.
-- Costs are charged per fill: ``cost_per_share * quantity`` plus ``cost_bps`` basis points of
-  the fill's notional (``quantity * price``).
-
-Prices stay integer ticks through the kernel; money (quote currency) appears only in the
-statistics, using each instrument's tick size.
+The oracle of :class:`lobstream.replay.backtest.trading.StreamingTrader` (the rules are in
+that module's docstring): the same trades, in the same order, for the same rows. Only tests
+and the per-row reference backtest (``tests/reference/backtest.py``) use it.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
-from typing import NamedTuple
+from dataclasses import replace
 
 import numpy as np
 
 from lobstream.kernels._jit import njit
-
-logger = logging.getLogger(__name__)
-
-EXIT_SIGNAL = 0  # opposite signal (reversal)
-EXIT_HORIZON = 1  # holding horizon reached
-EXIT_END = 2  # data ended with the position open
-EXIT_NAMES = ("signal", "horizon", "end")
-
-DEFAULT_SWEEP = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-
-
-@dataclass(frozen=True)
-class TradingConfig:
-    """Parameters of the simulation.
-
-    Parameters
-    ----------
-    threshold : class probability a signal must reach (0..1).
-    latency_ns : decision latency in ns of ``ts_event``: from the row a decision is taken on to
-        the row whose touch it trades at.
-    horizon : maximum holding period, in rows (``horizon_unit="events"``, one feature row per
-        consistent book) or in seconds (``horizon_unit="seconds"``).
-    horizon_unit : ``"events"`` or ``"seconds"``.
-    cost_per_share : quote currency per share (contract) per fill.
-    cost_bps : basis points of notional per fill.
-    quantity : shares per trade.
-    """
-
-    threshold: float = 0.6
-    latency_ns: int = 0
-    horizon: float = 100
-    horizon_unit: str = "events"
-    cost_per_share: float = 0.0
-    cost_bps: float = 0.0
-    quantity: float = 1.0
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
-        if self.latency_ns < 0:
-            raise ValueError(f"latency must be >= 0 ns, got {self.latency_ns}")
-        if self.horizon_unit not in ("events", "seconds"):
-            raise ValueError(
-                f"horizon_unit must be 'events' or 'seconds', got {self.horizon_unit!r}"
-            )
-        if self.horizon <= 0:
-            raise ValueError(f"horizon must be > 0, got {self.horizon}")
-        if self.cost_per_share < 0 or self.cost_bps < 0 or self.quantity <= 0:
-            raise ValueError(
-                "costs must be >= 0 and quantity > 0, got "
-                f"cost_per_share={self.cost_per_share}, cost_bps={self.cost_bps}, "
-                f"quantity={self.quantity}"
-            )
-
-
-class Trades(NamedTuple):
-    """Completed round trips, one entry per trade, ordered by exit time (then instrument).
-
-    All arrays have shape (n,). Row indices refer to the rows given to :func:`simulate`
-    (for :func:`simulate_rows`, to the rows of the whole meta array).
-    """
-
-    instrument: np.ndarray  # u4
-    side: np.ndarray  # i1: +1 long, -1 short
-    entry_row: np.ndarray  # i8
-    exit_row: np.ndarray  # i8
-    entry_ts: np.ndarray  # i8 ts_event of the entry fill row
-    exit_ts: np.ndarray  # i8
-    entry_px: np.ndarray  # i8 ticks
-    exit_px: np.ndarray  # i8 ticks
-    reason: np.ndarray  # u1 EXIT_*
-    gross: np.ndarray  # f8 quote currency
-    costs: np.ndarray  # f8 quote currency
-    net: np.ndarray  # f8 quote currency
-    notional: np.ndarray  # f8 entry + exit notional, quote currency
-
-
-def signals_from_probs(probs: np.ndarray, threshold: float) -> np.ndarray:
-    """Long/short/none per row from class probabilities.
-
-    Parameters
-    ----------
-    probs : (n, 3) float, columns down, flat, up. Rows of NaN (no window) give no signal.
-    threshold : probability a class must reach.
-
-    Returns
-    -------
-    (n,) int8: +1 long, -1 short, 0 none (new array).
-    """
-    probs = np.asarray(probs)
-    if probs.ndim != 2 or probs.shape[1] != 3:
-        raise ValueError(f"probs must have shape (n, 3) (down, flat, up), got {probs.shape}")
-    down, up = probs[:, 0], probs[:, 2]
-    sig = np.zeros(len(probs), dtype=np.int8)
-    sig[(up >= threshold) & (up >= down)] = 1
-    sig[(down >= threshold) & (down > up)] = -1
-    return sig
+from lobstream.replay.backtest.trading import (
+    DEFAULT_SWEEP,
+    Trades,
+    TradingConfig,
+    merge_trades,
+    price_trades,
+    signals_from_probs,
+    trade_stats,
+)
 
 
 @njit
@@ -243,7 +137,7 @@ def simulate(
     side, entry, exit_, reason = side[:k], entry[:k], exit_[:k], reason[:k]
     entry_px = np.where(side > 0, ask[entry], bid[entry])
     exit_px = np.where(side > 0, bid[exit_], ask[exit_])
-    return _price(
+    return price_trades(
         np.full(k, instrument, np.uint32),
         side,
         entry,
@@ -255,40 +149,6 @@ def simulate(
         reason,
         np.full(k, float(tick_size)),
         config,
-    )
-
-
-def _price(
-    instrument,
-    side,
-    entry,
-    exit_,
-    entry_ts,
-    exit_ts,
-    entry_px,
-    exit_px,
-    reason,
-    tick,
-    config: TradingConfig,
-) -> Trades:
-    q = config.quantity
-    gross = side * (exit_px - entry_px) * tick * q
-    notional = (entry_px + exit_px) * tick * q
-    costs = 2.0 * q * config.cost_per_share + config.cost_bps * 1e-4 * notional
-    return Trades(
-        instrument,
-        side,
-        entry,
-        exit_,
-        entry_ts,
-        exit_ts,
-        entry_px,
-        exit_px,
-        reason,
-        gross.astype(np.float64),
-        costs,
-        gross - costs,
-        notional.astype(np.float64),
     )
 
 
@@ -329,76 +189,6 @@ def simulate_rows(
         )
         parts.append(t._replace(entry_row=rows[t.entry_row], exit_row=rows[t.exit_row]))
     return merge_trades(parts)
-
-
-def merge_trades(parts: Sequence[Trades]) -> Trades:
-    """Concatenate trades and order them by exit time, then exit row."""
-    if not parts:
-        return _empty()
-    cat = Trades(*(np.concatenate(cols) for cols in zip(*parts, strict=True)))
-    order = np.lexsort((cat.exit_row, cat.exit_ts))
-    return Trades(*(c[order] for c in cat))
-
-
-def _empty() -> Trades:
-    i8 = np.empty(0, np.int64)
-    f8 = np.empty(0, np.float64)
-    return Trades(
-        np.empty(0, np.uint32),
-        np.empty(0, np.int8),
-        i8,
-        i8,
-        i8,
-        i8,
-        i8,
-        i8,
-        np.empty(0, np.uint8),
-        f8,
-        f8,
-        f8,
-        f8,
-    )
-
-
-def equity_curve(trades: Trades) -> tuple[np.ndarray, np.ndarray]:
-    """(exit ts_event (n,) int64, cumulative net P&L (n,) float64) in exit order."""
-    return trades.exit_ts, np.cumsum(trades.net)
-
-
-def max_drawdown(cum_pnl: np.ndarray) -> float:
-    """Largest fall of the cumulative P&L from a running peak (peak starts at 0), >= 0."""
-    if len(cum_pnl) == 0:
-        return 0.0
-    peak = np.maximum.accumulate(np.concatenate(([0.0], cum_pnl)))
-    return float(np.max(peak[1:] - cum_pnl))
-
-
-def trade_stats(trades: Trades) -> dict:
-    """Summary statistics of a set of trades (JSON-ready floats and ints).
-
-    ``sharpe`` is the per-trade Sharpe ratio, mean / standard deviation (ddof=1) of net P&L per
-    trade, not annualised (a single session gives no honest annualisation); 0 with fewer than
-    two trades or no dispersion. ``turnover`` is the traded notional (both fills) in quote
-    currency; ``hit_rate`` the fraction of trades with positive net P&L.
-    """
-    n = len(trades.net)
-    net = trades.net
-    std = float(np.std(net, ddof=1)) if n > 1 else 0.0
-    reasons = {name: int(np.sum(trades.reason == code)) for code, name in enumerate(EXIT_NAMES)}
-    return {
-        "n_trades": n,
-        "n_long": int(np.sum(trades.side > 0)),
-        "n_short": int(np.sum(trades.side < 0)),
-        "gross_pnl": float(np.sum(trades.gross)),
-        "costs": float(np.sum(trades.costs)),
-        "net_pnl": float(np.sum(net)),
-        "mean_pnl_per_trade": float(np.mean(net)) if n else 0.0,
-        "hit_rate": float(np.mean(net > 0)) if n else 0.0,
-        "turnover": float(np.sum(trades.notional)),
-        "sharpe": float(np.mean(net) / std) if std > 0 else 0.0,
-        "max_drawdown": max_drawdown(np.cumsum(net)),
-        "exits": reasons,
-    }
 
 
 def threshold_sweep(
