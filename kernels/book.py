@@ -35,7 +35,6 @@ Rules (docs/ARCHITECTURE.md, "Book"), applied per event in this order:
 
 from __future__ import annotations
 
-import logging
 from typing import NamedTuple
 
 import numpy as np
@@ -49,8 +48,6 @@ from lobstream.kernels.dtypes import (
     SIDE_ASK,
     SIDE_BID,
 )
-
-logger = logging.getLogger(__name__)
 
 # ±1,024 ticks around the touch: the real GOOG 10-level LOBSTER sample (tick 0.01) still puts
 # 44 of its 165k updates deeper than that (thin books at the open; 318 at ±512, none at

@@ -24,7 +24,6 @@ loop of :mod:`lobstream.kernels._loop`, which both the ring kernel
 from __future__ import annotations
 
 import functools
-import logging
 from typing import NamedTuple
 
 import numpy as np
@@ -39,8 +38,6 @@ from lobstream.kernels.dtypes import (
     FEATURE_ZSCORE,
     ROW_META_DTYPE,
 )
-
-logger = logging.getLogger(__name__)
 
 
 class FeatureSpec(NamedTuple):

@@ -27,7 +27,6 @@ raise. State is preallocated arrays plus two typed dicts (orders and level total
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,8 +44,6 @@ from lobstream.kernels.dtypes import (
     SIDE_ASK,
     SIDE_BID,
 )
-
-logger = logging.getLogger(__name__)
 
 # Source-record conditions (MBO and top-N conversion).
 MBO_UNKNOWN_ORDER = 0  # cancel / fill for an order id never added (file starts mid-session)
@@ -580,33 +577,3 @@ def levels_to_events(
         last_out,
     )
     return out[:m]
-
-
-def warm_up() -> None:
-    """Compile both kernels on tiny inputs (first real record never pays compile time)."""
-    st = new_mbo_state()
-    one = np.ones(1, np.int64)
-    mbo_to_events(
-        st,
-        one,
-        np.array([_A], np.uint8),
-        np.array([_SB], np.uint8),
-        one * 4,
-        one,
-        np.ones(1, np.uint64),
-        np.array([128], np.uint8),
-        np.zeros(1, np.uint32),
-        np.ones(1, np.int64),
-        new_counts(),
-    )
-    ls = new_levels_state(1)
-    levels_to_events(
-        ls,
-        one,
-        np.zeros(1, np.uint32),
-        one.reshape(1, 1),
-        np.ones((1, 1)),
-        one.reshape(1, 1) + 1,
-        np.ones((1, 1)),
-        np.array([FLAG_LAST], np.uint8),
-    )

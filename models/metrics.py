@@ -8,15 +8,12 @@ chunk by chunk and calls it once), so each metric has one definition.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from lobstream.kernels.dtypes import CLASS_NAMES
-
-logger = logging.getLogger(__name__)
 
 
 def _confusion(y_true: np.ndarray, y_pred: np.ndarray, n: int) -> np.ndarray:

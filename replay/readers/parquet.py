@@ -21,7 +21,7 @@ import datetime as dt
 import logging
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import quote, unquote
+from urllib.parse import quote
 
 import numpy as np
 import polars as pl
@@ -218,9 +218,3 @@ def read(
             ev = ev[~any_bad]
         for a in range(0, len(ev), batch_rows):
             yield ev[a : a + batch_rows]
-
-
-def symbol_from_dir(folder: Path) -> str | None:
-    """The symbol of an ``instrument=...`` directory name (None if it is not one)."""
-    name = Path(folder).name
-    return unquote(name.split("=", 1)[1]) if name.startswith("instrument=") else None
