@@ -97,7 +97,7 @@ def bench_config(tmp: Path, model: Path, info: dict, symbols, threads: int, max_
     tables = harness.daemon_tables(
         model, symbols, f"ipc://{tmp}/md", f"ipc://{tmp}/sig", window=info["T"],
         levels=info["L"], feature_kind=info["feature_kind"],
-        metrics=f"127.0.0.1:{harness.free_port()}",
+        metrics_address=f"127.0.0.1:{harness.free_port()}",
         model={"threads": threads, "max_batch": max_batch,
                "cpus": list(pin["model"]) if pin else [], "incremental": incremental,
                **DAEMON["model"]},

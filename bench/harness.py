@@ -77,7 +77,7 @@ def daemon_tables(
     levels: int,
     feature_kind: str = "zscore",
     tick_size: float | str = 0.01,
-    metrics: str = "",
+    metrics_address: str = "",
     **tables: dict,
 ) -> dict:
     """A serve config as tables: the model on CPU without reload polling, ``symbols``, market
@@ -95,7 +95,7 @@ def daemon_tables(
         "instruments": {"instrument": [{"symbol": s, "tick_size": tick_size} for s in symbols]},
         "ingest": {"endpoints": [md]},
         "publish": {"endpoint": sig},
-        "metrics": {"address": metrics},
+        "metrics": {"address": metrics_address},
     }
     for k, v in tables.items():
         d[k] = {**d.get(k, {}), **v}

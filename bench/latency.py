@@ -145,7 +145,7 @@ def run_latency(
     metrics = f"127.0.0.1:{harness.free_port()}"
     tables = harness.daemon_tables(
         model_path, symbols, md, sig, window=manifest["T"], levels=manifest["L"],
-        feature_kind=manifest["feature"]["kind"], metrics=metrics,
+        feature_kind=manifest["feature"]["kind"], metrics_address=metrics,
         model={"device": device, "threads": threads}, ingest={"mode": "connect"},
         publish={"mode": "bind", "status_interval_s": _STATUS_INTERVAL_S},
     )  # fmt: skip
