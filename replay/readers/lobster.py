@@ -397,6 +397,63 @@ def _clean(events: np.ndarray) -> np.ndarray:
     return events
 
 
+def _take_pair(msgs: _Lines, obs: _Lines, n_rows: int, row0: int) -> tuple:
+    """The next ``n_rows`` lines of both files (``n`` 0 at the end); refuses a pair whose files
+    do not have the same number of rows."""
+    mbuf, n = msgs.take(n_rows)
+    if n == 0:
+        if obs.take(1)[1]:
+            raise DataError(
+                obs.path,
+                f"has more rows than its message file "
+                f"{msgs.path.name} ({row0}); the pair must have equal rows",
+                row=row0 + 1,
+            )
+        return mbuf, mbuf, 0
+    obuf, n_ob = obs.take(n)
+    if n_ob < n:
+        raise DataError(
+            obs.path,
+            f"ends after {row0 + n_ob} rows but its message file "
+            f"{msgs.path.name} has more; the pair must have equal rows",
+            row=row0 + n_ob,
+        )
+    return mbuf, obuf, n
+
+
+def _checked_rows(mbuf, obuf, rows, paths, n_lev, day_ns, divisor, prev_ts, skip_bad, defects):
+    """Parse and check one chunk of the pair: (ts, mtype, size, price, direction, px, sz, nvis)
+    of the rows that pass; a bad row raises, or with ``skip_bad`` is counted and left out."""
+    n = len(rows)
+    m = np.empty((n, 6), np.int64)
+    m_bad = np.empty(n, np.uint8)
+    parse_int_csv(mbuf, 6, 0, m, m_bad)
+    ob = np.empty((n, 4 * n_lev), np.int64)
+    ob_bad = np.empty(n, np.uint8)
+    parse_int_csv(obuf, 4 * n_lev, -1, ob, ob_bad)
+    ts = m[:, 0] + day_ns
+    mtype, size, price, direction = m[:, 1], m[:, 3], m[:, 4], m[:, 5]
+    m_fmt = format_problems(m_bad, 6)
+    ob_fmt = format_problems(ob_bad, 4 * n_lev)
+    m_sem = validate_messages(ts, m_bad != 0, mtype, size, price, direction, divisor, prev_ts)
+    px = np.empty((n, 2, n_lev), np.int64)
+    sz = np.empty((n, 2, n_lev), np.float64)
+    nvis = np.empty((n, 2), np.int64)
+    b_code = np.empty(n, np.uint8)
+    b_col = np.empty(n, np.int64)
+    prepare_book(ob, DUMMY_ASK, DUMMY_BID, divisor, px, sz, nvis, b_code, b_col)
+    ob_sem = orderbook_problems(ob, np.where(ob_bad != 0, 0, b_code), b_col)
+    out = (ts, mtype, size, price, direction, px, sz, nvis)
+    good = _apply_problems(m_fmt + m_sem, paths[0], rows, skip_bad, defects)
+    good_ob = _apply_problems(ob_fmt + ob_sem, paths[1], rows, skip_bad, defects)
+    if good is None and good_ob is None:
+        return out
+    sel = np.ones(n, bool)
+    sel &= good if good is not None else True
+    sel &= good_ob if good_ob is not None else True
+    return tuple(a[sel] for a in out)
+
+
 def read(
     path: str | Path,
     registry: Registry,
@@ -450,55 +507,14 @@ def read(
     msgs, obs = _Lines(msg_path), _Lines(ob_path)
     try:
         while True:
-            mbuf, n = msgs.take(chunk_rows)
+            mbuf, obuf, n = _take_pair(msgs, obs, chunk_rows, row0)
             if n == 0:
-                if obs.take(1)[1]:
-                    raise DataError(
-                        ob_path,
-                        f"has more rows than its message file "
-                        f"{msg_path.name} ({row0}); the pair must have equal rows",
-                        row=row0 + 1,
-                    )
                 break
-            obuf, n_ob = obs.take(n)
-            if n_ob < n:
-                raise DataError(
-                    ob_path,
-                    f"ends after {row0 + n_ob} rows but its message file "
-                    f"{msg_path.name} has more; the pair must have equal rows",
-                    row=row0 + n_ob,
-                )
             rows = np.arange(row0, row0 + n)
             row0 += n
-            m = np.empty((n, 6), np.int64)
-            m_bad = np.empty(n, np.uint8)
-            parse_int_csv(mbuf, 6, 0, m, m_bad)
-            ob = np.empty((n, 4 * n_lev), np.int64)
-            ob_bad = np.empty(n, np.uint8)
-            parse_int_csv(obuf, 4 * n_lev, -1, ob, ob_bad)
-            ts = m[:, 0] + day_ns
-            mtype, size, price, direction = m[:, 1], m[:, 3], m[:, 4], m[:, 5]
-            m_fmt = format_problems(m_bad, 6)
-            ob_fmt = format_problems(ob_bad, 4 * n_lev)
-            m_sem = validate_messages(
-                ts, m_bad != 0, mtype, size, price, direction, divisor, prev_ts
-            )
-            px = np.empty((n, 2, n_lev), np.int64)
-            sz = np.empty((n, 2, n_lev), np.float64)
-            nvis = np.empty((n, 2), np.int64)
-            b_code = np.empty(n, np.uint8)
-            b_col = np.empty(n, np.int64)
-            prepare_book(ob, DUMMY_ASK, DUMMY_BID, divisor, px, sz, nvis, b_code, b_col)
-            ob_sem = orderbook_problems(ob, np.where(ob_bad != 0, 0, b_code), b_col)
-            good = _apply_problems(m_fmt + m_sem, msg_path, rows, skip_bad, defects)
-            good_ob = _apply_problems(ob_fmt + ob_sem, ob_path, rows, skip_bad, defects)
-            if good is not None or good_ob is not None:
-                sel = np.ones(len(rows), bool)
-                sel &= good if good is not None else True
-                sel &= good_ob if good_ob is not None else True
-                ts, mtype, size, price, direction, px, sz, nvis, rows = (
-                    a[sel] for a in (ts, mtype, size, price, direction, px, sz, nvis, rows)
-                )
+            ts, mtype, size, price, direction, px, sz, nvis = _checked_rows(
+                mbuf, obuf, rows, (msg_path, ob_path), n_lev, day_ns, divisor, prev_ts,
+                skip_bad, defects)  # fmt: skip
             if len(ts) == 0:
                 continue
             prev_ts = int(ts[-1])
