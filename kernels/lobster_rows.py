@@ -42,6 +42,23 @@ def _worse(side, a, b):
 
 
 @njit
+def _first_row(out, k, t, seq, r, px, sz, nvis, instrument, st_px, st_sz, st_n):
+    """Row ``r`` as the first one: a clear and a snapshot of its levels, which become the
+    announced ones. Returns the events written so far."""
+    _emit(out, k, t, seq + k, 0, 0.0, instrument, SIDE_BID, ACTION_CLEAR, FLAG_SNAPSHOT)
+    k += 1
+    for s in range(2):
+        st_n[s] = nvis[r, s]
+        for j in range(nvis[r, s]):
+            _emit(out, k, t, seq + k, px[r, s, j], sz[r, s, j], instrument, s, ACTION_UPDATE,
+                  FLAG_SNAPSHOT)  # fmt: skip
+            k += 1
+            st_px[s, j] = px[r, s, j]
+            st_sz[s, j] = sz[r, s, j]
+    return k
+
+
+@njit
 def diff_rows(
     px, sz, nvis, ts, mtype, mprice, msize, mdir, instrument, seq0, st_px, st_sz, st_n, out
 ):
@@ -72,26 +89,7 @@ def diff_rows(
         is_trade = mtype[r] == 4 or mtype[r] == 5 or mtype[r] == 6
         aside = SIDE_BID if mdir[r] < 0 else SIDE_ASK
         if st_n[0] < 0:
-            _emit(out, k, t, seq + k, 0, 0.0, instrument, SIDE_BID, ACTION_CLEAR, FLAG_SNAPSHOT)
-            k += 1
-            for s in range(2):
-                st_n[s] = nvis[r, s]
-                for j in range(nvis[r, s]):
-                    _emit(
-                        out,
-                        k,
-                        t,
-                        seq + k,
-                        px[r, s, j],
-                        sz[r, s, j],
-                        instrument,
-                        s,
-                        ACTION_UPDATE,
-                        FLAG_SNAPSHOT,
-                    )
-                    k += 1
-                    st_px[s, j] = px[r, s, j]
-                    st_sz[s, j] = sz[r, s, j]
+            k = _first_row(out, k, t, seq, r, px, sz, nvis, instrument, st_px, st_sz, st_n)
             # One LAST per row: on the trade if the first message is one, else on the
             # snapshot's last level (any LAST heals the book kernel's snapshot).
             if not is_trade:
