@@ -8,7 +8,26 @@ import platform
 import sys
 from collections.abc import Sequence
 
+import click
 import numpy as np
+
+# Options that ``lobstream bench`` commands share (one definition each).
+MODEL_OPTION = click.option(
+    "--model",
+    "model_path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Model artifact (default: the bundled one).",
+)
+DEVICE_OPTION = click.option(
+    "--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda", "auto"])
+)
+JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+
+
+def threads_option(help_text: str | None = None):
+    return click.option(
+        "--threads", default=1, show_default=True, type=click.IntRange(1), help=help_text
+    )
 
 
 def parser(description: str) -> argparse.ArgumentParser:

@@ -30,7 +30,14 @@ import click
 import numpy as np
 
 from lobstream.bench import harness
-from lobstream.bench._common import console, machine
+from lobstream.bench._common import (
+    DEVICE_OPTION,
+    JSON_OPTION,
+    MODEL_OPTION,
+    console,
+    machine,
+    threads_option,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -269,23 +276,10 @@ def _rates(value: str) -> tuple[float, ...]:
     type=click.IntRange(1),
     help="Synthetic instruments in the replayed stream.",
 )
-@click.option(
-    "--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda", "auto"])
-)
-@click.option(
-    "--threads",
-    default=1,
-    show_default=True,
-    type=click.IntRange(1),
-    help="Torch threads of the daemon.",
-)
-@click.option(
-    "--model",
-    "model_path",
-    type=click.Path(exists=True, dir_okay=False),
-    help="Model artifact (default: the bundled one).",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@DEVICE_OPTION
+@threads_option("Torch threads of the daemon.")
+@MODEL_OPTION
+@JSON_OPTION
 @click.option(
     "--out",
     "out_dir",
@@ -373,7 +367,7 @@ def _latency_table(result: dict) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m bench.latency``: the ``lobstream bench latency`` command."""
-    latency.main(args=argv, prog_name="python -m bench.latency")
+    latency.main(args=argv, prog_name="python -m bench.latency", help_option_names=["-h", "--help"])
 
 
 if __name__ == "__main__":

@@ -34,7 +34,14 @@ from pathlib import Path
 import click
 import numpy as np
 
-from lobstream.bench._common import console, machine
+from lobstream.bench._common import (
+    DEVICE_OPTION,
+    JSON_OPTION,
+    MODEL_OPTION,
+    console,
+    machine,
+    threads_option,
+)
 from lobstream.bench.harness import default_model
 
 logger = logging.getLogger(__name__)
@@ -274,12 +281,7 @@ class _TimedRunner:
 
 # -------------------------------------------------------------------------- command line ---
 @click.command("throughput")
-@click.option(
-    "--model",
-    "model_path",
-    type=click.Path(exists=True, dir_okay=False),
-    help="Model artifact (default: the bundled one).",
-)
+@MODEL_OPTION
 @click.option(
     "--files",
     multiple=True,
@@ -306,10 +308,8 @@ class _TimedRunner:
     show_default=True,
     help="Batch sizes tried for the model alone.",
 )
-@click.option("--threads", default=1, show_default=True, type=click.IntRange(1))
-@click.option(
-    "--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda", "auto"])
-)
+@threads_option()
+@DEVICE_OPTION
 @click.option(
     "--repeat",
     default=3,
@@ -317,7 +317,7 @@ class _TimedRunner:
     type=click.IntRange(1),
     help="Timed turns of every path (medians reported).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@JSON_OPTION
 def throughput(
     model_path, files, windows, notebook_windows, batches, threads, device, repeat, as_json
 ) -> None:
@@ -371,7 +371,12 @@ def throughput(
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m bench.throughput``: the ``lobstream bench throughput`` command."""
-    throughput.main(args=argv, prog_name="python -m bench.throughput", default_map={"repeat": 5})
+    throughput.main(
+        args=argv,
+        prog_name="python -m bench.throughput",
+        default_map={"repeat": 5},
+        help_option_names=["-h", "--help"],
+    )
 
 
 if __name__ == "__main__":
