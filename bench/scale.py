@@ -92,7 +92,8 @@ def on_ray(paths: list[Path], model: Path, workers: int, threads: int, warm: boo
     lobstream imported), then, if ``warm``, the same again on the same (now warm) workers.
     Returns a list of runs: (seconds, summary, trades, worker peaks MiB, tasks), and the
     ``ray.init`` seconds."""
-    from lobstream.replay.distributed import RaySession, backtest_on_ray
+    from lobstream.replay.distributed.backtest import backtest_on_ray
+    from lobstream.replay.distributed.session import RaySession
 
     t0 = time.perf_counter()
     runs = []

@@ -21,13 +21,9 @@ from lobstream.kernels.registry import Registry
 from lobstream.replay.backtest.evaluator import evaluator_for
 from lobstream.replay.backtest.run import backtest_files
 from lobstream.replay.backtest.trading import trading_config_for
-from lobstream.replay.distributed import (
-    INSTALL_HINT,
-    backtest_unit,
-    file_instruments,
-    merge_units,
-    plan,
-)
+from lobstream.replay.distributed.backtest import backtest_unit, merge_units
+from lobstream.replay.distributed.plan import file_instruments, plan
+from lobstream.replay.distributed.session import INSTALL_HINT
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "replay" / "samples"
@@ -259,7 +255,7 @@ def test_units_merged_equal_one_process_for_a_multi_horizon_artifact(files, tmp_
 
 def test_a_file_of_two_instruments_split_into_tasks_equals_one_process(files, tmp_path):
     from lobstream.models.artifact import load_model
-    from lobstream.replay.distributed import split_units
+    from lobstream.replay.distributed.plan import split_units
 
     both = write_two_symbol_tardis(tmp_path / "x_two_book_snapshot_10.csv")
     paths = [files[0], both, files[2]]

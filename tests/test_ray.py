@@ -16,7 +16,8 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from lobstream.replay.distributed import backtest_on_ray, convert_on_ray  # noqa: E402
+from lobstream.replay.distributed.backtest import backtest_on_ray  # noqa: E402
+from lobstream.replay.distributed.convert import convert_on_ray  # noqa: E402
 from tests.test_distributed import (  # noqa: E402
     MODEL,
     THRESHOLDS,

@@ -10,7 +10,7 @@ import click
 
 from lobstream.replay.backtest.trading import DEFAULT_SWEEP
 from lobstream.replay.cli.options import FORMAT, MODEL, REGISTRY, SKIP_BAD, registry_from
-from lobstream.replay.distributed import check_ray_address, ray_option
+from lobstream.replay.distributed.session import check_ray_address, ray_option
 
 logger = logging.getLogger(__name__)
 
@@ -257,7 +257,8 @@ def backtest(
 
 def _backtest_on_ray(address: str, files, model_path, **kw):
     """(result, manifest, registry, merged evaluator) of the backtest on Ray."""
-    from lobstream.replay.distributed import RaySession, RayUnavailable, backtest_on_ray
+    from lobstream.replay.distributed.backtest import backtest_on_ray
+    from lobstream.replay.distributed.session import RaySession, RayUnavailable
 
     try:
         with RaySession(address):

@@ -12,7 +12,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from lobstream.replay.cli.options import FORMAT, REGISTRY, SKIP_BAD, defects_table, registry_from
-from lobstream.replay.distributed import check_ray_address, ray_option
+from lobstream.replay.distributed.session import check_ray_address, ray_option
 from lobstream.replay.errors import DataError, Defects
 
 _FILES = click.argument(
@@ -185,7 +185,8 @@ def convert(files, out, fmt, skip_bad, registry, rows_per_file, as_json, ray_add
 
     check_ray_address(ray_address)
     if ray_address is not None:
-        from lobstream.replay.distributed import RaySession, RayUnavailable, convert_on_ray
+        from lobstream.replay.distributed.convert import convert_on_ray
+        from lobstream.replay.distributed.session import RaySession, RayUnavailable
 
         def run_convert(files, out, reg, *, progress=None, **kw):  # noqa: F811
             try:

@@ -167,7 +167,7 @@ def best_trial(results: Sequence[dict]) -> int:
 def sweep_options(command_fn):
     """Add ``--sweep SPEC`` and ``--ray [ADDRESS]`` to the ``train`` command's function: with
     ``--sweep`` the command runs :func:`sweep_command` instead of its own body."""
-    from lobstream.replay.distributed import ray_option
+    from lobstream.replay.distributed.session import ray_option
 
     @functools.wraps(command_fn)
     def wrapper(*args, sweep=None, ray_address=None, **kwargs):
@@ -242,7 +242,7 @@ def sweep_command(spec: str, ray_address: str | None, p: dict[str, Any]) -> None
     from rich.console import Console
     from rich.table import Table
 
-    from lobstream.replay.distributed import RaySession, RayUnavailable, check_ray_address
+    from lobstream.replay.distributed.session import RaySession, RayUnavailable, check_ray_address
     from lobstream.replay.errors import DataError
 
     check_ray_address(ray_address)
