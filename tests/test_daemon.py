@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -22,14 +21,21 @@ import pytest
 import torch
 import zmq
 
+from lobstream.bench.harness import (
+    daemon_tables,
+    metric_values,
+    spawn_daemon,
+    stop_process,
+    write_config,
+)
 from lobstream.engine.config import config_from_dict
 from lobstream.engine.daemon import Daemon, LoadedModel, load_checked_model
 from lobstream.engine.signals import decode
 from lobstream.kernels.dtypes import SIGNAL_DTYPE
 from lobstream.models.artifact import export_model, load_model, sha256_file
 from lobstream.models.zoo import build_model
-from tests.reference.backtest import run_backtest
 from lobstream.replay.feed.synthetic import synthetic_events
+from tests.reference.backtest import run_backtest
 
 T, L = 10, 2
 F = 4 * L
@@ -57,24 +63,15 @@ def artifact(tmp_path_factory) -> Path:
 
 
 def make_cfg(ipc_dir: str, model_path: Path, symbols, **tables):
-    d = {
-        "model": {
-            "path": str(model_path),
-            "window": T,
-            "levels": L,
-            "feature_kind": "zscore",
-            "device": "cpu",
-            "max_batch": 8,
-            "reload_poll_s": 0.0,
-        },
-        "instruments": {"instrument": [{"symbol": s, "tick_size": 0.01} for s in symbols]},
-        "ingest": {"endpoints": [f"ipc://{ipc_dir}/md"], "mode": "connect"},
-        "publish": {"endpoint": f"ipc://{ipc_dir}/sig", "status_interval_s": 0.05},
-        "metrics": {"address": ""},
+    base = {
+        "model": {"max_batch": 8},
+        "ingest": {"mode": "connect"},
+        "publish": {"status_interval_s": 0.05},
     }
     for k, v in tables.items():
-        d[k] = {**d.get(k, {}), **v}
-    return config_from_dict(d)
+        base[k] = {**base.get(k, {}), **v}
+    md, sig = f"ipc://{ipc_dir}/md", f"ipc://{ipc_dir}/sig"
+    return config_from_dict(daemon_tables(model_path, symbols, md, sig, window=T, levels=L, **base))
 
 
 class TorchRunner:
@@ -386,35 +383,11 @@ def test_curve_on_both_sockets(artifact, ipc_dir, tmp_path):
 
 
 def test_sigterm_exits_zero(artifact, ipc_dir, tmp_path):
-    cfg_file = tmp_path / "serve.toml"
-    cfg_file.write_text(
-        f"""
-[model]
-path = "{artifact}"
-window = {T}
-levels = {L}
-device = "cpu"
-reload_poll_s = 0.0
-[[instruments.instrument]]
-symbol = "AAA"
-tick_size = 0.01
-[ingest]
-endpoints = ["ipc://{ipc_dir}/md"]
-mode = "bind"
-[publish]
-endpoint = "ipc://{ipc_dir}/sig"
-status_interval_s = 0.1
-[metrics]
-address = ""
-"""
-    )
-    cmd = [sys.executable, "-c", "from lobstream.engine.cli import main; main()"]
-    proc = subprocess.Popen(
-        [*cmd, "-v", "serve", "--config", str(cfg_file)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    tables = daemon_tables(
+        artifact, ["AAA"], f"ipc://{ipc_dir}/md", f"ipc://{ipc_dir}/sig", window=T, levels=L,
+        ingest={"mode": "bind"}, publish={"status_interval_s": 0.1},
+    )  # fmt: skip
+    proc = spawn_daemon(write_config(tmp_path, tables), tmp_path / "daemon.log", verbose=True)
     ctx = zmq.Context()
     sub = ctx.socket(zmq.SUB)
     try:
@@ -428,24 +401,18 @@ address = ""
         time.sleep(0.2)
         pub.send_multipart([b"md.AAA", synthetic_events(200, 1, seed=1, levels=4).tobytes()])
         pub.close(0)
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=30)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        code = stop_process(proc, "daemon", timeout_s=30)  # SIGTERM; SIGKILL only after 30 s
         sub.close(0)
         ctx.term()
-    log = out.decode(errors="replace")
-    assert proc.returncode == 0, log
+    log = (tmp_path / "daemon.log").read_text(errors="replace")
+    assert code == 0, log
     assert "shutdown complete" in log, log
     i_stop, i_close = log.index("stop intake"), log.index("closing the context")
     assert i_stop < i_close
 
 
 def test_prometheus_metrics(artifact, ipc_dir):
-    import urllib.request
-
     symbols = ["AAA", "BBB"]
     cfg = make_cfg(ipc_dir, artifact, symbols, metrics={"address": "127.0.0.1:0"})
     run = Running(cfg, symbols)
@@ -454,15 +421,9 @@ def test_prometheus_metrics(artifact, ipc_dir):
         n = run.send(synthetic_events(1000, 2, seed=4, levels=4))
         run.wait_messages(n + 1)
         run.collect(idle_s=0.2)
-        url = f"http://127.0.0.1:{run.daemon.metrics_port}/metrics"
-        text = urllib.request.urlopen(url, timeout=10).read().decode()
+        values = metric_values(f"127.0.0.1:{run.daemon.metrics_port}")
     finally:
         run.stop()
-    values = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, v = line.rpartition(" ")
-            values[name] = float(v)
     assert values["lobstream_events_total"] == 1000
     assert values["lobstream_messages_total"] == n + 1
     assert values['lobstream_rejected_total{reason="misaligned"}'] == 1

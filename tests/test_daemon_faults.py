@@ -21,13 +21,13 @@ import json
 import shutil
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 import zmq
 
+from lobstream.bench.harness import metric_values
 from lobstream.engine.daemon import Daemon, load_checked_model
 from lobstream.engine.signals import decode
 from lobstream.kernels.book import new_report
@@ -182,14 +182,7 @@ class FaultRun:
         return np.concatenate(recs) if recs else np.zeros(0, SIGNAL_DTYPE)
 
     def scrape(self) -> dict:
-        url = f"http://127.0.0.1:{self.daemon.metrics_port}/metrics"
-        text = urllib.request.urlopen(url, timeout=10).read().decode()
-        values = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                name, _, v = line.rpartition(" ")
-                values[name] = float(v)
-        return values
+        return metric_values(f"127.0.0.1:{self.daemon.metrics_port}")
 
     def stop(self) -> None:
         self.daemon.request_stop()
