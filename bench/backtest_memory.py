@@ -84,7 +84,8 @@ def child(
 
     import torch
 
-    from lobstream.engine.throughput_bench import default_files, default_model_path
+    from lobstream.bench.harness import default_model
+    from lobstream.bench.throughput import default_files
     from lobstream.kernels.registry import Registry
     from lobstream.models.artifact import load_model
     from lobstream.models.runner import ModelRunner
@@ -94,7 +95,7 @@ def child(
 
     torch.set_num_threads(1)
     path = default_files()[0]
-    module, manifest = load_model(model or default_model_path())
+    module, manifest = load_model(model or default_model())
     runner = ModelRunner(module, manifest, device="cpu", max_batch=256, threads=1)
     cfg = trading_config_for(manifest)  # the CLI's defaults
 

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 import torch
 
 from lobstream.bench.demo import demo_config_path, sample_files, write_demo_config
+from lobstream.bench.harness import lobstream_cmd
 from lobstream.engine.config import load_config
 from lobstream.models.artifact import export_model
 from lobstream.models.zoo import build_model
@@ -66,7 +66,7 @@ def _leftovers(tag: str) -> list[str]:
 
 @pytest.mark.slow  # three Python processes importing torch: ~50 s on the shared 2-core machine
 def test_demo_runs_and_stops_everything(demo_model):
-    cmd = [sys.executable, "-c", "from lobstream.engine.cli import main; main()"]
+    cmd = lobstream_cmd()
     proc = subprocess.run(
         [*cmd, "demo", "--duration", "8", "--speed", "400", "--device", "cpu",
          "--model", str(demo_model), "--json"],
