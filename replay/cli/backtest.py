@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import click
@@ -11,8 +10,6 @@ import click
 from lobstream.replay.backtest.trading import DEFAULT_SWEEP
 from lobstream.replay.cli.options import FORMAT, MODEL, REGISTRY, SKIP_BAD, registry_from
 from lobstream.replay.distributed.session import check_ray_address, ray_option
-
-logger = logging.getLogger(__name__)
 
 
 def _thresholds(value: str) -> tuple[float, ...]:
@@ -149,8 +146,6 @@ def backtest(
     from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from lobstream.replay.backtest.evaluator import stream_backtest
-    from lobstream.replay.backtest.run import open_backtest
     from lobstream.replay.backtest.trading import trading_config_for
     from lobstream.replay.errors import DataError
 
@@ -191,49 +186,32 @@ def backtest(
                 quantity=quantity,
             )
 
+        # what both ways of running take
+        common = dict(
+            config_for=config_for,
+            thresholds=_thresholds(sweep),
+            registry=reg,
+            fmt=fmt,
+            device=device,
+            threads=threads,
+            batch=batch,
+            skip_bad=skip_bad,
+            scorer=scorer,
+        )
         try:
             if ray_address is not None:
                 result, manifest, reg, ev = _backtest_on_ray(
                     ray_address,
                     files,
                     model_path,
-                    config_for=config_for,
-                    thresholds=_thresholds(sweep),
-                    registry=reg,
-                    fmt=fmt,
-                    device=device,
-                    threads=threads,
-                    batch=batch,
-                    skip_bad=skip_bad,
-                    scorer=scorer,
+                    **common,
                     on_unit=lambda done, total: progress.update(
                         task, description=f"backtest on Ray: {done}/{total} units done"
                     ),
                 )
             else:
-                src = open_backtest(
-                    files,
-                    model_path,
-                    registry=reg,
-                    fmt=fmt,
-                    device=device,
-                    threads=threads,
-                    batch=batch,
-                    skip_bad=skip_bad,
-                    scorer=scorer,
-                )
-                manifest = src.manifest
-                # the rows stream into the evaluator: memory does not grow with the files' length
-                result, ev = stream_backtest(
-                    src.batches,
-                    src.scorer,
-                    manifest,
-                    config_for(manifest),
-                    thresholds=_thresholds(sweep),
-                    n_instruments=src.n_instruments,
-                    batch=batch,
-                    max_rows=max_rows,
-                    on_progress=on_progress,
+                result, manifest, ev = _backtest_here(
+                    files, model_path, **common, max_rows=max_rows, on_progress=on_progress
                 )
             ticks = {inst.id: float(inst.tick_size) for inst in reg}
             summary, trades = ev.summary(result, tick_sizes=ticks)
@@ -253,6 +231,27 @@ def backtest(
         console = Console()
         # wide tables stay readable when piped to a file (rich assumes 80 columns there)
         _tables(console if console.is_terminal else Console(width=160), summary)
+
+
+def _backtest_here(files, model_path, *, config_for, thresholds, max_rows, on_progress, **kw):
+    """(result, manifest, finished evaluator) of the backtest in this process."""
+    from lobstream.replay.backtest.evaluator import stream_backtest
+    from lobstream.replay.backtest.run import open_backtest
+
+    src = open_backtest(files, model_path, **kw)
+    # the rows stream into the evaluator: memory does not grow with the files' length
+    result, ev = stream_backtest(
+        src.batches,
+        src.scorer,
+        src.manifest,
+        config_for(src.manifest),
+        thresholds=thresholds,
+        n_instruments=src.n_instruments,
+        batch=kw.get("batch"),
+        max_rows=max_rows,
+        on_progress=on_progress,
+    )
+    return result, src.manifest, ev
 
 
 def _backtest_on_ray(address: str, files, model_path, **kw):

@@ -225,6 +225,66 @@ def _alpha(
     return balanced_alpha(np.concatenate(train_ch))
 
 
+def _split(
+    streams: list[Stream],
+    ts_all: np.ndarray,
+    fractions: tuple[float, float],
+    window: int,
+    heads: list[LabelDef],
+) -> None:
+    """Set each stream's ``parts``: cut at the ``fractions`` quantiles of every row's
+    ``ts_event`` (the same instants for every stream), with the gap of the longest horizon."""
+    f_train, f_val = fractions
+    cut1, cut2 = np.quantile(ts_all, [f_train, f_train + f_val], method="lower")
+    for s in streams:
+        ts = ts_all[s.start : s.stop]
+        b1 = int(np.searchsorted(ts, cut1, side="right"))
+        b2 = max(int(np.searchsorted(ts, cut2, side="right")), b1)
+        # the longest horizon's gap: no head's label looks into the next part
+        g1 = min(max(_gap_end(ts, b1, window, lb) for lb in heads), len(ts))
+        g2 = min(max(max(_gap_end(ts, b2, window, lb) for lb in heads), g1), len(ts))
+        b2 = max(b2, g1)
+        s.parts = {
+            "train": (s.start, s.start + b1),
+            "val": (s.start + g1, s.start + b2),
+            "test": (s.start + g2, s.stop),
+        }
+
+
+def _spec(features: str, raw: np.ndarray, streams: list[Stream], levels: int) -> FeatureSpec:
+    """The normalisation: z-score statistics from the training part's RAW rows only."""
+    if features == "zscore":
+        tr = np.concatenate([raw[a:b] for s in streams for a, b in [s.parts["train"]]])
+        return zscore_spec(*_zscore_params(tr, levels), levels=levels)
+    if features == "ticks_from_mid":
+        return ticks_from_mid_spec(1.0, levels)
+    raise ValueError(f"features must be 'zscore' or 'ticks_from_mid', got {features!r}")
+
+
+def _normalised_rows(
+    paths: list[str],
+    events_by_file: list[np.ndarray],
+    spec: FeatureSpec,
+    n_instruments: int,
+    meta: np.ndarray,
+    n_rows: int,
+) -> np.ndarray:
+    """The second pass: each file's events through the row kernel with ``spec``, regrouped by
+    instrument as the raw pass was (and checked to be the same rows)."""
+    rows = np.empty((n_rows, spec.n_features), np.float32)
+    off = 0
+    for path, ev in zip(paths, events_by_file, strict=True):
+        r, m = _rows(ev, spec, n_instruments, new_report())
+        order = np.argsort(m["instrument"], kind="stable")
+        if len(r) != len(order) or not np.array_equal(
+            m["event_index"][order], meta["event_index"][off : off + len(r)]
+        ):
+            raise RuntimeError(f"{path}: normalised pass wrote different rows than the raw pass")
+        rows[off : off + len(r)] = r[order]
+        off += len(r)
+    return rows
+
+
 def build_dataset(
     paths: Sequence[str | Path],
     label: LabelDef | Sequence[LabelDef],
@@ -326,20 +386,7 @@ def dataset_from_events(
         raise ValueError(f"{paths}: no feature rows (is the book ever two-sided?)")
 
     # 2. chronological split at common instants, with gaps
-    cut1, cut2 = np.quantile(meta["ts_event"], [f_train, f_train + f_val], method="lower")
-    for s in streams:
-        ts = meta["ts_event"][s.start : s.stop]
-        b1 = int(np.searchsorted(ts, cut1, side="right"))
-        b2 = max(int(np.searchsorted(ts, cut2, side="right")), b1)
-        # the longest horizon's gap: no head's label looks into the next part
-        g1 = min(max(_gap_end(ts, b1, window, lb) for lb in heads), len(ts))
-        g2 = min(max(max(_gap_end(ts, b2, window, lb) for lb in heads), g1), len(ts))
-        b2 = max(b2, g1)
-        s.parts = {
-            "train": (s.start, s.start + b1),
-            "val": (s.start + g1, s.start + b2),
-            "test": (s.start + g2, s.stop),
-        }
+    _split(streams, meta["ts_event"], (f_train, f_val), window, heads)
 
     # 3. labels per part and head; each head's alpha from the training part only
     changes: dict[str, list[tuple[np.ndarray, list[np.ndarray]]]] = {p: [] for p in PARTS}
@@ -356,24 +403,8 @@ def dataset_from_events(
     alphas = [_alpha(lb, h, changes["train"], meta, streams, window) for h, lb in enumerate(heads)]
 
     # 4. z-score statistics from the training rows, then normalised rows from the kernel
-    if features == "zscore":
-        tr = np.concatenate([raw[a:b] for s in streams for a, b in [s.parts["train"]]])
-        spec = zscore_spec(*_zscore_params(tr, levels), levels=levels)
-    elif features == "ticks_from_mid":
-        spec = ticks_from_mid_spec(1.0, levels)
-    else:
-        raise ValueError(f"features must be 'zscore' or 'ticks_from_mid', got {features!r}")
-    rows = np.empty_like(raw)
-    off = 0
-    for path, ev in zip(paths, events_by_file, strict=True):
-        r, m = _rows(ev, spec, n_instruments, new_report())
-        order = np.argsort(m["instrument"], kind="stable")
-        if len(r) != len(order) or not np.array_equal(
-            m["event_index"][order], meta["event_index"][off : off + len(r)]
-        ):
-            raise RuntimeError(f"{path}: normalised pass wrote different rows than the raw pass")
-        rows[off : off + len(r)] = r[order]
-        off += len(r)
+    spec = _spec(features, raw, streams, levels)
+    rows = _normalised_rows(paths, events_by_file, spec, n_instruments, meta, len(raw))
 
     parts = {}
     for p in PARTS:
