@@ -131,7 +131,7 @@ def run_sweep(
     on_trial: Callable[[dict], None] | None = None,
 ) -> list[dict]:
     """Every trial of ``grid`` (see :func:`run_trial`), in grid order; on the Ray this process
-    is connected to when ``use_ray`` (:class:`lobstream.replay.distributed.RaySession`)."""
+    is connected to when ``use_ray`` (:class:`lobstream.replay.distributed.session.RaySession`)."""
     todo = trials(grid)
     if not use_ray:
         out = []
