@@ -64,10 +64,9 @@ from lobstream.bench import harness
 from lobstream.bench._common import emit_json, machine, parser, print_table
 from lobstream.bench.harness import QUANTILES, default_model, model_alone
 
-# How the daemon under test runs, set once from the command line: the interpreter of
-# ``lobstream serve`` (another venv's python compares two versions of the daemon in one run)
-# and extra [model] keys of its config (``--keep-warm-ms``; none by default, so a config
-# stays readable by older daemons).
+# The daemon under test, set from the command line: the python of ``lobstream serve`` (another
+# venv's compares two daemon versions in one run) and extra [model] keys (``--keep-warm-ms``;
+# none by default, so the config stays readable by older daemons).
 DAEMON = {"python": sys.executable, "model": {}}
 
 
@@ -147,9 +146,8 @@ def null_daemon_main(md: str, sig: str, busy_poll_us: str = "0") -> None:
 class Run:
     """Daemon (or null daemon) process + subscriber process + feeder socket."""
 
-    def __init__(
-        self, cfg_path: Path, tmp: Path, pin: dict | None, null: bool = False, busy_poll_us: int = 0
-    ) -> None:
+    def __init__(self, cfg_path: Path, tmp: Path, pin: dict | None, null: bool = False,
+                 busy_poll_us: int = 0) -> None:  # fmt: skip
         self.tmp = tmp
         self.metrics = None if null else tomllib.loads(cfg_path.read_text())["metrics"]["address"]
         self.stages: dict = {}
