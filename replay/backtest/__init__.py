@@ -1,2 +1,2 @@
-"""Offline backtest: score files with an artifact (run), label and evaluate the scored rows as they
-stream (labels, evaluator, heads), trade them (trading) and plot the result (plots)."""
+"""Offline backtest: score files with an artifact (run), evaluate the scored rows as they stream
+(evaluator, heads; labels from kernels.labels), trade them (trading) and plot the result (plots)."""

@@ -1,1 +1,2 @@
-"""The replay-side subcommands of ``lobstream``: replay/convert (data), train, backtest, explain."""
+"""The replay-side subcommands of ``lobstream``: replay/convert (data), train, backtest, explain;
+the options they share (options)."""
