@@ -171,6 +171,15 @@ def _drain(worker, want: int) -> list[tuple]:
     return got
 
 
+def _wait_parked(h: Handoff) -> None:
+    for _ in range(1000):
+        with h.lock:
+            if not h.pulling:
+                return
+        h.worker.wait(10)
+    raise AssertionError("the inference thread did not park within 10 s")
+
+
 def test_a_large_due_batch_starts_the_thread_which_takes_batches_until_few_are_due():
     h, count, stale = _setup(n=8, max_batch=4, overlap=3)
     ctx = zmq.Context()
@@ -186,12 +195,7 @@ def test_a_large_due_batch_starts_the_thread_which_takes_batches_until_few_are_d
         got = [r for r in _drain(worker, 2) if r[0] is not None]
         assert [r[0][0].tolist() for r in got] == [[0, 1, 2, 3], [4, 5, 6, 7]]
         assert all(r[2] is None for r in got)
-        for _ in range(200):  # then nothing is due: it parks
-            with h.lock:
-                if not h.pulling:
-                    break
-            worker.wait(10)
-        assert not h.pulling
+        _wait_parked(h)  # then nothing is due: it parks
         count[[2, 5]] += 1  # fewer than overlap_batch due: inline on the loop again
         ids, _ = h.plan()
         assert ids.tolist() == [2, 5] and not h.pulling
@@ -247,6 +251,7 @@ def test_stale_instruments_are_skipped_by_both_sides():
         (res,) = [r for r in _drain(worker, 1) if r[0] is not None]
         ids, conflated = res[0]
         assert ids.tolist() == [1, 2, 3, 5] and conflated == 4 * 2
+        _wait_parked(h)
         stale[[0, 4]] = 0  # healed: only rows after the heal make them due
         assert len(h.plan()[0]) == 0 and not h.more_due
         count[4] += 1
