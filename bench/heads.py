@@ -79,7 +79,7 @@ def _best_baseline(baselines: dict, split: str) -> tuple[str, float]:
     return name, cands[name]
 
 
-def main(argv: list[str] | None = None) -> int:
+def _args(argv: list[str] | None):
     ap = parser(__doc__.splitlines()[0])
     ap.add_argument("files", nargs="*", help="LOB files (default: the bundled GOOG day)")
     ap.add_argument("--arch", default="binctabl")
@@ -94,18 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-events", type=int, default=None)
     ap.add_argument("--calls", type=int, default=400, help="timed batch-1 calls per artifact")
     ap.add_argument("--out-dir", default=None, help="keep the artifacts here (default: temp)")
-    args = ap.parse_args(argv)
-    files = args.files or [str(GOOG_MESSAGE_10)]
-    hs = parse_horizons(args.horizons)
-    lw = parse_loss_weights(args.loss_weights, len(hs))
-    tc = TrainConfig(
-        epochs=args.epochs,
-        patience=args.patience,
-        max_train_windows=args.max_train_windows,
-        max_eval_windows=args.max_eval_windows,
-        device="cpu",
-        threads=1,
-    )
+    return ap.parse_args(argv)
+
+
+def _train_all(args, files: list[str], hs, lw, tc: TrainConfig) -> list[tuple]:
+    """(name, artifact path, training summary, seconds): the H-head model, then each single."""
     out_dir = Path(args.out_dir or tempfile.mkdtemp(prefix="bench-heads-"))
     out_dir.mkdir(parents=True, exist_ok=True)
     common = {
@@ -134,8 +127,12 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         s = run_training(files, horizon=k, out=path, status=status, **common)
         runs.append((f"k={k:g}", path, s, time.perf_counter() - t0))
-    costs = {n: inference_cost(p, args.calls) for n, p, _, _ in runs}
+    return runs
 
+
+def _per_horizon(hs, lw, runs: list[tuple]) -> tuple[list[dict], list[list]]:
+    """Each horizon's head against its single-head model: JSON cases and table rows."""
+    multi = runs[0][2]
     rows, cases = [], []
     for h, k in enumerate(hs):
         head = multi["heads"][h]
@@ -170,21 +167,25 @@ def main(argv: list[str] | None = None) -> int:
                 f"{base_name} {base_f1:.4f}",
             ]
         )
+    return cases, rows
+
+
+def _costs(runs: list[tuple], calls: int, n_heads: int) -> tuple[list[dict], dict]:
+    """Training and inference cost of each model, and of the single-head models together."""
     models = []
-    for n, _, s, secs in runs:
-        c = costs[n]
+    for n, path, s, secs in runs:
         models.append(
             {
                 "model": n,
                 "train_seconds": secs,
                 "best_epoch": s["training"]["best_epoch"],
                 "parameters": s["training"]["parameters"],
-                **c,
+                **inference_cost(path, calls),
             }
         )
     singles = models[1:]
     total = {
-        "model": f"{len(hs)} single-head models together",
+        "model": f"{n_heads} single-head models together",
         "b1_p50_us": sum(m["b1_p50_us"] for m in singles),
         "b256_us_per_window": sum(m["b256_us_per_window"] for m in singles),
         "train_seconds": sum(m["train_seconds"] for m in singles),
@@ -192,6 +193,47 @@ def main(argv: list[str] | None = None) -> int:
     }
     if all("incremental_p50_us" in m for m in singles):
         total["incremental_p50_us"] = sum(m["incremental_p50_us"] for m in singles)
+    return models, total
+
+
+def _print(arch: str, name: str, rows: list[list], models: list[dict], total: dict) -> None:
+    print_table(
+        f"{arch}: {name} model vs one model per horizon (test macro-F1, chronological split)",
+        ["horizon", name, "single", "diff", ">= -0.02", f"{name} val", "single val",
+         "best baseline"],
+        rows,
+    )  # fmt: skip
+    print()
+    hdr = ["model", "train s", "params", "b1 p50 us", "us/window @256"]
+    inc = "incremental_p50_us" in models[0]
+    if inc:
+        hdr.append("incremental p50 us")
+    table = []
+    for m in [*models, total]:
+        r = [m["model"], m["train_seconds"], m["parameters"], m["b1_p50_us"],
+             m["b256_us_per_window"]]  # fmt: skip
+        if inc:
+            r.append(m.get("incremental_p50_us", float("nan")))
+        table.append(r)
+    print_table("cost (one CPU thread; one H-head call answers every horizon)", hdr, table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _args(argv)
+    files = args.files or [str(GOOG_MESSAGE_10)]
+    hs = parse_horizons(args.horizons)
+    lw = parse_loss_weights(args.loss_weights, len(hs))
+    tc = TrainConfig(
+        epochs=args.epochs,
+        patience=args.patience,
+        max_train_windows=args.max_train_windows,
+        max_eval_windows=args.max_eval_windows,
+        device="cpu",
+        threads=1,
+    )
+    runs = _train_all(args, files, hs, lw, tc)
+    cases, rows = _per_horizon(hs, lw, runs)
+    models, total = _costs(runs, args.calls, len(hs))
     result = {
         "bench": "heads",
         "machine": machine(),
@@ -207,39 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.json:
         emit_json(result)
-        return 0
-    print_table(
-        f"{args.arch}: {name} model vs one model per horizon (test macro-F1, chronological split)",
-        [
-            "horizon",
-            name,
-            "single",
-            "diff",
-            ">= -0.02",
-            f"{name} val",
-            "single val",
-            "best baseline",
-        ],
-        rows,
-    )
-    print()
-    hdr = ["model", "train s", "params", "b1 p50 us", "us/window @256"]
-    inc = "incremental_p50_us" in models[0]
-    if inc:
-        hdr.append("incremental p50 us")
-    table = []
-    for m in [*models, total]:
-        r = [
-            m["model"],
-            m["train_seconds"],
-            m["parameters"],
-            m["b1_p50_us"],
-            m["b256_us_per_window"],
-        ]
-        if inc:
-            r.append(m.get("incremental_p50_us", float("nan")))
-        table.append(r)
-    print_table("cost (one CPU thread; one H-head call answers every horizon)", hdr, table)
+    else:
+        _print(args.arch, runs[0][0], rows, models, total)
     return 0
 
 

@@ -139,6 +139,30 @@ def notebook_way(
     return np.concatenate(out)
 
 
+def _first_events(batches, n: int) -> list[np.ndarray]:
+    """Event batches until ``n`` events (LAST rows are at most one per event: 4x the rows
+    wanted covers sparse rows)."""
+    events, n_ev = [], 0
+    for ev in batches:
+        events.append(ev)
+        n_ev += len(ev)
+        if n_ev >= n:
+            break
+    return events
+
+
+def _first_rows(events: list[np.ndarray], spec, n: int) -> np.ndarray:
+    """The first ``n`` feature rows of ``events`` (the notebook way's input)."""
+    from lobstream.replay.backtest.run import rows_from_events
+
+    rows_list = []
+    for rows, _, _ in rows_from_events(iter(events), spec, 1):
+        rows_list.append(rows.copy())
+        if sum(len(r) for r in rows_list) >= n:
+            break
+    return np.concatenate(rows_list)[:n]
+
+
 def run_throughput(
     model_path: str | Path | None = None,
     files: Sequence[str | Path] | None = None,
@@ -168,7 +192,7 @@ def run_throughput(
     from lobstream.models.artifact import load_model
     from lobstream.models.manifest import spec_from_manifest
     from lobstream.models.runner import ModelRunner
-    from lobstream.replay.backtest.run import rows_from_events, run_backtest
+    from lobstream.replay.backtest.run import run_backtest
     from lobstream.replay.readers import read_events
 
     torch.set_num_threads(threads)
@@ -193,25 +217,13 @@ def run_throughput(
     def read():
         return read_events(files, Registry(), batch_rows=read_rows)
 
-    events = []
-    n_ev = 0
-    for ev in read():
-        events.append(ev)
-        n_ev += len(ev)
-        if n_ev >= 4 * max_rows:  # LAST rows are at most one per event; 4x covers sparse rows
-            break
+    events = _first_events(read(), 4 * max_rows)
     warm = backtest_once(iter(events))
     if warm.n_windows < n_windows:
         logger.warning(
             "the files give %d windows, fewer than the %d asked", warm.n_windows, n_windows
         )
-    spec = spec_from_manifest(manifest)
-    rows_list = []
-    for rows, _, _ in rows_from_events(iter(events), spec, 1):
-        rows_list.append(rows.copy())
-        if sum(len(r) for r in rows_list) >= notebook_windows + T - 1:
-            break
-    rows = np.concatenate(rows_list)[: notebook_windows + T - 1]
+    rows = _first_rows(events, spec_from_manifest(manifest), notebook_windows + T - 1)
     # the notebooks run on the GPU when there is one: so does their way here
     dev = str(runner.device)
     cpu_module, _ = load_model(model_path, device="cpu")

@@ -167,10 +167,9 @@ def explain(
     predicted class over it (Grad-CAM for CNN-type models, input x gradient for others)."""
     import torch
 
-    from lobstream.kernels.dtypes import CLASS_NAMES
     from lobstream.models import explain as ex
     from lobstream.models.artifact import ArtifactError, load_model
-    from lobstream.models.heads import head_manifest, n_heads
+    from lobstream.models.heads import head_manifest
     from lobstream.replay.backtest.run import make_scorer
     from lobstream.replay.errors import DataError
 
@@ -209,35 +208,8 @@ def explain(
         data = read_rows(files, manifest, reg, fmt=fmt, skip_bad=skip_bad, stop=stop, scorer=scorer)
     except (DataError, ArtifactError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
-    n = len(data.meta)
-    if n == 0:
-        raise click.ClickException(f"{where}: no feature rows (no event left both sides quoted)")
-    if row is not None:
-        if row >= n:
-            raise click.ClickException(
-                f"--row {row} is out of range: {where} has {n:,} feature rows (0 .. {n - 1})"
-            )
-        picks = [row]
-    elif at is not None:
-        ts = data.meta["ts_event"]
-        before = np.flatnonzero(ts <= at_ns[0])
-        # the latest row not after TIME (the last of equal times: the book as it stood then)
-        i = int(before[np.flatnonzero(ts[before] == ts[before].max())[-1]]) if len(before) else -1
-        if i < 0:
-            raise click.ClickException(
-                f"--at {at}: no row at or before {_utc(at_ns[0])}; {where} has rows from "
-                f"{_utc(int(ts[0]))} to {_utc(int(ts[-1]))}"
-            )
-        picks = [i]
-    else:
-        p = data.probs if data.probs.ndim == 2 else data.probs[:, head]  # (n, 3) of the head
-        picks = ex.confident_rows(p, top, T if min_gap is None else min_gap).tolist()
-        if not picks:
-            raise click.ClickException(
-                f"{where}: no row has a full window of T = {T} rows ({n:,} feature rows)"
-            )
-        if len(picks) < top:
-            logger.warning("only %d rows with a window apart by the gap; writing those", len(picks))
+    picks = _pick_rows(data, row, at_ns[0] if at is not None else None, at, top, head,
+                       T if min_gap is None else min_gap, T, where)  # fmt: skip
     windows = np.stack([window_of(data, i, T, where) for i in picks])
     e = ex.explain(model, arch, windows)
     out = Path(out)
@@ -247,48 +219,93 @@ def explain(
         else [out.with_name(f"{out.stem}-{k + 1}{out.suffix or '.png'}") for k in range(len(picks))]
     )
     for k, (i, path) in enumerate(zip(picks, paths, strict=True)):
-        inst = int(data.meta["instrument"][i])
-        symbol = reg.by_id(inst).symbol if inst < len(reg) else str(inst)
-        own = np.flatnonzero(data.meta["instrument"] == inst)
-        pos = int(np.searchsorted(own, i))
-        mids = data.meta["mid"][own[pos - T + 1 : pos + 1]]
-        probs = [float(p) for p in e.probs[k]]
-        cls = CLASS_NAMES[int(e.target[k])]
-        title = (
-            f"{symbol} row {i:,} ({_utc(int(data.meta['ts_event'][i]))}): {arch} says {cls}"
-            + (f" (head {head}, k = {horizon:g})" if n_heads(manifest) > 1 else "")
-            + "\n"
-            + ", ".join(f"p_{c} {p:.3f}" for c, p in zip(CLASS_NAMES, probs, strict=True))
-            + f"; {e.method.replace('_', ' ')}"
-        )
-        plot_explanation(
-            path,
-            ex.book_grid(windows[k], int(manifest["L"]), "size"),
-            ex.book_grid(e.maps[k], int(manifest["L"]), "both"),
-            mids - mids[-1],
-            title=title,
-            signed=e.method == ex.INPUT_X_GRADIENT,
-        )
-        record = {
-            "png": str(path),
-            "row": int(i),
-            "ts_event": int(data.meta["ts_event"][i]),
-            "time": _utc(int(data.meta["ts_event"][i])),
-            "instrument": symbol,
-            "predicted": cls,
-            "probs": dict(zip(CLASS_NAMES, probs, strict=True)),
-            "method": e.method,
-            "head": head,
-            "horizon": horizon,
-        }
+        record = _write_png(path, data, i, k, e, windows, manifest, reg, head, horizon)
         if as_json:
             click.echo(json.dumps(record))
         else:
             click.echo(
-                f"{path}: row {i} {record['time']} {symbol}: {cls} "
-                + " ".join(f"{c}={p:.3f}" for c, p in zip(CLASS_NAMES, probs, strict=True))
+                f"{path}: row {i} {record['time']} {record['instrument']}: {record['predicted']} "
+                + " ".join(f"{c}={p:.3f}" for c, p in record["probs"].items())
                 + f" ({e.method})"
             )
+
+
+def _pick_rows(data, row, at_ns, at, top, head, min_gap, T, where) -> list[int]:
+    """The rows to explain: ``--row``, the row at ``--at``, or the ``--top`` most confident."""
+    from lobstream.models import explain as ex
+
+    n = len(data.meta)
+    if n == 0:
+        raise click.ClickException(f"{where}: no feature rows (no event left both sides quoted)")
+    if row is not None:
+        if row >= n:
+            raise click.ClickException(
+                f"--row {row} is out of range: {where} has {n:,} feature rows (0 .. {n - 1})"
+            )
+        return [row]
+    if at is not None:
+        ts = data.meta["ts_event"]
+        before = np.flatnonzero(ts <= at_ns)
+        # the latest row not after TIME (the last of equal times: the book as it stood then)
+        i = int(before[np.flatnonzero(ts[before] == ts[before].max())[-1]]) if len(before) else -1
+        if i < 0:
+            raise click.ClickException(
+                f"--at {at}: no row at or before {_utc(at_ns)}; {where} has rows from "
+                f"{_utc(int(ts[0]))} to {_utc(int(ts[-1]))}"
+            )
+        return [i]
+    p = data.probs if data.probs.ndim == 2 else data.probs[:, head]  # (n, 3) of the head
+    picks = ex.confident_rows(p, top, min_gap).tolist()
+    if not picks:
+        raise click.ClickException(
+            f"{where}: no row has a full window of T = {T} rows ({n:,} feature rows)"
+        )
+    if len(picks) < top:
+        logger.warning("only %d rows with a window apart by the gap; writing those", len(picks))
+    return picks
+
+
+def _write_png(path: Path, data, i: int, k: int, e, windows, manifest, reg, head, horizon) -> dict:
+    """Plot explanation ``k`` (row ``i``) to ``path``; its JSON record."""
+    from lobstream.kernels.dtypes import CLASS_NAMES
+    from lobstream.models import explain as ex
+    from lobstream.models.heads import n_heads
+
+    T, arch = int(manifest["T"]), str(manifest["arch"])
+    inst = int(data.meta["instrument"][i])
+    symbol = reg.by_id(inst).symbol if inst < len(reg) else str(inst)
+    own = np.flatnonzero(data.meta["instrument"] == inst)
+    pos = int(np.searchsorted(own, i))
+    mids = data.meta["mid"][own[pos - T + 1 : pos + 1]]
+    probs = [float(p) for p in e.probs[k]]
+    cls = CLASS_NAMES[int(e.target[k])]
+    title = (
+        f"{symbol} row {i:,} ({_utc(int(data.meta['ts_event'][i]))}): {arch} says {cls}"
+        + (f" (head {head}, k = {horizon:g})" if n_heads(manifest) > 1 else "")
+        + "\n"
+        + ", ".join(f"p_{c} {p:.3f}" for c, p in zip(CLASS_NAMES, probs, strict=True))
+        + f"; {e.method.replace('_', ' ')}"
+    )
+    plot_explanation(
+        path,
+        ex.book_grid(windows[k], int(manifest["L"]), "size"),
+        ex.book_grid(e.maps[k], int(manifest["L"]), "both"),
+        mids - mids[-1],
+        title=title,
+        signed=e.method == ex.INPUT_X_GRADIENT,
+    )
+    return {
+        "png": str(path),
+        "row": int(i),
+        "ts_event": int(data.meta["ts_event"][i]),
+        "time": _utc(int(data.meta["ts_event"][i])),
+        "instrument": symbol,
+        "predicted": cls,
+        "probs": dict(zip(CLASS_NAMES, probs, strict=True)),
+        "method": e.method,
+        "head": head,
+        "horizon": horizon,
+    }
 
 
 def plot_explanation(
