@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import logging
 import os
 import shutil
 import tempfile
@@ -25,8 +24,6 @@ import click
 import numpy as np
 
 from lobstream.bench import harness
-
-logger = logging.getLogger(__name__)
 
 DEMO_CONFIG = "demo.toml"
 ROLLING = 500  # signals in the rolling accuracy and latency figures

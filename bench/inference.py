@@ -22,7 +22,6 @@ time on a shared machine mostly measures the neighbours.
 
 from __future__ import annotations
 
-import logging
 import os
 import resource
 import statistics
@@ -39,8 +38,6 @@ from lobstream.models.artifact import script_module
 from lobstream.models.incremental import IncrementalRunner
 from lobstream.models.runner import ModelRunner
 from lobstream.models.zoo import ARCHITECTURES, build_model, config_to_dict
-
-logger = logging.getLogger(__name__)
 
 BATCHES = (1, 32, 256, 1024)
 CPU_MODES = ("eager", "scripted", "frozen", "optimized", "runner", "incremental")

@@ -46,13 +46,17 @@ def signal_records(n: int, heads: list[dict] | None = None) -> np.ndarray:
     """A zeroed buffer of ``n`` records for an artifact's heads (``manifest["heads"]``):
     ``SIGNAL_DTYPE`` for a single head, ``SIGNAL_V2_DTYPE`` with version, head count and
     horizons filled in for several. Zeroed, so padding goes out as 0."""
+    # here, not at the top: decoding (subscribers) must not pull in the kernels and Numba
+    from lobstream.models.manifest import label_unit
+
     if not heads or len(heads) == 1:
         return np.zeros(n, SIGNAL_DTYPE)
     rec = np.zeros(n, SIGNAL_V2_DTYPE)
     rec["version"] = SIGNAL_VERSION
     rec["n_heads"] = len(heads)
-    unit = heads[0]["label"].get("unit", "events")
-    rec["horizon_unit"] = HORIZON_SECONDS if unit in ("s", "seconds") else HORIZON_EVENTS
+    # every head shares the first one's unit (models.heads); read as every manifest reader does
+    unit = label_unit(heads[0]["label"])
+    rec["horizon_unit"] = HORIZON_SECONDS if unit == "seconds" else HORIZON_EVENTS
     rec["horizon"][:, : len(heads)] = [float(h["label"]["horizon"]) for h in heads]
     return rec
 

@@ -77,6 +77,12 @@ def spec_from_manifest(manifest: dict[str, Any]) -> FeatureSpec:
     return FeatureSpec.from_dict({"levels": manifest.get("L"), **feature})
 
 
+def label_unit(label: dict[str, Any]) -> str:
+    """The horizon unit of a manifest's label dict: "events" (the default) or "seconds"."""
+    unit = label.get("unit", "events")
+    return "seconds" if unit == "s" else unit  # older manifests abbreviated seconds
+
+
 def label_def_from_manifest(manifest: dict[str, Any]) -> LabelDef:
     """The label definition stored in an artifact manifest (horizon, unit, alpha, kind).
 
@@ -93,9 +99,7 @@ def label_def_from_manifest(manifest: dict[str, Any]) -> LabelDef:
         raise ValueError(
             f"model manifest has label kind {kind!r}; this version knows {LABEL_KINDS}"
         )
-    unit = d.get("unit", "events")
-    if unit == "s":  # older manifests abbreviated seconds
-        unit = "seconds"
+    unit = label_unit(d)
     horizon = float(d["horizon"]) if unit == "seconds" else int(d["horizon"])
     return LabelDef(horizon, unit, float(d["alpha"]), kind)
 
