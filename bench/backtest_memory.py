@@ -2,9 +2,10 @@
 
 Each case runs in a fresh process (peak RSS is a process-wide high-water mark): the bundled
 model over the bundled LOBSTER GOOG day, once, and the same day replayed ``--days`` times back
-to back, for the per-row path (``run_backtest(keep_rows=True)`` then ``evaluate``: what the
-backtest did before it streamed) and the streaming path (``stream_backtest`` then
-``StreamingEvaluator.summary``: what ``lobstream backtest`` does). Bounded memory means the
+to back, for the per-row path (the oracle ``tests.reference.backtest``: ``run_backtest`` keeping
+every row, then ``evaluate``; what the backtest did before it streamed, so this runs from the
+repository root) and the streaming path (``stream_backtest`` then
+``StreamingEvaluator.summary``: what ``lobstream backtest`` does, the package's only path). Bounded memory means the
 streaming path's peak is the same for N days as for one.
 
 Replaying a day again needs shifted copies: passing the same file twice to ``lobstream

@@ -19,9 +19,9 @@ from lobstream.engine.cli import main
 from lobstream.kernels.registry import Registry
 from lobstream.models import explain as ex
 from lobstream.models.artifact import load_model
+from lobstream.models.manifest import spec_from_manifest
 from lobstream.models.train import TrainConfig, Windows, train_model
 from lobstream.models.zoo import ARCHITECTURES, build_model
-from lobstream.models.manifest import spec_from_manifest
 from lobstream.replay.backtest.run import rows_from_events
 from lobstream.replay.readers import read_events
 from lobstream.replay.samples import GOOG_MESSAGE_10

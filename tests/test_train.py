@@ -147,10 +147,9 @@ def test_train_cli_label_kinds_on_bundled_slice(tmp_path, kind):
 
     from lobstream.kernels.labels import spread_alpha
     from lobstream.models.artifact import load_model
-    from lobstream.models.manifest import label_def_from_manifest
+    from lobstream.models.manifest import LabelDef, label_def_from_manifest
     from lobstream.replay.cli.train import train
     from lobstream.replay.samples import GOOG_MESSAGE_10
-    from lobstream.models.manifest import LabelDef
     from lobstream.replay.training.dataset import build_dataset
 
     out, rep = tmp_path / "m.pt", tmp_path / "m.json"
