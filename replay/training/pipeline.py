@@ -40,6 +40,16 @@ def _trend_lookback(ds: Any, head: int = 0) -> int:
     return max(1, min(k, ds.window))
 
 
+def _parts(ds, eval_stride: int) -> tuple:
+    """Train, validation and test windows; the last two strided by ``eval_stride``
+    (neighbouring windows share T - 1 rows: a strided subset scores almost the same)."""
+    tr, va, te = ds.parts["train"], ds.parts["val"], ds.parts["test"]
+    if eval_stride > 1:
+        va = va.subset(np.arange(0, len(va), eval_stride))
+        te = te.subset(np.arange(0, len(te), eval_stride))
+    return tr, va, te
+
+
 def run_training(
     files: list[str],
     *,
@@ -125,17 +135,14 @@ def run_training(
         f"(train/val/test); {label_kind} label, alpha {ds.alpha:.3g}; "
         f"balance {ds.class_balance()}"
     )
-    tr, va, te = ds.parts["train"], ds.parts["val"], ds.parts["test"]
-    if eval_stride > 1:
-        # neighbouring windows share T - 1 rows: a strided subset scores almost the same
-        va = va.subset(np.arange(0, len(va), eval_stride))
-        te = te.subset(np.arange(0, len(te), eval_stride))
+    tr, va, te = _parts(ds, eval_stride)
     bases = _baselines(ds, levels, window, (tr, va, te), len(hs), say)
     seed_everything(tc.seed)
-    if init_model is not None:
-        model = init_model
-    else:
-        model = _fresh_model(arch, window, levels, model_config, len(hs))
+    model = (
+        init_model
+        if init_model is not None
+        else _fresh_model(arch, window, levels, model_config, len(hs))
+    )
     n_params = sum(p.numel() for p in model.parameters())
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     say(f"training {arch} ({n_train:,} of {n_params:,} parameters) on {tc.device}")
