@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lobstream.kernels.dtypes import FEATURE_KIND_NAMES
+from lobstream.models.manifest import RUNNER_KINDS
 
 
 class ConfigError(ValueError):
@@ -40,6 +41,9 @@ class ModelConfig:
     # causal artifacts on the CPU: push each new row through an incremental runner instead of
     # recomputing the window; false forces whole windows (for comparison)
     incremental: bool = True
+    # whole windows on the CPU: auto = a compiled Numba kernel where the arch has one (binctabl;
+    # 6x less per call on a quiet market), else torch; torch | numba force one
+    runner: str = "auto"
     # a quiet market: a throwaway model call after this many ms without one keeps the model's
     # weights in cache for the next real call (costs CPU); 0 = off
     keep_warm_ms: float = 0.0
@@ -127,6 +131,7 @@ class ServeConfig:
 _CHOICES = {
     ("model", "device"): ("auto", "cpu", "cuda"),
     ("model", "feature_kind"): FEATURE_KIND_NAMES,
+    ("model", "runner"): RUNNER_KINDS,
     ("ingest", "mode"): ("connect", "bind"),
     ("publish", "mode"): ("connect", "bind"),
     ("publish", "encoding"): ("binary", "json"),

@@ -61,7 +61,7 @@ from lobstream.kernels.ring import apply_events_rows, gather_windows, new_ring
 from lobstream.kernels.ring import warmup as warmup_kernels
 
 if TYPE_CHECKING:
-    from lobstream.models.runner import Inferable, ModelRunner
+    from lobstream.models.runner import Inferable, WindowRunner
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class LoadedModel:
     path: str
     sha256: str
     manifest: dict
-    runner: ModelRunner  # .input (Bmax, 1, T, F), .infer(n)
+    runner: WindowRunner  # .input (Bmax, 1, T, F), .infer(n): torch or compiled
     model_id: int
     mtime_ns: int
     size: int
@@ -105,16 +105,15 @@ def load_checked_model(cfg: ServeConfig, n_instruments: int | None = None) -> Lo
     SHA-256 that differs from the pinned one. Called before any socket opens.
     """
     from lobstream.models.artifact import load_model, sha256_file
-    from lobstream.models.runner import ModelRunner
+    from lobstream.models.compiled import window_runner
 
     m = cfg.model
     st = os.stat(m.path) if os.path.exists(m.path) else None
     module, manifest = load_model(
         m.path, expect=expectations(cfg), sha256=m.sha256 or None, device=m.device
     )
-    runner = ModelRunner(
-        module, manifest, device=m.device, max_batch=m.max_batch, threads=m.threads
-    )
+    runner = window_runner(module, manifest, runner=m.runner, device=m.device,
+                           max_batch=m.max_batch, threads=m.threads)  # fmt: skip
     digest = sha256_file(m.path)
     loaded = LoadedModel(
         path=m.path,
@@ -249,11 +248,12 @@ class Daemon:
         if self.ingest is None:
             self.open()
         logger.info(
-            "serving %s instruments with %s (sha256 %s, %s), max batch %s",
+            "serving %s instruments with %s (sha256 %s, %s, %s runner), max batch %s",
             len(self.symbols),
             self.model.manifest.get("arch"),
             self.model.sha256[:12],
             self.model.inference,
+            getattr(self.model.runner, "mode", "?"),
             self.max_batch,
         )
         spin_s = self.cfg.ingest.busy_poll_us * 1e-6
@@ -471,6 +471,8 @@ class Daemon:
             "sha256": m.sha256,
             "model_id": m.model_id,
             "inference": m.inference,
+            # whole windows: "numba" (models.compiled) or the torch mode ("frozen", ...)
+            "runner": getattr(m.runner, "mode", None),
         }
         if m.feed is not None:
             # rows pushed per signal: 1 at low load, more as windows are conflated

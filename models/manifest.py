@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 
 NS_PER_SECOND = 1_000_000_000
 HORIZON_UNITS = ("events", "seconds")
+# How whole windows are run on the CPU (models.compiled.window_runner); here so that configs
+# and command lines can check the name without importing torch.
+RUNNER_KINDS = ("auto", "torch", "numba")
 
 
 def kernel_horizon(horizon: float, unit: str) -> tuple[int, str]:

@@ -134,7 +134,60 @@ class KeepsWarm(Protocol):
     def keep_warm(self) -> None: ...
 
 
-class ModelRunner:
+class WindowRunner:
+    """What a whole-window runner has: ``input`` (max_batch, 1, T, F) float32, ``infer(n)``
+    on its first ``n`` rows, ``keep_warm()``; :class:`ModelRunner` (torch) and
+    :class:`~lobstream.models.compiled.CompiledRunner` (a Numba kernel) are the two."""
+
+    input: np.ndarray
+    arch: str
+    T: int
+    F: int
+    max_batch: int
+    out_shape: tuple[int, ...]
+
+    def infer(self, n: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def keep_warm(self) -> None:
+        raise NotImplementedError
+
+    def _check_n(self, n: int) -> None:
+        if not 1 <= n <= self.max_batch:
+            raise ValueError(
+                f"infer(n) needs 1 <= n <= max_batch={self.max_batch}, got n={n}; "
+                "build the runner with a larger max_batch or call in pieces"
+            )
+
+    def predict(self, windows: np.ndarray) -> np.ndarray:
+        """Probabilities for any number of windows, copied through ``input`` in batches.
+
+        Parameters
+        ----------
+        windows : ndarray (N, 1, T, F) or (N, T, F), float32 (other floats are cast)
+            Not modified.
+
+        Returns
+        -------
+        ndarray (N, 3) float32, or (N, H, 3) for a multi-horizon artifact
+        """
+        w = np.asarray(windows)
+        if w.ndim == 3:
+            w = w[:, None]
+        if w.ndim != 4 or w.shape[1:] != (1, self.T, self.F):
+            raise ValueError(
+                f"windows have shape {np.shape(windows)}; expected (N, 1, {self.T}, {self.F}) "
+                f"or (N, {self.T}, {self.F}) for this {self.arch} model"
+            )
+        out = np.empty((len(w), *self.out_shape), dtype=np.float32)
+        for s in range(0, len(w), self.max_batch):
+            n = min(self.max_batch, len(w) - s)
+            self.input[:n] = w[s : s + n]
+            out[s : s + n] = self.infer(n)
+        return out
+
+
+class ModelRunner(WindowRunner):
     """A warm model with a preallocated input buffer; ``infer(n)`` gives probabilities.
 
     Parameters
@@ -362,39 +415,8 @@ class ModelRunner:
             Softmax probabilities, columns down, flat, up (per head); a new array the caller
             may keep.
         """
-        if not 1 <= n <= self.max_batch:
-            raise ValueError(
-                f"infer(n) needs 1 <= n <= max_batch={self.max_batch}, got n={n}; "
-                "build the runner with a larger max_batch or call in pieces"
-            )
+        self._check_n(n)
         return self._infer_cuda(n) if self.is_cuda else self._infer_cpu(n)
-
-    def predict(self, windows: np.ndarray) -> np.ndarray:
-        """Probabilities for any number of windows, copied through ``input`` in batches.
-
-        Parameters
-        ----------
-        windows : ndarray (N, 1, T, F) or (N, T, F), float32 (other floats are cast)
-            Not modified.
-
-        Returns
-        -------
-        ndarray (N, 3) float32, or (N, H, 3) for a multi-horizon artifact
-        """
-        w = np.asarray(windows)
-        if w.ndim == 3:
-            w = w[:, None]
-        if w.ndim != 4 or w.shape[1:] != (1, self.T, self.F):
-            raise ValueError(
-                f"windows have shape {np.shape(windows)}; expected (N, 1, {self.T}, {self.F}) "
-                f"or (N, {self.T}, {self.F}) for this {self.arch} model"
-            )
-        out = np.empty((len(w), *self.out_shape), dtype=np.float32)
-        for s in range(0, len(w), self.max_batch):
-            n = min(self.max_batch, len(w) - s)
-            self.input[:n] = w[s : s + n]
-            out[s : s + n] = self.infer(n)
-        return out
 
     def __repr__(self) -> str:
         return (

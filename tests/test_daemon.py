@@ -188,10 +188,10 @@ class Running:
         self.ctx.term()
 
 
-def backtest_probs(events: np.ndarray, module, manifest: dict, n_inst: int) -> dict:
+def backtest_probs(events: np.ndarray, module, manifest: dict, n_inst: int, runner=None) -> dict:
     """(instrument, seq) -> probabilities of the in-process backtest path."""
     chunks = [events[i : i + 500] for i in range(0, len(events), 500)]
-    runner = TorchRunner(module, window=int(manifest["T"]))
+    runner = runner or TorchRunner(module, window=int(manifest["T"]))
     res = run_backtest(chunks, runner, manifest, n_instruments=n_inst)
     ok = ~np.isnan(res.probs[:, 0])
     keys = zip(res.meta["instrument"][ok].tolist(), res.meta["seq"][ok].tolist(), strict=True)
@@ -258,6 +258,43 @@ def test_signals_equal_in_process_backtest(artifact, ipc_dir, model_t, ingest_t)
         mine = rows_all[meta_all["instrument"] == i]
         assert len(mine) == counts[i]
         np.testing.assert_array_equal(windows[i], mine[-T:])
+
+
+class Float64Runner(TorchRunner):
+    """The in-process side in float64: the daemon's compiled BiN-CTABL keeps BiN's statistics
+    in float64, so it is judged against exact arithmetic, not against torch's float32 call."""
+
+    def infer(self, n: int) -> np.ndarray:
+        with torch.inference_mode():
+            return torch.softmax(self.module(self._t[:n].double()), dim=1).float().numpy()
+
+
+@pytest.mark.parametrize("overlap_batch", [0, 1], ids=["inline", "inference-thread"])
+def test_compiled_binctabl_signals_equal_in_process_backtest(ipc_dir, tmp_path, overlap_batch):
+    torch.manual_seed(3)
+    model = build_model("binctabl", T=T, levels=L, hidden1=(6, 3), hidden2=(5, 2)).eval()
+    path = tmp_path / "binctabl.pt"
+    export_model(model, path, MANIFEST)
+    symbols = ["AAA", "BBB"]
+    events = synthetic_events(2000, n_instruments=2, seed=11, levels=4, snapshot_every=300)
+    events["ts_recv"] = time.monotonic_ns()
+    cfg = make_cfg(ipc_dir, path, symbols, ingest={"max_drain": 1},
+                   model={"overlap_batch": overlap_batch})  # fmt: skip
+    run = Running(cfg, symbols)
+    try:
+        status = run.wait_status()
+        n_msg = run.send(events)
+        run.wait_messages(n_msg)
+        signals, _ = run.collect()
+    finally:
+        run.stop()
+    assert status["model"]["runner"] == "numba" and status["model"]["inference"] == "full-window"
+    manifest = load_model(path)[1]
+    expected = backtest_probs(events, None, manifest, 2, Float64Runner(model.double()))
+    assert len(signals) > 10
+    for s in signals:
+        np.testing.assert_allclose(s["prob"], expected[(int(s["instrument"]), int(s["seq"]))],
+                                   atol=PROB_ATOL)  # fmt: skip
 
 
 def test_slow_and_absent_subscriber_never_block_ingest(artifact, ipc_dir):

@@ -283,10 +283,12 @@ def make_scorer(
     batch: int = 256,
     threads: int | None = None,
     n_instruments: int = 1,
+    runner_kind: str = "auto",
 ) -> Scorer:
     """The scorer of a loaded artifact (see :func:`choose_scorer`): a :class:`CausalScorer`
     with ``n_instruments`` slots to start with (more as instruments appear), or a
-    :class:`WindowScorer` over a :class:`~lobstream.models.runner.ModelRunner`."""
+    :class:`WindowScorer` over the whole-window runner ``runner_kind`` picks
+    (:func:`lobstream.models.compiled.window_runner`: "auto", "torch" or "numba")."""
     T = int(manifest["T"])
     F = spec_from_manifest(manifest).n_features
     if choose_scorer(manifest, scorer, device) == "incremental":
@@ -299,9 +301,10 @@ def make_scorer(
         if first.F != F:
             raise ValueError(f"the model takes F={first.F} features; the manifest's spec {F}")
         return CausalScorer(first, grow)
-    from lobstream.models.runner import ModelRunner
+    from lobstream.models.compiled import window_runner
 
-    runner = ModelRunner(module, manifest, device=device, max_batch=batch, threads=threads)
+    runner = window_runner(module, manifest, runner=runner_kind, device=device, max_batch=batch,
+                           threads=threads)  # fmt: skip
     return WindowScorer(runner, T, F, batch)
 
 

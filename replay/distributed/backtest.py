@@ -86,9 +86,9 @@ def _scorer(path: Path, device: str, scorer: str, batch: int, threads, n_inst: i
             n_instruments=n_inst,
         )  # fmt: skip
     if runner is None:
-        from lobstream.models.runner import ModelRunner
+        from lobstream.models.compiled import window_runner
 
-        runner = ModelRunner(module, manifest, device=device, max_batch=batch, threads=threads)
+        runner = window_runner(module, manifest, device=device, max_batch=batch, threads=threads)
         _RUNNERS[key] = (manifest, module, runner)
     T, F = int(manifest["T"]), spec_from_manifest(manifest).n_features
     return manifest, WindowScorer(runner, T, F, batch)

@@ -1,0 +1,205 @@
+"""Whole-window CPU inference without torch: a model compiled for a Numba kernel.
+
+``CompiledRunner`` has the :class:`~lobstream.models.runner.ModelRunner` interface (an
+``input`` buffer the ring kernel gathers into, ``infer(n)``, ``predict``, ``keep_warm``) and
+runs the forward pass of a supported architecture in one Numba call
+(:mod:`lobstream.kernels.binctabl` for BiN-CTABL). Why: a batch-1 torch call is tens of
+dispatched operators; back to back it costs ~110 us here, and on a quiet market, when the code
+has left the caches since the last message, 650-750 us. The kernel costs ~30 us and ~100 us
+(``python -m bench.inference --compiled``), and as much per window as torch at any batch size.
+
+:func:`window_runner` picks the runner: ``"auto"`` (the default everywhere) takes the compiled
+one on the CPU for an architecture in :data:`COMPILED_ARCHS` and torch otherwise; ``"torch"``
+and ``"numba"`` force one. A compiled program is checked against the module when it is built
+(one window, both ways): a module it does not reproduce is refused, or under ``"auto"`` left
+to torch with a warning, so an architecture change cannot silently change signals.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from lobstream.kernels import binctabl as K
+from lobstream.models.artifact import resolve_device
+from lobstream.models.heads import n_heads, out_shape
+from lobstream.models.manifest import RUNNER_KINDS
+from lobstream.models.runner import ModelRunner, WindowRunner
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["CompiledRunner", "COMPILED_ARCHS", "RUNNER_KINDS", "runner_kind", "window_runner"]
+
+# Largest difference from the module's probabilities on the check window: float32 round-off
+# in another summation order is ~1e-6.
+CHECK_TOLERANCE = 1e-4
+
+
+def _f32(t: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(t.detach().cpu().numpy(), dtype=np.float32)
+
+
+def compile_binctabl(module: nn.Module) -> tuple[np.ndarray, ...]:
+    """The parameter tuple of :func:`lobstream.kernels.binctabl.binctabl_forward` for a
+    BiN-CTABL module (an ``nn.Module`` or its TorchScript export), in eval mode."""
+    p = {name: _f32(v) for name, v in module.named_parameters()}
+    mix = np.maximum(p["bin.mix"], 0.0)  # the module clamps these in forward
+    k2 = p["tabl.w_att"].shape[0]
+    eye = np.eye(k2, dtype=np.float32)
+    shift = (mix[0] * p["bin.beta_time"] + mix[1] * p["bin.beta_feat"]).T  # (T, F)
+    return (
+        (mix[0] * p["bin.gamma_time"][:, 0]).astype(np.float32),
+        (mix[1] * p["bin.gamma_feat"][0]).astype(np.float32),
+        np.ascontiguousarray(shift, dtype=np.float32),
+        np.ascontiguousarray(p["bl1.w2"].T),
+        p["bl1.w1"],
+        p["bl1.bias"],
+        p["bl2.w2"],
+        p["bl2.w1"],
+        p["bl2.bias"],
+        (p["tabl.w_att"] * (1 - eye) + eye / k2).astype(np.float32),
+        np.clip(p["tabl.lam"], 0.0, 1.0).astype(np.float32),
+        p["tabl.w1"],
+        np.ascontiguousarray(p["tabl.w2"][:, 0]),
+        np.ascontiguousarray(p["tabl.bias"][:, 0]),
+        np.array([float(module.bin.eps)], dtype=np.float32),
+    )
+
+
+# arch -> (compile the module into kernel parameters, the kernel, its scratch size)
+_PROGRAMS: dict[str, tuple[Callable, Callable, Callable]] = {
+    "binctabl": (
+        compile_binctabl,
+        K.binctabl_forward,
+        lambda T, F, p: K.scratch_sizes(T, F, *p[5].shape, *p[8].shape, p[11].shape[0]),
+    ),
+}
+COMPILED_ARCHS = tuple(_PROGRAMS)
+
+
+def runner_kind(manifest: dict[str, Any], wanted: str, device: str | torch.device) -> str:
+    """``"numba"`` or ``"torch"``: what :func:`window_runner` builds for ``wanted``.
+
+    Raises ValueError for an unknown kind, or ``"numba"`` for an architecture without a
+    compiled program or on a GPU.
+    """
+    if wanted not in RUNNER_KINDS:
+        raise ValueError(f"model runner {wanted!r}; expected one of {', '.join(RUNNER_KINDS)}")
+    arch, dev = manifest.get("arch"), resolve_device(device)
+    if wanted == "numba":
+        if arch not in _PROGRAMS:
+            raise ValueError(f"model runner 'numba' has no compiled program for arch {arch!r} "
+                             f"(only {', '.join(COMPILED_ARCHS)}); use 'auto' or 'torch'")  # fmt: skip
+        if dev.type != "cpu":
+            raise ValueError(f"model runner 'numba' runs on the CPU, not on {dev}; "
+                             "use 'auto' or 'torch'")  # fmt: skip
+        return "numba"
+    return "numba" if wanted == "auto" and arch in _PROGRAMS and dev.type == "cpu" else "torch"
+
+
+def window_runner(
+    module: nn.Module,
+    manifest: dict[str, Any],
+    *,
+    runner: str = "auto",
+    device: str | torch.device = "auto",
+    max_batch: int = 256,
+    threads: int | None = None,
+) -> WindowRunner:
+    """The whole-window runner of a loaded model: :class:`CompiledRunner` or
+    :class:`~lobstream.models.runner.ModelRunner` (see :func:`runner_kind`)."""
+    if runner_kind(manifest, runner, device) == "numba":
+        try:
+            return CompiledRunner(module, manifest, max_batch=max_batch)
+        except CompileError as exc:
+            if runner == "numba":
+                raise
+            logger.warning("%s; running the model with torch", exc)
+    return ModelRunner(module, manifest, device=device, max_batch=max_batch, threads=threads)
+
+
+class CompileError(ValueError):
+    """The compiled program does not reproduce the module."""
+
+
+class CompiledRunner(WindowRunner):
+    """A model compiled for a Numba kernel, with a preallocated input buffer (CPU only).
+
+    Parameters
+    ----------
+    module : nn.Module or torch.jit.ScriptModule
+        An architecture in :data:`COMPILED_ARCHS`; read once, not kept.
+    manifest : dict
+        The artifact manifest (``arch``, ``T``, ``F``, heads).
+    max_batch : int
+        Rows of ``input``, the most windows one ``infer`` call takes.
+    check : bool
+        Compare one random window with the module now; raise :class:`CompileError` if the
+        probabilities differ by more than ``CHECK_TOLERANCE`` (default True).
+
+    Attributes
+    ----------
+    input : ndarray (max_batch, 1, T, F) float32
+        Write windows here, then call ``infer(n)``. Never reallocated.
+    """
+
+    device = torch.device("cpu")
+    mode = "numba"
+    is_cuda = False
+    use_graphs = False
+
+    def __init__(
+        self, module: nn.Module, manifest: dict[str, Any], *, max_batch: int = 256,
+        check: bool = True,
+    ) -> None:  # fmt: skip
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.manifest = manifest
+        self.arch = manifest.get("arch", "?")
+        if self.arch not in _PROGRAMS:
+            raise ValueError(f"no compiled program for arch {self.arch!r}")
+        self.T, self.F = int(manifest["T"]), int(manifest["F"])
+        self.n_heads = n_heads(manifest)
+        self.out_shape = out_shape(self.n_heads)
+        self.max_batch = self.micro_batch = int(max_batch)
+        build, self._kernel, size = _PROGRAMS[self.arch]
+        self._params = build(module)
+        n32, n64 = size(self.T, self.F, self._params)
+        self._scratch = (np.zeros(n32, dtype=np.float32), np.zeros(n64, dtype=np.float64))
+        self.input = np.zeros((self.max_batch, 1, self.T, self.F), dtype=np.float32)
+        self._out = np.zeros((self.max_batch, 3 * self.n_heads), dtype=np.float32)
+        self._kernel(self.input, 1, self._out, self._params, *self._scratch)  # compile or load
+        if check:
+            self._check(module)
+
+    def _check(self, module: nn.Module) -> None:
+        window = np.random.default_rng(0).standard_normal((1, 1, self.T, self.F), np.float32)
+        with torch.inference_mode():
+            logits = module.eval()(torch.from_numpy(window)).reshape(self.n_heads, 3)
+            want = torch.softmax(logits, dim=1).numpy().reshape(1, -1)
+        got = np.zeros_like(want)
+        self._kernel(window, 1, got, self._params, *self._scratch)
+        diff = float(np.abs(got - want).max())
+        if not diff <= CHECK_TOLERANCE:
+            raise CompileError(f"the compiled {self.arch} program differs from the module by "
+                               f"{diff:.3g} on a check window (tolerance {CHECK_TOLERANCE})")  # fmt: skip
+
+    def keep_warm(self) -> None:
+        """A throwaway batch-1 call on whatever ``input[0]`` holds (read only)."""
+        self._kernel(self.input, 1, self._out, self._params, *self._scratch)
+
+    def infer(self, n: int) -> np.ndarray:
+        """Class probabilities of the first ``n`` windows of ``input``: (n, 3) float32, or
+        (n, H, 3) for H heads; a new array the caller may keep."""
+        self._check_n(n)
+        out = np.empty((n, 3 * self.n_heads), dtype=np.float32)
+        self._kernel(self.input, n, out, self._params, *self._scratch)
+        return out.reshape(n, *self.out_shape)
+
+    def __repr__(self) -> str:
+        return f"CompiledRunner({self.arch}, max_batch={self.max_batch})"
