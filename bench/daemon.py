@@ -245,6 +245,7 @@ def low_load(
         "e2e_p999_us": float(np.percentile(lat, 99.9)) if len(lat) else float("nan"),
         "counts": status.get("counts", {}),
         "inference": (status.get("model") or {}).get("inference"),
+        "runner": (status.get("model") or {}).get("runner"),
         "stages": h.stages,
     }
 
@@ -331,7 +332,7 @@ def pin_plan(phase: str) -> dict | None:
 
 def _print_model_alone(args, info: dict) -> None:
     print_table(
-        f"model alone ({info['arch']}, {args.threads} thread(s))",
+        f"model alone ({info['arch']}, {info.get('runner')} runner, {args.threads} thread(s))",
         ["batch", "windows/s"],
         [[b, t] for b, t in info["throughput"].items()],
     )
@@ -427,6 +428,7 @@ def _print_quiet(args, info: dict, q: dict) -> None:
 def _report_low(args, model: Path, info: dict, quiet: dict, other: dict | None) -> int:
     result = {"machine": machine(), "model": str(model), "model_alone": info,
               "busy_poll_us": args.busy_poll_us, "keep_warm_ms": args.keep_warm_ms,
+              "runner": args.runner,
               "daemon_python": args.daemon_python, "quiet_market": quiet,
               "low_load": quiet["low"], "low_load_other_path": other}  # fmt: skip
     if args.json:
@@ -486,12 +488,19 @@ def main(argv=None) -> int:
         help="the daemon's model.keep_warm_ms (throwaway model calls on a quiet market); 0 = off",
     )  # fmt: skip
     ap.add_argument(
+        "--runner", default="auto", choices=("auto", "torch", "numba"),
+        help="the daemon's model.runner (and the model-alone runner): auto takes the compiled "
+        "Numba kernel for BiN-CTABL on the CPU",
+    )  # fmt: skip
+    ap.add_argument(
         "--daemon-python", default=sys.executable,
         help="interpreter that runs lobstream serve (another venv: another daemon version)",
     )  # fmt: skip
     args = ap.parse_args(argv)
     DAEMON["python"] = args.daemon_python
     DAEMON["model"] = {"keep_warm_ms": args.keep_warm_ms} if args.keep_warm_ms else {}
+    if args.runner != "auto":
+        DAEMON["model"]["runner"] = args.runner
     made = None
     if args.causal:
         made = Path(tempfile.mkdtemp(prefix="lobbench-model", dir="/tmp"))
@@ -515,7 +524,7 @@ def _main(args, model: Path) -> int:
     inc = not args.full_window
     info = model_alone(
         model, args.threads, batches=(1, 16, 64, args.instruments, 256),
-        cpus=pin_low["model"] if pin_low else (), paced_rate=args.low_rate,
+        cpus=pin_low["model"] if pin_low else (), paced_rate=args.low_rate, runner=args.runner,
     )  # fmt: skip
     if pin_low:
         os.sched_setaffinity(0, pin_low["others"])  # the feeder (this process) from here on
@@ -534,7 +543,7 @@ def _main(args, model: Path) -> int:
         # the model's best measured just before it, and the median run is reported
         best = info["best_throughput"] if k == 0 else model_alone(
             model, args.threads, batches=(64, args.instruments, 256),
-            cpus=pin_low["model"] if pin_low else (),
+            cpus=pin_low["model"] if pin_low else (), runner=args.runner,
         )["best_throughput"]  # fmt: skip
         h = high_load(
             model, info, args.threads, args.high_rate, args.instruments, args.seconds,
@@ -558,7 +567,7 @@ def _main(args, model: Path) -> int:
     bars["throughput_ok"] = bars["signals_ratio"] >= 0.8
     result = {"machine": machine(), "model": str(model),
               "pin": {ph: {k: list(v) for k, v in p.items()} for ph, p in pin.items()} if pin else None,
-              "busy_poll_us": spin, "keep_warm_ms": args.keep_warm_ms,
+              "busy_poll_us": spin, "keep_warm_ms": args.keep_warm_ms, "runner": args.runner,
               "daemon_python": args.daemon_python, "model_alone": info, "quiet_market": quiet,
               "low_load": low, "high_load": high, "high_load_runs": highs,
               "low_load_other_path": other,

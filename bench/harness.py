@@ -529,29 +529,29 @@ def model_alone(
     calls: int = 2000,
     cpus: tuple[int, ...] = (),
     paced_rate: float | None = None,
+    runner: str = "auto",
 ) -> dict:
-    """The runner in this process (on ``cpus`` when given, as the daemon's inference thread
-    would be): ``calls`` batch-1 calls back to back (p50/p99/p99.9), with ``paced_rate`` also
+    """The runner in this process (``runner``: the daemon's ``model.runner``, so the same one
+    the daemon builds; on ``cpus`` when given, as the daemon's inference thread would be): ``calls`` batch-1 calls back to back (p50/p99/p99.9), with ``paced_rate`` also
     300 calls that far apart (sleeping between, as a quiet market spaces them), and 1 s of
     calls at each of ``batches`` (windows/s; best = the model's best batched throughput)."""
     before = os.sched_getaffinity(0) if cpus else None
     if cpus:
         os.sched_setaffinity(0, cpus)
     try:
-        return _model_alone(model_path, threads, batches, device, calls, paced_rate)
+        return _model_alone(model_path, threads, batches, device, calls, paced_rate, runner)
     finally:
         if before is not None:
             os.sched_setaffinity(0, before)
 
 
-def _model_alone(model_path, threads, batches, device, calls, paced_rate) -> dict:
+def _model_alone(model_path, threads, batches, device, calls, paced_rate, kind) -> dict:
     from lobstream.models.artifact import load_model
-    from lobstream.models.runner import ModelRunner
+    from lobstream.models.compiled import window_runner
 
     module, manifest = load_model(model_path, device=device)
-    runner = ModelRunner(
-        module, manifest, device=device, max_batch=max((1, *batches)), threads=threads
-    )
+    runner = window_runner(module, manifest, runner=kind, device=device,
+                           max_batch=max((1, *batches)), threads=threads)  # fmt: skip
     runner.input[...] = np.random.default_rng(0).standard_normal(runner.input.shape)
     for _ in range(20):
         runner.infer(1)
@@ -586,4 +586,5 @@ def _model_alone(model_path, threads, batches, device, calls, paced_rate) -> dic
         "L": int(manifest["L"]),
         "feature_kind": manifest["feature"]["kind"],
         "arch": manifest.get("arch"),
+        "runner": runner.mode,
     }

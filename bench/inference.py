@@ -4,9 +4,11 @@
 
 Modes (CPU): ``eager`` (the nn.Module under inference_mode), ``scripted`` (torch.jit.script),
 ``frozen`` (script + freeze), ``optimized`` (script + optimize_for_inference, where it works),
-and ``runner`` (models.runner.ModelRunner as the daemon and backtest use it: frozen, graph
+``runner`` (models.runner.ModelRunner as the daemon and backtest use it: frozen, graph
 executor without profiling, cache-sized power-of-two micro-batches, softmax and the copies
-in and out of its buffers included). On CUDA also ``eager``/``frozen`` on device tensors and
+in and out of its buffers included), and ``compiled`` (models.compiled.CompiledRunner: the
+forward pass as one Numba kernel, softmax included; BiN-CTABL only, what ``runner = "auto"``
+takes for it on the CPU). On CUDA also ``eager``/``frozen`` on device tensors and
 ``runner`` with pinned input and CUDA graphs. ``incremental`` (CPU, causal architectures only;
 skipped with the reason for the others) is models.incremental.IncrementalRunner: one pushed row
 per event and slot, its window's probabilities out; its "batch" is that many slots pushed in
@@ -17,7 +19,9 @@ at each batch size before
 it is timed; compile time is never timed. Latency is the wall time of one batch-1 call
 (p50/p99 over many calls); throughput is windows/s of the median call at each batch size.
 Beside wall time, user+sys CPU time and minor page faults per window are recorded, since wall
-time on a shared machine mostly measures the neighbours.
+time on a shared machine mostly measures the neighbours. "paced" is the batch-1 call made
+``--paced-ms`` after the previous one (sleeping between), as a quiet market spaces them: what
+the daemon pays per message there, once the call's code and weights have left the caches.
 """
 
 from __future__ import annotations
@@ -35,12 +39,13 @@ import torch
 
 from lobstream.bench._common import emit_json, machine, parser, print_table
 from lobstream.models.artifact import script_module
+from lobstream.models.compiled import COMPILED_ARCHS, CompiledRunner
 from lobstream.models.incremental import IncrementalRunner
 from lobstream.models.runner import ModelRunner
 from lobstream.models.zoo import ARCHITECTURES, build_model, config_to_dict
 
 BATCHES = (1, 32, 256, 1024)
-CPU_MODES = ("eager", "scripted", "frozen", "optimized", "runner", "incremental")
+CPU_MODES = ("eager", "scripted", "frozen", "optimized", "runner", "compiled", "incremental")
 # The issue's bar for incremental inference of causal DeepLOB on one CPU thread.
 INCREMENTAL_BAR = {"arch": "deeplob_causal", "p50_us": 300.0, "ratio": 8.0}
 INC_BLOCK, FULL_BLOCK = 40, 4  # calls per block when alternating incremental and full window
@@ -60,6 +65,10 @@ def _callable(arch: str, model, mode: str, device: torch.device, max_batch: int)
         r.input[...] = np.random.default_rng(0).standard_normal(r.input.shape)
         info = {"micro_batch": r.micro_batch, "cuda_graphs": r.use_graphs}
         return r.infer, info
+    if mode == "compiled":
+        r = CompiledRunner(model, _manifest(arch, model), max_batch=max_batch)
+        r.input[...] = np.random.default_rng(0).standard_normal(r.input.shape)
+        return r.infer, {}
     m = model.to(device).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -157,7 +166,20 @@ def _time_calls(fn: Callable[[int], object], n: int, calls: int, min_s: float) -
     }
 
 
-def run_case(arch: str, mode: str, device: torch.device, threads: int, quick: bool) -> dict:
+def _paced(fn: Callable[[int], object], calls: int, gap_s: float) -> list[float]:
+    """Wall times of batch-1 calls made ``gap_s`` apart (sleeping between)."""
+    times = []
+    for _ in range(calls):
+        time.sleep(gap_s)
+        t0 = time.perf_counter()
+        fn(1)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def run_case(
+    arch: str, mode: str, device: torch.device, threads: int, quick: bool, paced_ms: float = 10.0
+) -> dict:
     """One result row; ``skipped`` holds the reason where the mode does not work."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -165,6 +187,9 @@ def run_case(arch: str, mode: str, device: torch.device, threads: int, quick: bo
     row: dict = {"arch": arch, "mode": mode, "device": device.type, "threads": threads}
     if mode == "incremental" and not getattr(model, "causal", False):
         row["skipped"] = "not causal: no per-row features to cache"
+        return row
+    if mode == "compiled" and arch not in COMPILED_ARCHS:
+        row["skipped"] = f"no compiled program (only {', '.join(COMPILED_ARCHS)})"
         return row
     try:
         if mode == "incremental":
@@ -182,6 +207,11 @@ def run_case(arch: str, mode: str, device: torch.device, threads: int, quick: bo
     row["b1_p99_us"] = 1e6 * _p(ts, 0.99)
     if mode == "incremental":
         row["ratio_vs_full"] = row["full_b1_p50_us"] / row["b1_p50_us"]
+    elif paced_ms > 0:
+        paced = _paced(fn, 20 if quick else 200, paced_ms / 1e3)
+        row["paced_ms"] = paced_ms
+        row["paced_p50_us"] = 1e6 * statistics.median(paced)
+        row["paced_p99_us"] = 1e6 * _p(paced, 0.99)
     row["throughput"], row["cpu_us_per_window"], row["faults_per_window"] = {}, {}, {}
     for b in BATCHES:
         r = lat if b == 1 else _time_calls(fn, b, 1 if quick else 3, 0.0 if quick else 2.0)
@@ -240,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--modes", default=None, help="comma list (default: all for the device)")
     ap.add_argument("--threads", default="1,2", help="CPU thread counts, comma list")
     ap.add_argument("--no-cuda", action="store_true", help="CPU only even if CUDA is present")
+    ap.add_argument("--paced-ms", type=float, default=10.0,
+                    help="gap before each paced batch-1 call (0: none); 10 = 100 messages/s")  # fmt: skip
     args = ap.parse_args(argv)
     archs = [a for a in args.archs.split(",") if a]
     unknown = sorted(set(archs) - set(ARCHITECTURES))
@@ -260,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
                 for mode in modes:
                     print(f"  {arch} {mode} {dev.type} threads={th} ...", file=sys.stderr,
                           flush=True)  # fmt: skip
-                    results.append(run_case(arch, mode, dev, th, args.quick))
+                    results.append(run_case(arch, mode, dev, th, args.quick, args.paced_ms))
     out = {
         "benchmark": "inference",
         "machine": {**machine(), "torch": torch.__version__, "loadavg_start": load0,
@@ -278,16 +310,16 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         if "skipped" in r:
             rows.append([r["arch"], r["mode"], r["device"], r["threads"], "skipped: "
-                         + r["skipped"][:40], "", "", "", "", "", ""])  # fmt: skip
+                         + r["skipped"][:40], "", "", "", "", "", "", ""])  # fmt: skip
             continue
         t, c = r["throughput"], r["cpu_us_per_window"]
         rows.append([r["arch"], r["mode"], r["device"], r["threads"], r["b1_p50_us"],
-                     r["b1_p99_us"], t["1"], t["32"], t["256"], t["1024"],
-                     c["256"]])  # fmt: skip
+                     r["b1_p99_us"], r.get("paced_p50_us", ""), t["1"], t["32"], t["256"],
+                     t["1024"], c["256"]])  # fmt: skip
     print_table(
         f"inference (windows/s; latency us; loadavg {load0[0]:.1f} -> {os.getloadavg()[0]:.1f})",
-        ["arch", "mode", "dev", "thr", "b1 p50", "b1 p99", "B=1", "B=32", "B=256", "B=1024",
-         "cpu us/win@256"],
+        ["arch", "mode", "dev", "thr", "b1 p50", "b1 p99", "paced p50", "B=1", "B=32", "B=256",
+         "B=1024", "cpu us/win@256"],
         rows,
     )  # fmt: skip
     for c in out["checks"]:
