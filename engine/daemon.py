@@ -264,11 +264,19 @@ class Daemon:
             while not self._stop.is_set():
                 if self._pending is not None and self._parked():
                     self._swap_model()
+                woke = True
                 if not (self.ingest.backlog or self.handoff.more_due) and not (
                     spin_s and self._spin(spin_s)
                 ):
-                    self.poller.poll(self._idle_wait_ms(warm_s) if warm_s else _IDLE_WAIT_MS)
-                self.round()
+                    wait = self._idle_wait_ms(warm_s) if warm_s else _IDLE_WAIT_MS
+                    woke = bool(self.poller.poll(wait))
+                if woke:
+                    self.round()
+                else:
+                    # a wait that timed out (a keep-warm call, a stop check) leaves a round
+                    # nothing to do but notice the quiet: neither socket has anything and
+                    # nothing was left due
+                    self.ingest.account()
                 now = time.monotonic()
                 if now >= next_status:
                     self.send_status()
