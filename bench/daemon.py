@@ -220,6 +220,7 @@ def low_load(
         harness.send_runs(h.pub, harness.plan_runs(ev[: info["T"] + 50]), [b"md.LOW"])
         time.sleep(1.0)
         start = time.monotonic_ns()
+        cpu0 = harness.cpu_seconds(h.proc.pid)
         rest = ev[info["T"] + 50 :][:n]
         gap_ns = int(1e9 / rate)
         for k in range(len(rest)):
@@ -232,6 +233,8 @@ def low_load(
             one["ts_recv"] = time.monotonic_ns()
             h.pub.send_multipart([b"md.LOW", one.tobytes()])
         time.sleep(0.5)
+        # the daemon's CPU while it served the timed part: what spinning or warming costs
+        cpu = (harness.cpu_seconds(h.proc.pid) - cpu0) / ((time.monotonic_ns() - start) / 1e9)
     finally:
         got = h.stop()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -246,6 +249,7 @@ def low_load(
         "counts": status.get("counts", {}),
         "inference": (status.get("model") or {}).get("inference"),
         "runner": (status.get("model") or {}).get("runner"),
+        "cpu_share": cpu,  # CPU seconds of the daemon (or null daemon) per second
         "stages": h.stages,
     }
 
@@ -401,15 +405,16 @@ def _print_quiet(args, info: dict, q: dict) -> None:
     print_table(
         f"quiet market: {args.low_rate:g} messages/s, one event each, {args.low_seconds:g} s "
         f"(median of {len(q['runs_added_p50_us'])} runs by daemon-added p50)",
-        ["", "p50 us", "p99 us", "p99.9 us", "signals"],
+        ["", "p50 us", "p99 us", "p99.9 us", "signals", "CPU % of a core"],
         [
-            ["end to end (daemon)", *(low[f"e2e_{k}_us"] for k, _ in QUANTILES), low["signals"]],
+            ["end to end (daemon)", *(low[f"e2e_{k}_us"] for k, _ in QUANTILES), low["signals"],
+             100 * low["cpu_share"]],
             ["transport floor (null daemon)", *(floor[f"e2e_{k}_us"] for k, _ in QUANTILES),
-             floor["signals"]],
-            ["daemon-added (difference)", *(added[k] for k, _ in QUANTILES), ""],
-            ["model alone, batch 1", *(info[f"b1_{k}_us"] for k, _ in QUANTILES), ""],
+             floor["signals"], 100 * floor["cpu_share"]],
+            ["daemon-added (difference)", *(added[k] for k, _ in QUANTILES), "", ""],
+            ["model alone, batch 1", *(info[f"b1_{k}_us"] for k, _ in QUANTILES), "", ""],
             [f"model alone, batch 1, {args.low_rate:g} calls/s",
-             *(info.get(f"paced_{k}_us", float("nan")) for k, _ in QUANTILES), ""],
+             *(info.get(f"paced_{k}_us", float("nan")) for k, _ in QUANTILES), "", ""],
         ],
     )  # fmt: skip
     if "paced_p50_us" in info:

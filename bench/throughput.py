@@ -174,6 +174,7 @@ def run_throughput(
     device: str = "cpu",
     repeat: int = 3,
     seed: int = 0,
+    runner_kind: str = "auto",
 ) -> dict:
     """Windows/s of the three paths in one run (see the module docstring).
 
@@ -190,8 +191,8 @@ def run_throughput(
 
     from lobstream.kernels.registry import Registry
     from lobstream.models.artifact import load_model
+    from lobstream.models.compiled import window_runner
     from lobstream.models.manifest import spec_from_manifest
-    from lobstream.models.runner import ModelRunner
     from lobstream.replay.backtest.run import run_backtest
     from lobstream.replay.readers import read_events
 
@@ -200,7 +201,9 @@ def run_throughput(
     files = [Path(f) for f in files] if files else default_files()
     module, manifest = load_model(model_path, device=device)
     T = int(manifest["T"])
-    runner = ModelRunner(module, manifest, device=device, max_batch=max(batches), threads=threads)
+    # the runner the backtest takes (runner_kind "auto": compiled BiN-CTABL on the CPU)
+    runner = window_runner(module, manifest, runner=runner_kind, device=device,
+                           max_batch=max(batches), threads=threads)  # fmt: skip
     rng = np.random.default_rng(seed)
 
     by_batch = _model_only(runner, batches, n_windows, rng)
@@ -273,6 +276,7 @@ def run_throughput(
         "files": [str(f) for f in files],
         "threads": threads,
         "device": dev,
+        "runner": runner.mode,
     }
 
 
@@ -329,10 +333,20 @@ class _TimedRunner:
     type=click.IntRange(1),
     help="Timed turns of every path (medians reported).",
 )
+@click.option(
+    "--runner",
+    "runner_kind",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "torch", "numba"]),
+    help="Whole-window runner of the model-alone and backtest paths (auto: compiled BiN-CTABL "
+    "on the CPU).",
+)
 @JSON_OPTION
 def throughput(
-    model_path, files, windows, notebook_windows, batches, threads, device, repeat, as_json
-) -> None:
+    model_path, files, windows, notebook_windows, batches, threads, device, repeat, runner_kind,
+    as_json,
+) -> None:  # fmt: skip
     """Offline windows/s: backtest path vs model alone vs the notebook way, one run."""
     try:
         bs = tuple(int(b) for b in batches.split(",") if b.strip())
@@ -347,6 +361,7 @@ def throughput(
         threads=threads,
         device=device,
         repeat=repeat,
+        runner_kind=runner_kind,
     )
     result["machine"] = machine()
     if as_json:
@@ -356,8 +371,8 @@ def throughput(
 
     t = Table(
         title=(
-            f"offline windows/s, {result['arch']} on {result['device']}, "
-            f"{result['threads']} thread(s)"
+            f"offline windows/s, {result['arch']} ({result['runner']} runner) on "
+            f"{result['device']}, {result['threads']} thread(s)"
         )
     )
     t.add_column("path")
