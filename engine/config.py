@@ -42,7 +42,7 @@ class ModelConfig:
     # recomputing the window; false forces whole windows (for comparison)
     incremental: bool = True
     # whole windows on the CPU: auto = a compiled Numba kernel where the arch has one (binctabl;
-    # 6x less per call on a quiet market), else torch; torch | numba force one
+    # ~5x less per call on a quiet market, README), else torch; torch | numba force one
     runner: str = "auto"
     # a quiet market: a throwaway model call after this many ms without one keeps the model's
     # weights in cache for the next real call (costs CPU); 0 = off

@@ -9,9 +9,10 @@ dispatcher; on a quiet market that code and its allocator state leave the caches
 messages, and the call costs 6-7x its back-to-back time (bench/inference.py, bench.daemon).
 One compiled loop nest touches a few hundred kB of code and weights instead.
 
-The arithmetic is the module's, in float32, in the module's order where it matters: centring
-before squaring (BiN), the time map before the feature map (bilinear layers), so probabilities
-match torch to float32 round-off (tests/test_compiled.py).
+The arithmetic is the module's, in the module's order where it matters: centring before
+squaring (BiN), the time map before the feature map (bilinear layers). BiN's means and spreads
+are float64, the rest float32, so probabilities match the module run in float64 to ~1e-7 where
+torch's float32 call can differ by 1e-3 (tests/test_compiled.py).
 
 Parameters (``params``), for F features over T steps and hidden sizes (H1, K1), (H2, K2):
 

@@ -5,8 +5,9 @@
 runs the forward pass of a supported architecture in one Numba call
 (:mod:`lobstream.kernels.binctabl` for BiN-CTABL). Why: a batch-1 torch call is tens of
 dispatched operators; back to back it costs ~110 us here, and on a quiet market, when the code
-has left the caches since the last message, 650-750 us. The kernel costs ~30 us and ~100 us
-(``python -m bench.inference --compiled``), and as much per window as torch at any batch size.
+has left the caches since the last message, 650-750 us. The kernel costs ~20 us and ~120-150
+us, and less CPU per window than torch at every batch size (``python -m bench.inference
+--archs binctabl --modes runner,compiled``).
 
 :func:`window_runner` picks the runner: ``"auto"`` (the default everywhere) takes the compiled
 one on the CPU for an architecture in :data:`COMPILED_ARCHS` and torch otherwise; ``"torch"``
