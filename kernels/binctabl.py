@@ -37,8 +37,11 @@ FASTMATH = {"nsz", "arcp", "contract", "reassoc"}
 N_CLASSES = 3  # per head: down, flat, up
 
 
-def scratch_sizes(T: int, F: int, H1: int, K1: int, H2: int, K2: int, C: int) -> tuple[int, int]:
-    """Elements of the float32 and the float64 scratch buffers :func:`binctabl_forward` needs."""
+def scratch_sizes(T: int, F: int, params: tuple) -> tuple[int, int]:
+    """Elements of the float32 and the float64 scratch buffers :func:`binctabl_forward` needs
+    for windows of T steps by F features and these ``params``."""
+    b1, b2, w1c = params[5], params[8], params[11]  # the order binctabl_forward unpacks
+    (H1, K1), (H2, K2), C = b1.shape, b2.shape, w1c.shape[0]
     return F + K1 * F + H1 * K1 + K2 * H1 + H2 * K2 + C * K2 + K2 + C, 2 * F + 2 * T
 
 

@@ -74,11 +74,7 @@ def compile_binctabl(module: nn.Module) -> tuple[np.ndarray, ...]:
 
 # arch -> (compile the module into kernel parameters, the kernel, its scratch size)
 _PROGRAMS: dict[str, tuple[Callable, Callable, Callable]] = {
-    "binctabl": (
-        compile_binctabl,
-        K.binctabl_forward,
-        lambda T, F, p: K.scratch_sizes(T, F, *p[5].shape, *p[8].shape, p[11].shape[0]),
-    ),
+    "binctabl": (compile_binctabl, K.binctabl_forward, K.scratch_sizes),
 }
 COMPILED_ARCHS = tuple(_PROGRAMS)
 
@@ -113,7 +109,8 @@ def window_runner(
     threads: int | None = None,
 ) -> WindowRunner:
     """The whole-window runner of a loaded model: :class:`CompiledRunner` or
-    :class:`~lobstream.models.runner.ModelRunner` (see :func:`runner_kind`)."""
+    :class:`~lobstream.models.runner.ModelRunner` (see :func:`runner_kind`). ``threads`` is
+    torch's; the compiled kernel is single-threaded."""
     if runner_kind(manifest, runner, device) == "numba":
         try:
             return CompiledRunner(module, manifest, max_batch=max_batch)
