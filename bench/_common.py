@@ -1,45 +1,78 @@
-"""Shared output for benchmarks: a table for people, one JSON object with --json."""
+"""What the benchmarks share: their argparse options, a table for people, one JSON object
+with --json."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 from collections.abc import Sequence
 
-import click
 import numpy as np
 
-# Options that ``lobstream bench`` commands share (one definition each).
-MODEL_OPTION = click.option(
-    "--model",
-    "model_path",
-    type=click.Path(exists=True, dir_okay=False),
-    help="Model artifact (default: the bundled one).",
-)
-DEVICE_OPTION = click.option(
-    "--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda", "auto"])
-)
-JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 
-
-def threads_option(help_text: str | None = None):
-    return click.option(
-        "--threads", default=1, show_default=True, type=click.IntRange(1), help=help_text
-    )
-
-
-def parser(description: str) -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=description)
+def parser(
+    description: str, *, repeat: int | None = 5, prog: str | None = None
+) -> argparse.ArgumentParser:
+    """The parser every ``python -m bench.NAME`` starts from: ``--json`` and (unless
+    ``repeat`` is None) ``--repeat`` with that default."""
+    ap = argparse.ArgumentParser(prog=prog, description=description)
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    ap.add_argument("--repeat", type=int, default=5, help="timed repetitions per case (median)")
+    if repeat is not None:
+        ap.add_argument(
+            "--repeat", type=int, default=repeat, help="timed repetitions per case (median)"
+        )
     return ap
 
 
-def machine() -> dict:
-    import os
+# Options that several benchmarks share (one definition each).
+def add_model(ap: argparse.ArgumentParser) -> None:
+    """``--model MODEL.pt`` (dest ``model_path``; None: the bundled artifact)."""
+    ap.add_argument(
+        "--model",
+        dest="model_path",
+        metavar="MODEL.pt",
+        type=existing_file,
+        default=None,
+        help="model artifact (default: the bundled one)",
+    )
 
+
+def add_device(ap: argparse.ArgumentParser) -> None:
+    """``--device cpu|cuda|auto`` (default cpu)."""
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"), help="default: cpu")
+
+
+def add_threads(ap: argparse.ArgumentParser, help_text: str = "torch CPU threads") -> None:
+    """``--threads N`` (at least 1, default 1)."""
+    ap.add_argument("--threads", type=at_least(1), default=1, help=f"{help_text} (default: 1)")
+
+
+def existing_file(value: str) -> str:
+    """argparse type: a path to an existing file."""
+    if not os.path.isfile(value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not an existing file")
+    return value
+
+
+def at_least(minimum: float, kind: type = int):
+    """argparse type: a number of ``kind`` that is at least ``minimum``."""
+
+    def parse(value: str):
+        try:
+            x = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a valid {kind.__name__}") from None
+        if x < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is smaller than the minimum {minimum}")
+        return x
+
+    return parse
+
+
+def machine() -> dict:
     return {
         "python": platform.python_version(),
         "numpy": np.__version__,

@@ -2,11 +2,11 @@
 
 Each case runs in a fresh process (peak RSS is a process-wide high-water mark): the bundled
 model over the bundled LOBSTER GOOG day, once, and the same day replayed ``--days`` times back
-to back, for the per-row path (the oracle ``tests.reference.backtest``: ``run_backtest`` keeping
-every row, then ``evaluate``; what the backtest did before it streamed, so this runs from the
-repository root) and the streaming path (``stream_backtest`` then
-``StreamingEvaluator.summary``: what ``lobstream backtest`` does, the package's only path). Bounded memory means the
-streaming path's peak is the same for N days as for one.
+to back, for the per-row path (the oracle ``lobstream.testkit.backtest``: ``run_backtest``
+keeping every row, then ``evaluate``; what the backtest did before it streamed) and the
+streaming path (``stream_backtest`` then ``StreamingEvaluator.summary``: what ``lobstream
+backtest`` does, the package's only path). Bounded memory means the streaming path's peak is
+the same for N days as for one.
 
 Replaying a day again needs shifted copies: passing the same file twice to ``lobstream
 backtest`` replays nothing the second time (every event is older than the book's last one and
@@ -92,7 +92,7 @@ def child(
     from lobstream.models.runner import ModelRunner
     from lobstream.replay.backtest.evaluator import stream_backtest
     from lobstream.replay.backtest.trading import trading_config_for
-    from tests.reference.backtest import evaluate, run_backtest
+    from lobstream.testkit.backtest import evaluate, run_backtest
 
     torch.set_num_threads(1)
     path = default_files()[0]

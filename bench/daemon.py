@@ -371,7 +371,7 @@ def quiet_market(args, model: Path, info: dict, pin: dict | None, spin: int, inc
     """Low load and the transport floor, alternately ``--low-repeat`` times in this run; the
     run whose daemon-added p50 (end to end minus floor) is the median is judged.
 
-    Bars (issue 15): daemon-added p50 <= the model's batch-1 p50 + 200 us, and end-to-end
+    Bars: daemon-added p50 <= the model's batch-1 p50 + 200 us, and end-to-end
     p99 <= 2 x its p50."""
     runs = []
     for _ in range(max(1, args.low_repeat)):

@@ -1,12 +1,14 @@
-"""``lobstream demo``: the main job on embedded defaults.
+"""The demo: the main job on embedded defaults (what ``lobstream demo`` runs and shows).
 
-Starts the daemon as its own process (``lobstream serve`` with the embedded demo config, both
-endpoints on ipc:// in a private temporary folder), replays the bundled LOBSTER GOOG sample into
-it with ``lobstream replay`` at an accelerated speed, subscribes to the signals and shows them
-live: signals/s, end-to-end latency p50/p99 (``ts_recv`` of the newest event in the window to
-receipt here), rolling accuracy against the realised labels (computed from the sample's
-mid-prices with the artifact's own label definition), and stale instruments; then a summary.
-Every process it starts is stopped at the end, on Ctrl-C too.
+:func:`run_demo` starts the daemon as its own process (``lobstream serve`` with the embedded
+demo config, both endpoints on ipc:// in a private temporary folder), replays the bundled
+LOBSTER GOOG sample into it with ``lobstream replay`` at an accelerated speed, subscribes to the
+signals and hands their figures to a callback as they come: signals/s, end-to-end latency
+p50/p99 (``ts_recv`` of the newest event in the window to receipt here), rolling accuracy
+against the realised labels (computed from the sample's mid-prices with the artifact's own
+label definition), and stale instruments; then a summary. The daemon, the replayer and the
+labels share the bundled sample's instrument registry. Every process it starts is stopped at
+the end, on Ctrl-C too.
 """
 
 from __future__ import annotations
@@ -17,16 +19,21 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from importlib.resources import files
 from pathlib import Path
 
-import click
 import numpy as np
 
 from lobstream.bench import harness
 
 DEMO_CONFIG = "demo.toml"
 ROLLING = 500  # signals in the rolling accuracy and latency figures
+DRAW_EVERY_S = 0.25  # how often the figures go to ``on_update`` while the sample plays
+
+
+class DemoError(RuntimeError):
+    """The demo cannot run (sample or model missing, the daemon died); the message says why."""
 
 
 def demo_config_path() -> Path:
@@ -41,7 +48,7 @@ def sample_files() -> list[Path]:
     msg = sorted(folder.glob("GOOG_*_message_10.csv*"))
     book = sorted(folder.glob("GOOG_*_orderbook_10.csv*"))
     if not msg or not book:
-        raise click.ClickException(
+        raise DemoError(
             f"bundled LOBSTER sample not found in {folder}; reinstall lobstream (pip install -e .)"
         )
     return [msg[0]]
@@ -71,10 +78,11 @@ def write_demo_config(tmp: Path, model: str | None, device: str) -> tuple[Path, 
     return path, cfg
 
 
-def realised_labels(paths: list[Path], manifest: dict) -> dict[int, int]:
-    """seq -> realised label of each feature row of the sample (the artifact's definition)."""
+def realised_labels(paths: list[Path], manifest: dict, registry_path: Path) -> dict[int, int]:
+    """seq -> realised label of each feature row of the sample (the artifact's definition),
+    its events numbered by the registry at ``registry_path``."""
     from lobstream.kernels.book import new_report
-    from lobstream.kernels.registry import Registry
+    from lobstream.kernels.registry import load_registry
     from lobstream.models.manifest import label_def_from_manifest, spec_from_manifest
     from lobstream.replay.backtest.run import (
         labels_for_rows,
@@ -82,7 +90,7 @@ def realised_labels(paths: list[Path], manifest: dict) -> dict[int, int]:
     )
     from lobstream.replay.readers import read_events
 
-    registry = Registry()
+    registry = load_registry(registry_path)
     metas = []
     batches = read_events(paths, registry)
     for _, meta, _ in rows_from_events(batches, spec_from_manifest(manifest), 1, new_report()):
@@ -91,16 +99,6 @@ def realised_labels(paths: list[Path], manifest: dict) -> dict[int, int]:
     labels = labels_for_rows(meta, label_def_from_manifest(manifest))
     ok = labels >= 0
     return dict(zip(meta["seq"][ok].tolist(), labels[ok].tolist(), strict=True))
-
-
-def _registry_toml(cfg) -> str:
-    """The daemon's instruments as a registry file, so the replayer numbers them the same."""
-    entries = [
-        {"symbol": i.symbol, "tick_size": str(i.tick_size)}
-        | ({"price_scale": i.price_scale} if i.price_scale else {})
-        for i in cfg.instruments.instrument
-    ]
-    return harness.toml_text({"instrument": entries})
 
 
 class Stats:
@@ -139,44 +137,27 @@ class Stats:
         return float(np.percentile(np.fromiter(self.lat_us, float), q)) if self.lat_us else 0.0
 
 
-def _view(stats: Stats, elapsed: float, duration: float, speed: float):
-    from rich.table import Table
+def run_demo(
+    *,
+    duration: float = 90.0,
+    speed: float = 200.0,
+    model: str | None = None,
+    device: str = "auto",
+    on_phase: Callable[[str], None] | None = None,
+    on_update: Callable[[Stats, float], None] | None = None,
+) -> dict:
+    """Replay the bundled sample through a live daemon for ``duration`` seconds (or until the
+    whole sample was sent) at ``speed``; the summary of the signals received.
 
-    t = Table(title=f"GOOG 2012-06-21 replay at {speed:g}x", expand=False)
-    t.add_column("figure")
-    t.add_column("value", justify="right")
-    counts = stats.status.get("counts", {})
-    acc = np.mean(stats.recent_hits) if stats.recent_hits else float("nan")
-    t.add_row("elapsed", f"{elapsed:5.1f} / {duration:.0f} s")
-    t.add_row("events in daemon", f"{counts.get('events', 0):,}")
-    t.add_row("signals", f"{stats.n:,}")
-    t.add_row("signals/s", f"{stats.rate():,.0f}")
-    t.add_row("latency p50 / p99", f"{stats.pct(50):,.0f} / {stats.pct(99):,.0f} us")
-    t.add_row(f"accuracy (last {ROLLING})", f"{acc:.3f}")
-    t.add_row("conflated", f"{counts.get('conflated', 0):,}")
-    t.add_row("stale instruments", str(stats.status.get("stale", 0)))
-    rejected = sum(v for k, v in counts.items() if k.startswith("rejected."))
-    t.add_row("rejected messages", str(rejected))
-    return t
-
-
-@click.command()
-@click.option("--duration", default=90.0, show_default=True, help="Seconds of replay to show.")
-@click.option("--speed", default=200.0, show_default=True, help="Replay speed (1 = real time).")
-@click.option("--model", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Artifact to serve (default: the bundled model).")  # fmt: skip
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
-              show_default=True)  # fmt: skip
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
-def demo(duration: float, speed: float, model: str | None, device: str, as_json: bool) -> None:
-    """Replay the bundled LOBSTER sample through a live daemon and show its signals."""
-    from rich.console import Console
-    from rich.live import Live
-
+    ``on_phase(text)`` says what is being done before the replay starts (and on Ctrl-C);
+    ``on_update(stats, elapsed_s)`` gets the figures every :data:`DRAW_EVERY_S` while it
+    plays. Every process started is stopped before this returns. Raises :class:`DemoError`.
+    """
     from lobstream.engine.subscriber import Subscriber
     from lobstream.models.artifact import ArtifactError, load_model
 
-    console = Console(stderr=as_json)
+    phase = on_phase or (lambda text: None)
+    update = on_update or (lambda stats, elapsed: None)
     paths = sample_files()
     tmp = Path(tempfile.mkdtemp(prefix="lobdemo", dir="/tmp" if os.path.isdir("/tmp") else None))
     daemon = replayer = None
@@ -188,24 +169,23 @@ def demo(duration: float, speed: float, model: str | None, device: str, as_json:
         try:
             _, manifest = load_model(cfg.model.path, device="cpu")
         except ArtifactError as exc:
-            raise click.ClickException(str(exc)) from None
-        with console.status("computing realised labels of the sample"):
-            stats = Stats(realised_labels(paths, manifest))
+            raise DemoError(str(exc)) from None
+        registry = Path(cfg.instruments.registry)
+        phase("computing realised labels of the sample")
+        stats = Stats(realised_labels(paths, manifest, registry))
         daemon = harness.spawn_daemon(cfg_path, tmp / "daemon.log", verbose=True, new_session=True)
         sub = Subscriber(cfg.publish.endpoint)
-        with console.status("starting the daemon (model warm-up)"):
-            while True:
-                msg = sub.recv(0.2)
-                if msg is not None and msg.kind == "status":
-                    stats.status = msg.status
-                    break
-                if daemon.poll() is not None:
-                    raise click.ClickException(
-                        f"the daemon exited with {daemon.returncode}: "
-                        f"{(tmp / 'daemon.log').read_text()[-2000:]}"
-                    )
-        registry = tmp / "instruments.toml"
-        registry.write_text(_registry_toml(cfg))
+        phase("starting the daemon (model warm-up)")
+        while True:
+            msg = sub.recv(0.2)
+            if msg is not None and msg.kind == "status":
+                stats.status = msg.status
+                break
+            if daemon.poll() is not None:
+                raise DemoError(
+                    f"the daemon exited with {daemon.returncode}: "
+                    f"{(tmp / 'daemon.log').read_text()[-2000:]}"
+                )
         # the replayer binds and waits for the daemon's subscription: nothing lost at start
         replayer = harness.spawn(
             [*harness.lobstream_cmd(), "replay", *map(str, paths), "--to",
@@ -214,22 +194,22 @@ def demo(duration: float, speed: float, model: str | None, device: str, as_json:
             tmp / "replay.log", new_session=True,
         )  # fmt: skip
         t_start = time.monotonic()
-        with Live(_view(stats, 0, duration, speed), console=console, refresh_per_second=4) as live:
-            next_draw = 0.0
-            while (elapsed := time.monotonic() - t_start) < duration:
-                msg = sub.recv(0.05)
-                if msg is not None:
-                    if msg.kind == "status":
-                        stats.status = msg.status
-                    else:
-                        stats.add(msg.records, msg.t_recv_ns)
-                if elapsed >= next_draw:
-                    live.update(_view(stats, elapsed, duration, speed))
-                    next_draw = elapsed + 0.25
-                if replayer.poll() is not None and msg is None and elapsed > 1.0:
-                    break  # the whole sample was sent and the daemon has gone quiet
+        update(stats, 0.0)
+        next_draw = 0.0
+        while (elapsed := time.monotonic() - t_start) < duration:
+            msg = sub.recv(0.05)
+            if msg is not None:
+                if msg.kind == "status":
+                    stats.status = msg.status
+                else:
+                    stats.add(msg.records, msg.t_recv_ns)
+            if elapsed >= next_draw:
+                update(stats, elapsed)
+                next_draw = elapsed + DRAW_EVERY_S
+            if replayer.poll() is not None and msg is None and elapsed > 1.0:
+                break  # the whole sample was sent and the daemon has gone quiet
     except KeyboardInterrupt:
-        console.print("interrupted: stopping the replayer and the daemon")
+        phase("interrupted: stopping the replayer and the daemon")
     finally:
         harness.stop_process(replayer, "replayer")
         if sub is not None:
@@ -242,12 +222,11 @@ def demo(duration: float, speed: float, model: str | None, device: str, as_json:
         if sub is not None:
             sub.close()
         shutil.rmtree(tmp, ignore_errors=True)
-    _summary(console, stats, time.monotonic() - t_start, as_json)
+    return summary(stats, time.monotonic() - t_start)
 
 
-def _summary(console, stats: Stats, seconds: float, as_json: bool) -> None:
-    from rich.table import Table
-
+def summary(stats: Stats, seconds: float) -> dict:
+    """The demo's end figures (JSON-ready; None where no signal had a realised label)."""
     from lobstream.models.metrics import classification_report
 
     report = (
@@ -256,7 +235,7 @@ def _summary(console, stats: Stats, seconds: float, as_json: bool) -> None:
         else {}
     )
     counts = stats.status.get("counts", {})
-    summary = {
+    return {
         "seconds": round(seconds, 2),
         "events": counts.get("events", 0),
         "signals": stats.n,
@@ -269,14 +248,3 @@ def _summary(console, stats: Stats, seconds: float, as_json: bool) -> None:
         "conflated": counts.get("conflated", 0),
         "stale_instruments": stats.status.get("stale", 0),
     }
-    if as_json:
-        import json
-
-        click.echo(json.dumps(summary))
-        return
-    t = Table(title="summary")
-    t.add_column("figure")
-    t.add_column("value", justify="right")
-    for k, v in summary.items():
-        t.add_row(k, f"{v:,.3f}" if isinstance(v, float) else f"{v:,}" if v is not None else "-")
-    console.print(t)

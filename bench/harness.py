@@ -54,8 +54,20 @@ def default_model() -> Path:
 
 def lobstream_cmd(python: str = sys.executable) -> list[str]:
     """The ``lobstream`` command run by ``python`` (this interpreter by default, so children
-    see the same environment without a PATH lookup; another venv's runs another version)."""
-    return [python, "-c", "from lobstream.engine.cli import main; main()"]
+    see the same environment without a PATH lookup; another venv's runs another version, and
+    a tree from before ``lobstream.cli`` existed has its entry point in ``lobstream.engine``)."""
+    return [python, "-c", _MAIN]
+
+
+_MAIN = """
+try:
+    from lobstream.cli import main
+except ModuleNotFoundError as exc:
+    if exc.name != "lobstream.cli":
+        raise
+    from lobstream.engine.cli import main
+main()
+"""
 
 
 def free_port() -> int:
@@ -559,7 +571,7 @@ def model_alone(
 
 def _model_alone(model_path, threads, batches, device, calls, paced_rate, kind) -> dict:
     from lobstream.models.artifact import load_model
-    from lobstream.models.compiled import window_runner
+    from lobstream.models.runner import window_runner
 
     module, manifest = load_model(model_path, device=device)
     runner = window_runner(module, manifest, runner=kind, device=device,

@@ -28,8 +28,8 @@ import torch
 
 from lobstream.bench._common import emit_json, machine, parser, print_table
 from lobstream.models.artifact import load_model
+from lobstream.models.causal.runner import IncrementalRunner, is_causal
 from lobstream.models.heads import parse_horizons, parse_loss_weights
-from lobstream.models.incremental import IncrementalRunner, is_causal
 from lobstream.models.runner import ModelRunner
 from lobstream.models.train import TrainConfig
 from lobstream.replay.samples import GOOG_MESSAGE_10

@@ -6,11 +6,11 @@ Modes (CPU): ``eager`` (the nn.Module under inference_mode), ``scripted`` (torch
 ``frozen`` (script + freeze), ``optimized`` (script + optimize_for_inference, where it works),
 ``runner`` (models.runner.ModelRunner as the daemon and backtest use it: frozen, graph
 executor without profiling, cache-sized power-of-two micro-batches, softmax and the copies
-in and out of its buffers included), and ``compiled`` (models.compiled.CompiledRunner: the
+in and out of its buffers included), and ``compiled`` (models.binctabl.compiled.CompiledRunner: the
 forward pass as one Numba kernel, softmax included; BiN-CTABL only, what ``runner = "auto"``
 takes for it on the CPU). On CUDA also ``eager``/``frozen`` on device tensors and
 ``runner`` with pinned input and CUDA graphs. ``incremental`` (CPU, causal architectures only;
-skipped with the reason for the others) is models.incremental.IncrementalRunner: one pushed row
+skipped with the reason for the others) is models.causal.runner.IncrementalRunner: one pushed row
 per event and slot, its window's probabilities out; its "batch" is that many slots pushed in
 one call, its latency the per-event push, timed in blocks alternating with the full-window ModelRunner
 batch-1 call of the same model in the same case, whose p50 and the ratio the row carries (and
@@ -39,9 +39,9 @@ import torch
 
 from lobstream.bench._common import emit_json, machine, parser, print_table
 from lobstream.models.artifact import script_module
-from lobstream.models.compiled import COMPILED_ARCHS, CompiledRunner
-from lobstream.models.incremental import IncrementalRunner
-from lobstream.models.runner import ModelRunner
+from lobstream.models.binctabl.compiled import CompiledRunner
+from lobstream.models.causal.runner import IncrementalRunner
+from lobstream.models.runner import COMPILED_ARCHS, ModelRunner
 from lobstream.models.zoo import ARCHITECTURES, build_model, config_to_dict
 
 BATCHES = (1, 32, 256, 1024)

@@ -10,7 +10,7 @@ warm-up excluded (``warmup()`` first, then one untimed run of each case):
     also with ticks-from-mid (``log1p`` sizes) and on the real GOOG 10-level LOBSTER events
     when the reader and the shared data are present;
 (c) window gather at B = 256, T = 100, F = 40: windows/s and GB/s copied;
-(d) the pure-Python reference book (tests/reference) on a slice, events/s;
+(d) the pure-Python reference book (lobstream.testkit) on a slice, events/s;
 floor: a minimal Numba kernel that only copies a precomputed 40-float row into each event's
     instrument ring slot, no book, no mirror copy: (b) with free book work, as (b) writes
     each row once in a long call. Quoted so numbers taken on a busy shared machine can be read
@@ -164,8 +164,8 @@ def bench_floor(events: np.ndarray, n_inst: int, repeat: int) -> float:
 
 
 def bench_reference(events: np.ndarray, n_inst: int, n: int) -> dict:
-    from tests.reference.book import RefBook
-    from tests.reference.features import rows as ref_rows
+    from lobstream.testkit.book import RefBook
+    from lobstream.testkit.features import rows as ref_rows
 
     part = events[:n]
     spec = _spec_for(events)

@@ -12,11 +12,12 @@ Every rate replays a synthetic stream (``lobstream.replay.feed.synthetic``) whos
 ``finally`` blocks (``lobstream.bench.harness``): the daemon by SIGTERM (then SIGKILL after a
 timeout), the subscriber by a line on its stdin (then terminate).
 
-``lobstream bench latency`` and ``python -m bench.latency`` are this one command.
+``lobstream bench latency`` passes its arguments to ``python -m bench.latency``.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -26,17 +27,18 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import click
 import numpy as np
 
 from lobstream.bench import harness
 from lobstream.bench._common import (
-    DEVICE_OPTION,
-    JSON_OPTION,
-    MODEL_OPTION,
+    add_device,
+    add_model,
+    add_threads,
+    at_least,
     console,
+    emit_json,
     machine,
-    threads_option,
+    parser,
 )
 
 logger = logging.getLogger(__name__)
@@ -247,70 +249,69 @@ def _rates(value: str) -> tuple[float, ...]:
     try:
         out = tuple(float(x) for x in value.split(",") if x.strip())
     except ValueError:
-        raise click.BadParameter(
+        raise argparse.ArgumentTypeError(
             f"{value!r}: expected comma-separated events/s (0 = max)"
         ) from None
     if not out or any(r < 0 for r in out):
-        raise click.BadParameter(f"{value!r}: expected rates >= 0 (0 = as fast as possible)")
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: expected rates >= 0 (0 = as fast as possible)"
+        )
     return out
 
 
-@click.command("latency")
-@click.option(
-    "--rates",
-    default="1000,10000,100000,0",
-    show_default=True,
-    help="Target events/s per run, comma-separated; 0 = as fast as possible.",
-)
-@click.option(
-    "--seconds",
-    default=3.0,
-    show_default=True,
-    type=click.FloatRange(0.1),
-    help="Replay duration per rate (the max-rate run sends seconds x 100k events).",
-)
-@click.option(
-    "--instruments",
-    default=10,
-    show_default=True,
-    type=click.IntRange(1),
-    help="Synthetic instruments in the replayed stream.",
-)
-@DEVICE_OPTION
-@threads_option("Torch threads of the daemon.")
-@MODEL_OPTION
-@JSON_OPTION
-@click.option(
-    "--out",
-    "out_dir",
-    type=click.Path(file_okay=False),
-    help="Write latency.json and latency.png here.",
-)
-def latency(rates, seconds, instruments, device, threads, model_path, as_json, out_dir) -> None:
-    """End-to-end signal latency of a live daemon at fixed replay rates."""
+def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
+    """``python -m bench.latency`` (``lobstream bench latency``): end-to-end signal latency of a
+    live daemon at fixed replay rates."""
+    ap = parser(__doc__.splitlines()[0], repeat=None, prog=prog or "python -m bench.latency")
+    ap.add_argument(
+        "--rates",
+        type=_rates,
+        default="1000,10000,100000,0",
+        help="target events/s per run, comma-separated; 0 = as fast as possible "
+        "(default: %(default)s)",
+    )
+    ap.add_argument(
+        "--seconds",
+        type=at_least(0.1, float),
+        default=3.0,
+        help="replay duration per rate; the max-rate run sends seconds x 100k events "
+        "(default: %(default)s)",
+    )
+    ap.add_argument(
+        "--instruments",
+        type=at_least(1),
+        default=10,
+        help="synthetic instruments in the replayed stream (default: %(default)s)",
+    )
+    add_device(ap)
+    add_threads(ap, "torch threads of the daemon")
+    add_model(ap)
+    ap.add_argument("--out", dest="out_dir", help="write latency.json and latency.png here")
+    args = ap.parse_args(argv)
     result = run_latency(
-        model_path,
-        rates=_rates(rates),
-        seconds=seconds,
-        n_instruments=instruments,
-        device=device,
-        threads=threads,
-        progress=None if as_json else click.echo,
+        args.model_path,
+        rates=args.rates,
+        seconds=args.seconds,
+        n_instruments=args.instruments,
+        device=args.device,
+        threads=args.threads,
+        progress=None if args.json else print,
     )
     result["machine"] = machine()
-    if out_dir:
+    if args.out_dir:
         from lobstream.replay.backtest.plots import plot_latency
 
-        out = Path(out_dir)
+        out = Path(args.out_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "latency.json").write_text(json.dumps(result, indent=2))
         result["plot"] = str(
             plot_latency(out / "latency.png", result["rates"], result["model_b1_p50_us"])
         )
-    if as_json:
-        click.echo(json.dumps(result))
-        return
-    _latency_table(result)
+    if args.json:
+        emit_json(result)
+    else:
+        _latency_table(result)
+    return result
 
 
 def _latency_table(result: dict) -> None:
@@ -363,11 +364,6 @@ def _latency_table(result: dict) -> None:
             ),
         )
     console().print(s)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m bench.latency``: the ``lobstream bench latency`` command."""
-    latency.main(args=argv, prog_name="python -m bench.latency", help_option_names=["-h", "--help"])
 
 
 if __name__ == "__main__":

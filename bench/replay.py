@@ -33,7 +33,7 @@ def _subscriber(endpoint: str, expected: int, conn) -> None:
     """Child process: count decoded events until ``expected`` or 5 s of silence."""
     import zmq
 
-    from lobstream.replay.feed import wire
+    from lobstream.kernels import wire
 
     ctx = zmq.Context()
     sock = ctx.socket(zmq.SUB)

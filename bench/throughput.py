@@ -18,29 +18,31 @@ CPU), these say how much cheaper the data path is, which the end-to-end ratio ca
 Compile and warm-up never fall in a timed region: every path runs once untimed first. The
 paths are timed in turns, ``repeat`` times, and medians reported (the machine may be shared).
 
-``lobstream bench throughput`` and ``python -m bench.throughput`` are this one command (the
-latter with ``--repeat 5`` by default, as every ``python -m bench.NAME``).
+``lobstream bench throughput`` passes its arguments to ``python -m bench.throughput`` (with
+``--repeat 3`` by default there, 5 here as every ``python -m bench.NAME``).
 """
 
 from __future__ import annotations
 
-import json
+import argparse
 import logging
 import statistics
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import click
 import numpy as np
 
 from lobstream.bench._common import (
-    DEVICE_OPTION,
-    JSON_OPTION,
-    MODEL_OPTION,
+    add_device,
+    add_model,
+    add_threads,
+    at_least,
     console,
+    emit_json,
+    existing_file,
     machine,
-    threads_option,
+    parser,
 )
 from lobstream.bench.harness import default_model
 
@@ -191,8 +193,8 @@ def run_throughput(
 
     from lobstream.kernels.registry import Registry
     from lobstream.models.artifact import load_model
-    from lobstream.models.compiled import window_runner
     from lobstream.models.manifest import spec_from_manifest
+    from lobstream.models.runner import window_runner
     from lobstream.replay.backtest.run import run_backtest
     from lobstream.replay.readers import read_events
 
@@ -296,77 +298,81 @@ class _TimedRunner:
 
 
 # -------------------------------------------------------------------------- command line ---
-@click.command("throughput")
-@MODEL_OPTION
-@click.option(
-    "--files",
-    multiple=True,
-    type=click.Path(exists=True, dir_okay=False),
-    help="LOB files to score (default: the bundled LOBSTER GOOG sample).",
-)
-@click.option(
-    "--windows",
-    default=4096,
-    show_default=True,
-    type=click.IntRange(1),
-    help="Windows scored by the backtest path and by the model alone.",
-)
-@click.option(
-    "--notebook-windows",
-    default=1024,
-    show_default=True,
-    type=click.IntRange(1),
-    help="Windows scored the notebook way (it is slow).",
-)
-@click.option(
-    "--batches",
-    default="16,32,64,128,256,512",
-    show_default=True,
-    help="Batch sizes tried for the model alone.",
-)
-@threads_option()
-@DEVICE_OPTION
-@click.option(
-    "--repeat",
-    default=3,
-    show_default=True,
-    type=click.IntRange(1),
-    help="Timed turns of every path (medians reported).",
-)
-@click.option(
-    "--runner",
-    "runner_kind",
-    default="auto",
-    show_default=True,
-    type=click.Choice(["auto", "torch", "numba"]),
-    help="Whole-window runner of the model-alone and backtest paths (auto: compiled BiN-CTABL "
-    "on the CPU).",
-)
-@JSON_OPTION
-def throughput(
-    model_path, files, windows, notebook_windows, batches, threads, device, repeat, runner_kind,
-    as_json,
-) -> None:  # fmt: skip
-    """Offline windows/s: backtest path vs model alone vs the notebook way, one run."""
+def _batches(value: str) -> tuple[int, ...]:
     try:
-        bs = tuple(int(b) for b in batches.split(",") if b.strip())
+        return tuple(int(b) for b in value.split(",") if b.strip())
     except ValueError:
-        raise click.BadParameter(f"{batches!r}: expected comma-separated integers") from None
+        raise argparse.ArgumentTypeError(f"{value!r}: expected comma-separated integers") from None
+
+
+def main(argv: list[str] | None = None, prog: str | None = None, repeat: int = 5) -> dict:
+    """``python -m bench.throughput`` (``lobstream bench throughput``): offline windows/s of the
+    backtest path vs the model alone vs the notebook way, one run; ``repeat`` is the default
+    of ``--repeat``."""
+    ap = parser(__doc__.splitlines()[0], repeat=None, prog=prog or "python -m bench.throughput")
+    add_model(ap)
+    ap.add_argument(
+        "--files",
+        action="append",
+        type=existing_file,
+        default=None,
+        help="LOB file to score, once per file (default: the bundled LOBSTER GOOG sample)",
+    )
+    ap.add_argument(
+        "--windows",
+        type=at_least(1),
+        default=4096,
+        help="windows scored by the backtest path and by the model alone (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--notebook-windows",
+        type=at_least(1),
+        default=1024,
+        help="windows scored the notebook way, which is slow (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--batches",
+        type=_batches,
+        default="16,32,64,128,256,512",
+        help="batch sizes tried for the model alone (default: %(default)s)",
+    )
+    add_threads(ap)
+    add_device(ap)
+    ap.add_argument(
+        "--repeat",
+        type=at_least(1),
+        default=repeat,
+        help="timed turns of every path, medians reported (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--runner",
+        dest="runner_kind",
+        default="auto",
+        choices=("auto", "torch", "numba"),
+        help="whole-window runner of the model-alone and backtest paths (auto: compiled "
+        "BiN-CTABL on the CPU)",
+    )
+    args = ap.parse_args(argv)
     result = run_throughput(
-        model_path,
-        files or None,
-        n_windows=windows,
-        notebook_windows=notebook_windows,
-        batches=bs,
-        threads=threads,
-        device=device,
-        repeat=repeat,
-        runner_kind=runner_kind,
+        args.model_path,
+        args.files,
+        n_windows=args.windows,
+        notebook_windows=args.notebook_windows,
+        batches=args.batches,
+        threads=args.threads,
+        device=args.device,
+        repeat=args.repeat,
+        runner_kind=args.runner_kind,
     )
     result["machine"] = machine()
-    if as_json:
-        click.echo(json.dumps(result))
-        return
+    if args.json:
+        emit_json(result)
+    else:
+        _throughput_table(result)
+    return result
+
+
+def _throughput_table(result: dict) -> None:
     from rich.table import Table
 
     t = Table(
@@ -389,20 +395,10 @@ def throughput(
     ):
         t.add_row(name, f"{result[key]:,.0f}", f"{result[key] / m:.0%}")
     console().print(t)
-    click.echo(
+    print(
         f"backtest / notebook: {result['backtest_vs_notebook']:.1f}x end to end, "
         f"{result['data_path_vs_notebook']:.1f}x for the data path alone "
         f"(medians of {result['repeat']} turns)"
-    )
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m bench.throughput``: the ``lobstream bench throughput`` command."""
-    throughput.main(
-        args=argv,
-        prog_name="python -m bench.throughput",
-        default_map={"repeat": 5},
-        help_option_names=["-h", "--help"],
     )
 
 

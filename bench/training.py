@@ -5,7 +5,7 @@
 Both paths run the optimizer steps of :func:`lobstream.models.train.train_model` (AdamW,
 class-weighted cross-entropy, backward, step) on the same windows of one stream of rows:
 *per-window* gathers batches of ``--batch`` random (T, F) windows and runs the whole network on
-each; *sequence* (:mod:`lobstream.models.seqtrain`) runs ``row_features`` once over chunks of
+each; *sequence* (:mod:`lobstream.models.causal.seqtrain`) runs ``row_features`` once over chunks of
 ``--chunk-rows`` consecutive rows (``--chunks-per-step`` chunks a step) and the head per window.
 Reported: training windows/s of each (median of ``--repeat`` timed runs after an untimed
 warm-up step), their ratio, and the loss of the same windows both ways with the same weights
@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from lobstream.bench._common import emit_json, machine, parser, print_table
-from lobstream.models import seqtrain
 from lobstream.models.baselines import class_weights
+from lobstream.models.causal import seqtrain
 from lobstream.models.train import Windows
 from lobstream.models.zoo import ARCHITECTURES, build_model
 

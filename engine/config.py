@@ -417,8 +417,7 @@ def load_instruments(cfg: ServeConfig):
     -------
     lobstream.kernels.registry.Registry
     """
-    from lobstream.kernels.registry import Registry
-    from lobstream.replay.instruments import load_registry
+    from lobstream.kernels.registry import Registry, load_registry
 
     if cfg.instruments.registry:
         try:

@@ -23,10 +23,11 @@ so no event is lost. The new artifact is checked as at start and must keep the f
 and window of the running one (the rings hold rows normalised with it).
 
 A causal artifact (``manifest["causal"]``) on the CPU is run incrementally unless
-``model.incremental = false``: an :class:`~lobstream.models.incremental.IncrementalRunner`
-keeps one slot per instrument and each model call pushes the rows its instruments gained
-since their last call (:class:`~lobstream.engine.incremental_feed.IncrementalFeed`), the head only
-for the newest, so a signal costs the new rows' columns of convolutions plus one head instead
+``model.incremental = false`` (:func:`lobstream.models.scoring.choose_scorer`, as the
+backtest): an :class:`~lobstream.models.causal.runner.IncrementalRunner` keeps one slot per
+instrument and each model call pushes the rows its instruments gained since their last call
+(:class:`~lobstream.models.scoring.IncrementalFeed`), the head only for the newest, so a
+signal costs the new rows' columns of convolutions plus one head instead
 of a whole window, with the same probabilities. Slots follow the rings: like the ring (and the
 backtest), they are not reset by a sequence gap or the snapshot that heals it, so a window
 after a heal still holds pre-fault rows in both paths. A reloaded runner starts empty and
@@ -48,7 +49,6 @@ import zmq
 
 from lobstream.engine.config import ServeConfig
 from lobstream.engine.handoff import Handoff, InferenceWorker
-from lobstream.engine.incremental_feed import IncrementalFeed
 from lobstream.engine.ingest import Ingest
 from lobstream.engine.malloc import hold_freed_memory
 from lobstream.engine.metrics import Metrics, RateLimitedLog
@@ -59,6 +59,7 @@ from lobstream.kernels.book import new_book, new_report
 from lobstream.kernels.dtypes import CODE_CROSSED, CODE_SEQ_GAP
 from lobstream.kernels.ring import apply_events_rows, gather_windows, new_ring
 from lobstream.kernels.ring import warmup as warmup_kernels
+from lobstream.models.scoring import IncrementalFeed, choose_scorer, incremental_feed
 
 if TYPE_CHECKING:
     from lobstream.models.runner import Inferable, WindowRunner
@@ -105,7 +106,7 @@ def load_checked_model(cfg: ServeConfig, n_instruments: int | None = None) -> Lo
     SHA-256 that differs from the pinned one. Called before any socket opens.
     """
     from lobstream.models.artifact import load_model, sha256_file
-    from lobstream.models.compiled import window_runner
+    from lobstream.models.runner import window_runner
 
     m = cfg.model
     st = os.stat(m.path) if os.path.exists(m.path) else None
@@ -135,23 +136,18 @@ def with_incremental(model: LoadedModel, cfg: ServeConfig, n_instruments: int) -
     a causal artifact, on the CPU (on a GPU whole-window batches are what the device wants),
     ``model.incremental`` not false. Returns ``model`` (changed in place); a no-op otherwise
     or where it has one with enough slots."""
-    from lobstream.replay.backtest.run import choose_scorer
-
-    if model.feed is not None and model.feed.runner.n_slots >= n_instruments:
+    if model.feed is not None and model.feed.n_slots >= n_instruments:
         return model
     wanted = "auto" if cfg.model.incremental else "full-window"
     if choose_scorer(model.manifest, wanted, cfg.model.device) != "incremental":
         model.feed = None
         return model
-    from lobstream.models.incremental import IncrementalRunner
-
     module = model.module
     if module is None:  # built elsewhere: the artifact file is the model
         from lobstream.models.artifact import load_model
 
         module, _ = load_model(model.path, device="cpu")
-    runner = IncrementalRunner(module, model.manifest, n_slots=max(1, n_instruments))
-    model.feed = IncrementalFeed(runner, n_instruments)
+    model.feed = incremental_feed(module, model.manifest, n_instruments)
     return model
 
 
@@ -300,7 +296,7 @@ class Daemon:
         left = self._last_call + warm_s - time.perf_counter()
         if left <= 0 and not self.handoff.pulling:
             feed = self.model.feed
-            (feed.runner if feed is not None else self.model.runner).keep_warm()
+            (feed if feed is not None else self.model.runner).keep_warm()
             self._last_call = time.perf_counter()
             self.metrics.totals["keep_warm_calls"] += 1  # the heartbeat's count
             left = warm_s
@@ -479,7 +475,7 @@ class Daemon:
             "sha256": m.sha256,
             "model_id": m.model_id,
             "inference": m.inference,
-            # whole windows: "numba" (models.compiled) or the torch mode ("frozen", ...)
+            # whole windows: "numba" (a compiled runner) or the torch mode ("frozen", ...)
             "runner": getattr(m.runner, "mode", None),
         }
         if m.feed is not None:

@@ -198,7 +198,7 @@ class InferenceWorker:
 
     def take(self) -> list[tuple]:
         """Finished calls, oldest first: ``(tag, probs, error, t_done_ns)`` each."""
-        # the loop calls this twice a round: asking for readiness (~2 us here) costs half of a
+        # the loop calls this twice a round: asking for readiness costs about half of a
         # recv that raises zmq.Again on an empty socket, the common case at low load
         sock, events, pollin = self.sock, zmq.EVENTS, zmq.POLLIN
         while sock.getsockopt(events) & pollin:

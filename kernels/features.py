@@ -130,7 +130,7 @@ def _spec_args(spec: FeatureSpec, book: BookState) -> tuple[int, int, float, flo
 
 
 # The daemon calls the row kernel once per round with the same spec: validating it every time
-# cost half of a one-event call (15 of 29 us), so the checked scalars are remembered.
+# cost about half of a one-event call, so the checked scalars are remembered.
 @functools.lru_cache(maxsize=64)
 def _kernel_scalars(
     kind: int, levels: int, p0: float, p1: float, p2: float, p3: float

@@ -1,7 +1,8 @@
 """The instrument registry: symbol <-> id, tick size and per-source price scale.
 
-Pure data: parsing a TOML file into it is done by :func:`lobstream.replay.instruments.load_registry`
-(kernels do no I/O). TOML layout::
+A contract shared by the readers, the replayer and the daemon, so it lives beside the event
+layout; :func:`load_registry` reads it from a TOML file (the one file read in ``kernels/``; the
+kernels themselves do no I/O). TOML layout::
 
     [[instrument]]
     symbol = "GOOG"
@@ -11,9 +12,11 @@ Pure data: parsing a TOML file into it is done by :func:`lobstream.replay.instru
 
 from __future__ import annotations
 
+import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -116,3 +119,17 @@ class Registry:
                 for i in self._by_id
             ]
         }
+
+
+def load_registry(path: str | Path) -> Registry:
+    """Read a registry TOML file (layout in the module docstring)."""
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        return Registry.from_dict(data)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None

@@ -45,6 +45,7 @@ from lobstream.kernels.features import (
     events_to_rows,
     zscore_spec,
 )
+from lobstream.kernels.windows import copy_window
 
 logger = logging.getLogger(__name__)
 
@@ -165,7 +166,8 @@ def apply_events_rows(
 
 
 def gather_windows(ring: RingState, instruments: np.ndarray, out: np.ndarray) -> None:
-    """Copy the current windows of ``instruments`` into ``out[:B]``.
+    """Copy the current windows of ``instruments`` into ``out[:B]`` (the window copy of
+    :mod:`lobstream.kernels.windows`, at each instrument's ``count % T``).
 
     Parameters
     ----------
@@ -230,10 +232,6 @@ def warmup() -> None:
 @njit
 def _gather(rows, count, instruments, out):
     t = rows.shape[1] // 2
-    f = rows.shape[2]
     for b in range(instruments.shape[0]):
         i = instruments[b]
-        s = count[i] % t
-        for r in range(t):
-            for c in range(f):
-                out[b, 0, r, c] = rows[i, s + r, c]
+        copy_window(rows, i, count[i] % t, out, b)  # the mirror: rows s .. s + T - 1

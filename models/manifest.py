@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 NS_PER_SECOND = 1_000_000_000
 HORIZON_UNITS = ("events", "seconds")
-# How whole windows are run on the CPU (models.compiled.window_runner); here so that configs
+# How whole windows are run on the CPU (models.runner.window_runner); here so that configs
 # and command lines can check the name without importing torch.
 RUNNER_KINDS = ("auto", "torch", "numba")
 

@@ -1,23 +1,31 @@
-"""The model runner shared by the daemon and the backtest: one warm, batched model call.
+"""The whole-window model runners shared by the daemon and the backtest: one warm, batched
+model call, and the choice of runner.
 
-A ``ModelRunner`` owns a preallocated input buffer of shape (Bmax, 1, T, F) float32, exposed
-as a numpy array that ``kernels.ring.gather_windows`` writes into directly, and turns
-``infer(n)`` into class probabilities for the first ``n`` windows of that buffer.
+A whole-window runner (:class:`WindowRunner`) owns a preallocated input buffer of shape
+(Bmax, 1, T, F) float32, exposed as a numpy array that the window copy
+(:mod:`lobstream.kernels.windows`, e.g. ``kernels.ring.gather_windows``) writes into directly,
+and turns ``infer(n)`` into class probabilities for the first ``n`` windows of that buffer.
+:class:`ModelRunner` runs the module with torch; a compiled runner runs the forward pass as a
+Numba kernel (BiN-CTABL: :class:`~lobstream.models.binctabl.compiled.CompiledRunner`).
+:func:`window_runner` picks one: ``"auto"`` (the default everywhere) takes the compiled one on
+the CPU for an architecture in :data:`COMPILED_ARCHS` and torch otherwise; ``"torch"`` and
+``"numba"`` force one. A compiled program is checked against the module when it is built (one
+window, both ways): a module it does not reproduce is refused, or under ``"auto"`` left to
+torch with a warning, so an architecture change cannot silently change signals.
 
 CPU: the module is frozen TorchScript (weights folded into the graph) by default, and a batch
 is run as micro-batches whose activations stay cache-sized. Why: eager DeepLOB at B=256 makes
 (256, 32, 100, 20) float32 activations of 65.5 MB; glibc serves any allocation above its
 32 MiB mmap ceiling with a fresh ``mmap``, so every such tensor is page-faulted in (kernel
-zeroing, ~1,400 minor faults per window) and unmapped again, and each elementwise pass
-streams from DRAM instead of the 8 MB L3. Measured here (frozen, 1 thread, user+sys CPU per
-window, B=256): 6.5 ms in one call against 4.6 ms in micro-batches of 16 or 32, sys time
-2.3 ms -> 0.02 ms, minor faults 1,400 -> 0 per window. A batch of ``n`` is cut into
-``ceil(n / micro_batch)`` chunks of equal size (+-1: 100 = 50 + 50 at a micro-batch of 64),
-never a small tail: a tail chunk costs nearly a whole call (batch 4 runs at half the per-window
-rate of batch 64 here), and every call returns to Python, so it must retake the GIL, which the
-daemon's loop thread holds between its own calls. Every size up to ``micro_batch`` is warmed at
-construction (oneDNN primitives), and the graph executor runs the frozen graph without
-profiling, so the first real window never pays a profiling or re-specialisation run.
+zeroing) and unmapped again, and each elementwise pass streams from DRAM instead of the L3
+cache; micro-batches of 16 or 32 windows cost less CPU per window, with next to no system time
+and no page faults (README, "Why eager DeepLOB gets slower with bigger batches"). A batch of
+``n`` is cut into ``ceil(n / micro_batch)`` chunks of equal size (+-1: 100 = 50 + 50 at a
+micro-batch of 64), never a small tail: a tail chunk costs nearly a whole call, and every call
+returns to Python, so it must retake the GIL, which the daemon's loop thread holds between its
+own calls. Every size up to ``micro_batch`` is warmed at construction (oneDNN primitives), and
+the graph executor runs the frozen graph without profiling, so the first real window never
+pays a profiling or re-specialisation run.
 
 CUDA: the input buffer is pinned host memory, copies are non-blocking on a dedicated stream,
 and with ``cuda_graphs`` each power-of-two batch size up to Bmax is captured once; ``infer(n)``
@@ -27,6 +35,7 @@ because rows are independent in eval mode, and their outputs are ignored).
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 from typing import Any, Protocol
@@ -37,17 +46,18 @@ from torch import nn
 
 from lobstream.models.artifact import load_model, quiet_jit, resolve_device, script_module
 from lobstream.models.heads import n_heads, out_shape, softmax_heads
+from lobstream.models.manifest import RUNNER_KINDS
 
 logger = logging.getLogger(__name__)
 
 MODES = ("eager", "scripted", "frozen", "optimized")
-# Fastest CPU mode per architecture in bench/inference.py here: optimize_for_inference keeps
-# the plain CNN's 3x3 conv+ReLU chain in oneDNN's blocked layout (2.5x less CPU per window
-# than frozen); for the others it saved nothing or cost time (DeepLOB batch-1 latency up).
+# Fastest CPU mode per architecture in bench/inference.py: optimize_for_inference keeps the
+# plain CNN's 3x3 conv+ReLU chain in oneDNN's blocked layout (less CPU per window than
+# frozen); for the others it saved nothing or cost time (DeepLOB batch-1 latency up).
 CPU_MODE_BY_ARCH = {"cnn": "optimized"}
 DEFAULT_MODE = "frozen"
 # Largest activation a micro-batch may make on CPU: well under glibc's 32 MiB mmap ceiling and
-# half the 8 MB L3 measured here, so temporaries are reused from the heap and stay in cache.
+# half an 8 MB L3, so temporaries are reused from the heap and stay in cache.
 ACTIVATION_BUDGET_BYTES = 4 << 20
 # Calls per shape at construction: oneDNN builds and caches a primitive per input shape on the
 # first call, and the allocator's pools settle on the second.
@@ -92,8 +102,8 @@ def default_micro_batch(manifest: dict[str, Any], max_batch: int) -> int:
 
 def _no_profiling() -> Any:
     # On CPU the profiling executor only re-specialises a frozen graph per input shape (it
-    # fuses nothing there) and does so again when shapes alternate: a ~0.1 s stall on a live
-    # call, measured here. Running the frozen graph as is costs nothing (same per-call time).
+    # fuses nothing there) and does so again when shapes alternate: a stall on a live call.
+    # Running the frozen graph as is costs nothing (same per-call time).
     return torch.jit.optimized_execution(False)
 
 
@@ -121,23 +131,16 @@ def _prepare(module: nn.Module, mode: str, device: torch.device) -> nn.Module:
 class Inferable(Protocol):
     """A model call as the daemon and its inference thread make it: ``infer(n)`` gives the
     probabilities (n, 3), or (n, H, 3), of the first ``n`` windows it holds (a
-    :class:`ModelRunner` on its input buffer, an ``engine.incremental_feed.IncrementalCall``
-    on the rows it carries)."""
+    :class:`WindowRunner` on its input buffer, a :class:`~lobstream.models.scoring.
+    IncrementalCall` on the rows it carries)."""
 
     def infer(self, n: int) -> np.ndarray: ...
-
-
-class KeepsWarm(Protocol):
-    """A runner that can make a throwaway call, so that a quiet market finds it in cache
-    (:class:`ModelRunner`, :class:`~lobstream.models.incremental.IncrementalRunner`)."""
-
-    def keep_warm(self) -> None: ...
 
 
 class WindowRunner:
     """What a whole-window runner has: ``input`` (max_batch, 1, T, F) float32, ``infer(n)``
     on its first ``n`` rows, ``keep_warm()``; :class:`ModelRunner` (torch) and
-    :class:`~lobstream.models.compiled.CompiledRunner` (a Numba kernel) are the two."""
+    :class:`~lobstream.models.binctabl.compiled.CompiledRunner` (a Numba kernel) are the two."""
 
     input: np.ndarray
     arch: str
@@ -206,7 +209,7 @@ class ModelRunner(WindowRunner):
         ``torch.set_num_threads`` (process-wide) for CPU inference; None leaves it as is.
     mode : {"frozen", "scripted", "optimized", "eager"}, optional
         How to run the module. Default: ``CPU_MODE_BY_ARCH`` on CPU, else ``"frozen"``
-        (the fastest measured here, see bench/inference.py).
+        (the fastest in bench/inference.py).
     micro_batch : int, optional
         CPU chunk size (rounded down to a power of two); default from the activation budget.
         Ignored on CUDA, where large batches are what the device wants.
@@ -254,8 +257,8 @@ class ModelRunner(WindowRunner):
             mode = DEFAULT_MODE if self.is_cuda else CPU_MODE_BY_ARCH.get(self.arch, DEFAULT_MODE)
         self.mode = mode
         self._fn = _prepare(module, mode, self.device)
-        # A ScriptModule's forward called directly skips nn.Module.__call__ (hook checks, ~10%
-        # of a batch-1 call here); eager modules keep __call__ so their hooks still run.
+        # A ScriptModule's forward called directly skips nn.Module.__call__ (hook checks, a
+        # share of a batch-1 call); eager modules keep __call__ so their hooks still run.
         self._call = self._fn.forward if isinstance(self._fn, torch.jit.ScriptModule) else self._fn
         self._plans: dict[int, list[torch.Tensor]] = {}
         shape = (self.max_batch, 1, self.T, self.F)
@@ -428,3 +431,58 @@ class ModelRunner(WindowRunner):
 def n_chunks(n: int, micro_batch: int) -> int:
     """How many model calls ``infer(n)`` makes on CPU with this micro-batch (for reports)."""
     return max(1, -(-n // micro_batch))
+
+
+# ---- the choice of whole-window runner ---------------------------------------------------
+
+# arch -> the module of its compiled runner (``CompiledRunner``), imported when one is built:
+# it imports this module. A compiled architecture adds one line here.
+_COMPILED = {"binctabl": "lobstream.models.binctabl.compiled"}
+COMPILED_ARCHS = tuple(_COMPILED)
+
+
+class CompileError(ValueError):
+    """The compiled program does not reproduce the module."""
+
+
+def runner_kind(manifest: dict[str, Any], wanted: str, device: str | torch.device) -> str:
+    """``"numba"`` or ``"torch"``: what :func:`window_runner` builds for ``wanted``.
+
+    Raises ValueError for an unknown kind, or ``"numba"`` for an architecture without a
+    compiled program or on a GPU.
+    """
+    if wanted not in RUNNER_KINDS:
+        raise ValueError(f"model runner {wanted!r}; expected one of {', '.join(RUNNER_KINDS)}")
+    arch, dev = manifest.get("arch"), resolve_device(device)
+    if wanted == "numba":
+        if arch not in _COMPILED:
+            raise ValueError(f"model runner 'numba' has no compiled program for arch {arch!r} "
+                             f"(only {', '.join(COMPILED_ARCHS)}); use 'auto' or 'torch'")  # fmt: skip
+        if dev.type != "cpu":
+            raise ValueError(f"model runner 'numba' runs on the CPU, not on {dev}; "
+                             "use 'auto' or 'torch'")  # fmt: skip
+        return "numba"
+    return "numba" if wanted == "auto" and arch in _COMPILED and dev.type == "cpu" else "torch"
+
+
+def window_runner(
+    module: nn.Module,
+    manifest: dict[str, Any],
+    *,
+    runner: str = "auto",
+    device: str | torch.device = "auto",
+    max_batch: int = 256,
+    threads: int | None = None,
+) -> WindowRunner:
+    """The whole-window runner of a loaded model: a compiled runner or a :class:`ModelRunner`
+    (see :func:`runner_kind`). ``threads`` is torch's; the compiled kernels are
+    single-threaded."""
+    if runner_kind(manifest, runner, device) == "numba":
+        compiled = importlib.import_module(_COMPILED[manifest["arch"]])
+        try:
+            return compiled.CompiledRunner(module, manifest, max_batch=max_batch)
+        except CompileError as exc:
+            if runner == "numba":
+                raise
+            logger.warning("%s; running the model with torch", exc)
+    return ModelRunner(module, manifest, device=device, max_batch=max_batch, threads=threads)

@@ -2,8 +2,9 @@
 on validation macro-F1, progress per epoch through a callback.
 
 Data come as :class:`Windows`: flat feature rows plus the index of each window's last row, so
-the (N, 1, T, F) tensor of all windows is never built; a batch is gathered by index from a
-sliding view. File formats and splits live in :mod:`lobstream.replay.training.dataset`.
+the (N, 1, T, F) tensor of all windows is never built; a batch is copied by index with the
+window copy every model input goes through (:mod:`lobstream.kernels.windows`). File formats
+and splits live in :mod:`lobstream.replay.training.dataset`.
 
 Subsampling (``max_train_windows``): each epoch trains on a random subset of that many
 training windows, drawn without replacement from a generator seeded by ``seed`` and the epoch
@@ -12,7 +13,7 @@ uses every validation window unless ``max_eval_windows`` is set; then an evenly 
 (fixed across epochs, so epochs compare on the same windows).
 
 Causal models (``causal = True``, e.g. ``cnn_causal``) train by sequence by default
-(:mod:`lobstream.models.seqtrain`): chunks of about ``chunk_rows`` consecutive rows, features
+(:mod:`lobstream.models.causal.seqtrain`): chunks of about ``chunk_rows`` consecutive rows, features
 once per chunk, one optimizer step per chunk over all its windows, epochs a shuffled order of
 chunks cut at ``max_train_windows`` windows. Same loss as per-window training on the same
 windows; ``sequence=False`` trains them per window like any other model. Their validation and
@@ -35,7 +36,17 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lobstream.kernels.windows import copy_windows
+from lobstream.models.artifact import resolve_device
 from lobstream.models.baselines import class_weights
+from lobstream.models.causal.seqtrain import (
+    chunk_logits,
+    chunk_windows,
+    epoch_chunks,
+    is_causal,
+    plan_chunks,
+    predict_sequence,
+)
 from lobstream.models.heads import (
     HeadsLoss,
     argmax_classes,
@@ -45,14 +56,6 @@ from lobstream.models.heads import (
     softmax_heads,
 )
 from lobstream.models.metrics import classification_report
-from lobstream.models.seqtrain import (
-    chunk_logits,
-    chunk_windows,
-    epoch_chunks,
-    is_causal,
-    plan_chunks,
-    predict_sequence,
-)
 
 logger = logging.getLogger(__name__)
 
@@ -86,12 +89,12 @@ class Windows:
             raise ValueError(
                 f"window ends must lie in [{window - 1}, {rows.shape[0] - 1}] for T={window}"
             )
+        if rows.shape[0] < window:
+            raise ValueError(f"{rows.shape[0]} rows hold no window of T={window} rows")
         self.rows = rows
         self.ends = ends
         self.labels = labels
         self.window = int(window)
-        # (M - T + 1, 1, T, F) view: entry s is the window starting at row s
-        self._view = np.lib.stride_tricks.sliding_window_view(rows, (window, rows.shape[1]))
 
     def __len__(self) -> int:
         return int(self.ends.shape[0])
@@ -102,8 +105,11 @@ class Windows:
         return 1 if self.labels.ndim == 1 else int(self.labels.shape[1])
 
     def batch(self, idx: np.ndarray) -> np.ndarray:
-        """Windows ``idx`` as a new (B, 1, T, F) float32 array (a gather, not a view)."""
-        return np.ascontiguousarray(self._view[self.ends[idx] - self.window + 1])
+        """Windows ``idx`` as a new (B, 1, T, F) float32 array (a copy, not a view)."""
+        starts = self.ends[idx] - self.window + 1
+        out = np.empty((len(starts), 1, self.window, self.rows.shape[1]), np.float32)
+        copy_windows(self.rows, starts, out)
+        return out
 
     def subset(self, idx: np.ndarray) -> Windows:
         """The windows ``idx`` (same rows)."""
@@ -126,12 +132,12 @@ class TrainConfig:
     device: str = "cpu"  # "cpu", "cuda", "auto"
     threads: int = 1  # torch CPU threads: the machine is shared
     eval_batch_size: int = 512
-    sequence: bool = True  # causal models: train by chunks of rows (models.seqtrain)
+    sequence: bool = True  # causal models: train by chunks of rows (models.causal.seqtrain)
     # Sequence training: chunk_rows - T + 1 windows share chunk_rows rows of convolutions, and
     # a step mixes chunks_per_step chunks from random places of the day. Windows one row apart
     # are near-duplicates (their labels mostly agree), so what a step learns goes with the
     # number of places more than of windows. GOOG k=50, cnn_causal: over 600 steps, 6 places x
-    # 11 windows a step learned less than 64 random windows; in 90 s of wall time, 32 places x
+    # 11 windows a step learned less than 64 random windows; in equal wall time, 32 places x
     # 29 windows reached 0.276 validation macro-F1 against 0.214 for 64 random windows a step.
     # 128 rows at T=100: 4.4 rows of convolutions a window instead of 100.
     chunk_rows: int = 128
@@ -160,16 +166,6 @@ def seed_everything(seed: int) -> None:
     """Seed torch and numpy's legacy generator (model initialisation draws from torch)."""
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
-
-
-def pick_device(device: str) -> torch.device:
-    """``"auto"``: CUDA when present, else CPU; otherwise the device named."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for but CUDA is not available; use cpu/auto")
-    return dev
 
 
 @torch.no_grad()
@@ -322,7 +318,7 @@ def train_model(
             f"need training and validation windows, got {len(train)} and {len(val)}; "
             "use more data, a shorter horizon or a smaller window"
         )
-    device = pick_device(config.device)
+    device = resolve_device(config.device)
     if device.type == "cpu":
         torch.set_num_threads(config.threads)
     use_amp = device.type == "cuda"

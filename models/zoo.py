@@ -14,10 +14,10 @@ from typing import Any
 from torch import nn
 
 from lobstream.models.binctabl import BiNCTABL, BiNCTABLConfig
+from lobstream.models.causal.cnn import CNNCausal, CNNCausalConfig
+from lobstream.models.causal.deeplob import DeepLOBCausal, DeepLOBCausalConfig
 from lobstream.models.cnn import CNN, CNNConfig
-from lobstream.models.cnn_causal import CNNCausal, CNNCausalConfig
 from lobstream.models.deeplob import DeepLOB, DeepLOBConfig
-from lobstream.models.deeplob_causal import DeepLOBCausal, DeepLOBCausalConfig
 from lobstream.models.hrnn import HRNN, HRNNConfig
 
 logger = logging.getLogger(__name__)

@@ -29,6 +29,16 @@ class ConvertSummary:
     def events(self) -> int:
         return sum(n for _, n in self.inputs.values())
 
+    def as_dict(self) -> dict:
+        """JSON-ready: events, inputs (path -> format and events), written (part file ->
+        events), defects (kind -> count)."""
+        return {
+            "events": self.events,
+            "inputs": {str(p): {"format": f, "events": n} for p, (f, n) in self.inputs.items()},
+            "written": {str(p): n for p, n in self.written.items()},
+            "defects": dict(self.defects),
+        }
+
 
 def convert(
     paths: Iterable[str | Path],

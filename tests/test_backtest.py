@@ -18,9 +18,9 @@ from lobstream.kernels.dtypes import (
 from lobstream.kernels.features import FeatureSpec, events_to_rows
 from lobstream.kernels.labels import smoothed_labels
 from lobstream.models.manifest import label_def_from_manifest, spec_from_manifest
-from lobstream.replay.backtest.run import WindowScorer
+from lobstream.models.scoring import WindowScorer
 from lobstream.replay.backtest.trading import trading_config_for
-from tests.reference.backtest import evaluate, run_backtest
+from lobstream.testkit.backtest import evaluate, run_backtest
 
 T, L = 5, 2
 F = 4 * L
@@ -206,7 +206,7 @@ def test_evaluate_report_and_trading():
 def test_backtest_baselines_on_the_scored_rows():
     """Majority and trend baselines are scored on exactly the model's rows; the trend rule is
     the manifest's (a slow loop over the window's mids is the reference)."""
-    from tests.reference.labels import trend_signal
+    from lobstream.testkit.labels import trend_signal
 
     events = _events(400, 2, seed=4)
     manifest = {
@@ -321,9 +321,9 @@ def test_backtest_cli_json_and_plots(tmp_path):
     import torch
     from click.testing import CliRunner
 
+    from lobstream.cli.backtest import backtest
     from lobstream.models.artifact import export_model
     from lobstream.models.zoo import build_model
-    from lobstream.replay.cli.backtest import backtest
     from lobstream.replay.samples import GOOG_MESSAGE_10
 
     torch.manual_seed(0)

@@ -16,19 +16,19 @@ import pytest
 import torch
 
 from lobstream.models.artifact import export_model, load_model
-from lobstream.models.incremental import IncrementalRunner
-from lobstream.models.zoo import build_model
-from lobstream.replay.backtest.evaluator import stream_backtest
-from lobstream.replay.backtest.run import (
+from lobstream.models.causal.runner import IncrementalRunner
+from lobstream.models.scoring import (
     CausalScorer,
     WindowScorer,
     choose_scorer,
     make_scorer,
     scorer_for,
 )
+from lobstream.models.zoo import build_model
+from lobstream.replay.backtest.evaluator import stream_backtest
 from lobstream.replay.backtest.trading import trading_config_for
 from lobstream.replay.feed.synthetic import synthetic_events
-from tests.reference.backtest import evaluate, run_backtest
+from lobstream.testkit.backtest import evaluate, run_backtest
 
 ATOL = 1e-5
 T, L = 30, 2
@@ -159,7 +159,7 @@ def test_cli_incremental_equals_full_window(tmp_path):
     """`lobstream backtest --json` on the GOOG sample with a causal model, both scorers."""
     from click.testing import CliRunner
 
-    from lobstream.replay.cli.backtest import backtest
+    from lobstream.cli.backtest import backtest
     from lobstream.replay.samples import GOOG_MESSAGE_10
 
     path = _export(tmp_path / "cnn_causal.pt", "cnn_causal", 10, seed=3)

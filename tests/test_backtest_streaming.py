@@ -27,8 +27,8 @@ from lobstream.replay.backtest.trading import (
     signals_from_probs,
     trading_config_for,
 )
-from tests.reference.backtest import backtest_files, evaluate, run_backtest
-from tests.reference.simulate import simulate_rows
+from lobstream.testkit.backtest import backtest_files, evaluate, run_backtest
+from lobstream.testkit.simulate import simulate_rows
 from tests.test_backtest import MANIFEST, FakeRunner
 
 BUNDLED_MODEL = Path(__file__).resolve().parents[1] / "models" / "assets" / "binctabl_goog.pt"
@@ -382,7 +382,7 @@ def test_cli_json_equals_the_full_path(tmp_path):
     """`lobstream backtest --json` (streaming) against evaluate() of the per-row path."""
     from click.testing import CliRunner
 
-    from lobstream.replay.cli.backtest import backtest
+    from lobstream.cli.backtest import backtest
     from lobstream.replay.samples import GOOG_MESSAGE_10
 
     args = ["--threshold", "0.5", "--latency-ms", "1", "--cost-per-share", "0.002"]

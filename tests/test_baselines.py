@@ -82,7 +82,7 @@ def test_logistic_learns_signal_and_is_deterministic():
 
 
 def test_trend_signal_on_a_hand_made_path():
-    from tests.reference.labels import trend_signal
+    from lobstream.testkit.labels import trend_signal
 
     mid = np.array([100.0, 100.5, 101.0, 101.0, 100.0, 99.5, 99.5, 100.0])
     tb = B.TrendBaseline(lookback=3, alpha=1e-3)

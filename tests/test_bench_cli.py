@@ -13,9 +13,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from lobstream.bench.cli import bench
 from lobstream.bench.harness import _bucket_quantile, stage_breakdown
 from lobstream.bench.latency import hdr_summary
+from lobstream.cli.bench import bench
 from lobstream.models.artifact import export_model
 from lobstream.models.zoo import build_model
 from lobstream.replay.samples import GOOG_MESSAGE_10

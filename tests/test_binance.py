@@ -15,7 +15,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lobstream.kernels import book as B
-from lobstream.kernels.decimal import EMPTY, NOT_NUMBER
 from lobstream.kernels.dtypes import (
     ACTION_CLEAR,
     ACTION_TRADE,
@@ -28,6 +27,7 @@ from lobstream.kernels.dtypes import (
 from lobstream.kernels.registry import Registry
 from lobstream.replay.errors import DataError, Defects
 from lobstream.replay.readers import _decimal, binance, reader_for
+from lobstream.replay.readers._decimal import EMPTY, NOT_NUMBER
 
 WIDE = 1 << 17  # ticks: holds the 1,000-level snapshots without dropping levels
 

@@ -35,7 +35,7 @@ from lobstream.kernels.dtypes import (
     SIDE_ASK,
     SIDE_BID,
 )
-from tests.reference.book import RefBook, event_streams
+from lobstream.testkit.book import RefBook, event_streams
 
 BID, ASK = SIDE_BID, SIDE_ASK
 

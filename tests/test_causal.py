@@ -1,5 +1,5 @@
-"""Causal models (issue 12): causality, window = slice of stream features, artifact round trip,
-and sequence training (models.seqtrain) giving per-window training's loss and gradients.
+"""Causal models: causality, window = slice of stream features, artifact round trip,
+and sequence training (models.causal.seqtrain) giving per-window training's loss and gradients.
 
 Every test runs on each causal architecture of the zoo (``causal = True``), so a new one is
 covered by registering it.
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from lobstream.models import seqtrain
 from lobstream.models.artifact import export_model, load_model
+from lobstream.models.causal import seqtrain
 from lobstream.models.train import TrainConfig, Windows, predict, train_model
 from lobstream.models.zoo import ARCHITECTURES, build_model
 

@@ -13,15 +13,9 @@ from hypothesis import strategies as st
 from lobstream.engine.config import ConfigError, load_config
 from lobstream.models.artifact import load_model
 from lobstream.models.binctabl import BiNCTABL, BiNCTABLConfig
-from lobstream.models.compiled import (
-    CompiledRunner,
-    CompileError,
-    compile_binctabl,
-    runner_kind,
-    window_runner,
-)
+from lobstream.models.binctabl.compiled import CompiledRunner, compile_binctabl
 from lobstream.models.manifest import LabelDef
-from lobstream.models.runner import ModelRunner
+from lobstream.models.runner import CompileError, ModelRunner, runner_kind, window_runner
 from lobstream.models.zoo import config_to_dict
 from lobstream.replay.samples import GOOG_MESSAGE_10
 from lobstream.replay.training.dataset import build_dataset
@@ -167,7 +161,7 @@ def test_a_module_the_program_does_not_reproduce_is_refused(caplog):
         CompiledRunner(bad, _manifest(good))
     with pytest.raises(CompileError):
         window_runner(bad, _manifest(good), runner="numba", device="cpu")
-    with caplog.at_level(logging.WARNING, logger="lobstream.models.compiled"):
+    with caplog.at_level(logging.WARNING, logger="lobstream.models.runner"):
         r = window_runner(bad, _manifest(good), runner="auto", device="cpu", max_batch=2)
     assert isinstance(r, ModelRunner) and "running the model with torch" in caplog.text
 

@@ -35,7 +35,7 @@ from lobstream.kernels.dtypes import SIGNAL_DTYPE
 from lobstream.models.artifact import export_model, load_model, sha256_file
 from lobstream.models.zoo import build_model
 from lobstream.replay.feed.synthetic import synthetic_events
-from tests.reference.backtest import run_backtest
+from lobstream.testkit.backtest import run_backtest
 
 T, L = 10, 2
 F = 4 * L
@@ -537,7 +537,7 @@ def test_example_subscriber_prints_signals(artifact, ipc_dir):
 def test_serve_refuses_a_mismatched_artifact_before_opening_sockets(artifact, ipc_dir, tmp_path):
     from click.testing import CliRunner
 
-    from lobstream.engine.serve import serve
+    from lobstream.cli.serve import serve
 
     cfg_file = tmp_path / "serve.toml"
     text = f"""

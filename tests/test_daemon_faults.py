@@ -1,4 +1,4 @@
-"""Faults the daemon serves through (issue 15, part 3), over ipc:// on a thread of this process:
+"""Faults the daemon serves through, over ipc:// on a thread of this process:
 its subscriber disappears and returns, the feed pauses and resumes, one instrument floods ten
 times the others' rate, and a model reload happens while events flow. Each fault is counted in
 the metrics (heartbeat ``counts`` and Prometheus), and none loses an accepted event or leaves an

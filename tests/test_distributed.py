@@ -178,7 +178,7 @@ def test_merge_refuses_an_instrument_split_across_evaluators(files):
 def test_ray_option_without_ray_says_how_to_install(monkeypatch, files):
     from click.testing import CliRunner
 
-    from lobstream.engine.cli import main
+    from lobstream.cli import main
 
     real_import = builtins.__import__
 
@@ -206,7 +206,7 @@ def test_ray_option_without_ray_says_how_to_install(monkeypatch, files):
 def test_bare_ray_before_a_file_is_refused(files):
     from click.testing import CliRunner
 
-    from lobstream.engine.cli import main
+    from lobstream.cli import main
 
     res = CliRunner().invoke(
         main, ["backtest", "--model", str(MODEL), "--ray", str(files[0]), str(files[1])]

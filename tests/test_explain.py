@@ -15,7 +15,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from lobstream.engine.cli import main
+from lobstream.cli import main
 from lobstream.kernels.registry import Registry
 from lobstream.models import explain as ex
 from lobstream.models.artifact import load_model

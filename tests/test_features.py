@@ -28,8 +28,8 @@ from lobstream.kernels.features import (
     zscore_spec,
 )
 from lobstream.kernels.ring import apply_events_rows, new_ring, window_view
-from tests.reference.book import RefBook, event_streams
-from tests.reference.features import rows as ref_rows
+from lobstream.testkit.book import RefBook, event_streams
+from lobstream.testkit.features import rows as ref_rows
 
 # float32 rounding of values computed in float64 (the kernel multiplies by 1/std where the
 # reference divides: a last-bit difference in float64, invisible after rounding to float32

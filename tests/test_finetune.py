@@ -22,7 +22,7 @@ def _goog(data_dir):
 def _run(args):
     from click.testing import CliRunner
 
-    from lobstream.replay.cli.train import train
+    from lobstream.cli.train import train
 
     return CliRunner().invoke(train, args)
 

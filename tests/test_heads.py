@@ -18,6 +18,7 @@ from lobstream.engine.signals import (
 )
 from lobstream.kernels.dtypes import SIGNAL_DTYPE, SIGNAL_V2_DTYPE
 from lobstream.models.artifact import ArtifactError, export_model, load_model
+from lobstream.models.causal.runner import IncrementalRunner
 from lobstream.models.heads import (
     HeadsLoss,
     head_manifest,
@@ -25,7 +26,6 @@ from lobstream.models.heads import (
     parse_horizons,
     parse_loss_weights,
 )
-from lobstream.models.incremental import IncrementalRunner
 from lobstream.models.manifest import LabelDef, label_def_from_manifest
 from lobstream.models.metrics import confusion_matrix, report_from_confusion
 from lobstream.models.runner import ModelRunner
@@ -35,7 +35,7 @@ from lobstream.replay.backtest.run import labels_for_rows
 from lobstream.replay.backtest.trading import TradingConfig
 from lobstream.replay.feed.synthetic import synthetic_events
 from lobstream.replay.training.dataset import dataset_from_events
-from tests.reference.backtest import run_backtest
+from lobstream.testkit.backtest import run_backtest
 from tests.test_daemon import MANIFEST, PROB_ATOL, Running, make_cfg
 
 T, L, F = 30, 2, 8
@@ -286,7 +286,7 @@ def test_train_cli_multi_horizon_manifest_and_reproduce_line(tmp_path):
 
     from click.testing import CliRunner
 
-    from lobstream.replay.cli.train import train
+    from lobstream.cli.train import train
     from lobstream.replay.samples import GOOG_MESSAGE_10
 
     out = tmp_path / "m.pt"
@@ -328,7 +328,7 @@ def test_backtest_cli_reports_every_head(heads_pt):
 
     from click.testing import CliRunner
 
-    from lobstream.replay.cli.backtest import backtest
+    from lobstream.cli.backtest import backtest
     from lobstream.replay.samples import GOOG_MESSAGE_10
 
     args = [str(GOOG_MESSAGE_10), "--model", str(heads_pt), "--max-rows", "3000"]
@@ -349,8 +349,8 @@ def test_explain_a_head(heads_pt, tmp_path):
 
     from click.testing import CliRunner
 
+    from lobstream.cli.explain import explain as explain_cmd
     from lobstream.models.explain import HeadOf, eager_model, explain, select_head
-    from lobstream.replay.cli.explain import explain as explain_cmd
     from lobstream.replay.samples import GOOG_MESSAGE_10
 
     module, manifest = load_model(heads_pt)

@@ -1,4 +1,4 @@
-"""Incremental inference (models.incremental) equals a full recompute of the same causal model.
+"""Incremental inference (models.causal.runner) equals a full recompute of the same causal model.
 
 Every test runs on each causal architecture of the zoo. BatchNorm layers get random running
 statistics and affine weights (negative scales included), so its folding is exercised; the
@@ -23,9 +23,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lobstream.kernels.incremental import tanh_approx
 from lobstream.models.artifact import export_model
-from lobstream.models.incremental import IncrementalRunner, is_causal
+from lobstream.models.causal.kernel import tanh_approx
+from lobstream.models.causal.runner import IncrementalRunner, is_causal
 from lobstream.models.runner import ModelRunner
 from lobstream.models.zoo import ARCHITECTURES, arch_of, build_model, config_to_dict
 

@@ -1,4 +1,4 @@
-"""Mid-price labels of every kind: kernel == slow reference (tests/reference/labels.py)."""
+"""Mid-price labels of every kind: kernel == slow reference (lobstream.testkit.labels)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lobstream.kernels import labels as L
-from tests.reference import labels as ref
+from lobstream.testkit import labels as ref
 
 RTOL = 1e-12  # float64 sums in a different order; mids are half-ticks
 

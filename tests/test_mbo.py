@@ -1,4 +1,4 @@
-"""kernels/mbo: MBO aggregation and top-N diffs against plain-Python references."""
+"""replay/readers/_mbo: MBO aggregation and top-N diffs against plain-Python references."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lobstream.kernels import book as B
-from lobstream.kernels import mbo
 from lobstream.kernels.dtypes import (
     ACTION_CLEAR,
     ACTION_TRADE,
@@ -15,6 +14,7 @@ from lobstream.kernels.dtypes import (
     FLAG_LAST,
     FLAG_SNAPSHOT,
 )
+from lobstream.replay.readers import _mbo as mbo
 
 UNITS = 10  # price units per tick
 

@@ -152,7 +152,7 @@ def test_bad_files(tmp_path):
 def test_skipped_bad_rows_leave_later_rows_as_the_clean_file(tmp_path):
     """A file with bad rows, read with skip_bad, names file and row of each kind, and the
     feature rows after the next snapshot equal those of the same file without them, even when
-    a well-formed row with a far-future ts_event and a huge seq got through (issue 17)."""
+    a well-formed row with a far-future ts_event and a huge seq got through."""
     from lobstream.kernels.book import new_book, new_report
     from lobstream.kernels.dtypes import ACTION_CLEAR, ROW_META_DTYPE
     from lobstream.kernels.features import events_to_rows, zscore_spec

@@ -103,7 +103,7 @@ def test_killed_worker_is_retried_and_result_equal(local_ray, files, reference, 
 def test_cli_backtest_ray_equals_cli_backtest(local_ray, files):
     from click.testing import CliRunner
 
-    from lobstream.engine.cli import main
+    from lobstream.cli import main
 
     args = ["backtest", *map(str, files), "--model", str(MODEL), "--json", "--sweep", "0.4,0.6"]
     runner = CliRunner()
@@ -139,7 +139,7 @@ def test_convert_on_ray_writes_the_same_parts(local_ray, files, tmp_path):
 def test_train_sweep_on_ray_equals_in_process(local_ray, tmp_path):
     from click.testing import CliRunner
 
-    from lobstream.engine.cli import main
+    from lobstream.cli import main
     from tests.test_sweep import sweep_args
 
     spec = "horizon=10,20 arch=binctabl"
@@ -160,7 +160,7 @@ def test_train_sweep_on_ray_equals_in_process(local_ray, tmp_path):
 def test_cli_convert_ray_equals_cli_convert(local_ray, files, tmp_path):
     from click.testing import CliRunner
 
-    from lobstream.engine.cli import main
+    from lobstream.cli import main
 
     runner = CliRunner()
     out = {}

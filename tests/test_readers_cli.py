@@ -9,10 +9,10 @@ import numpy as np
 import zmq
 from click.testing import CliRunner
 
-from lobstream.engine.cli import main
+from lobstream.cli import main
+from lobstream.kernels import wire
 from lobstream.kernels.dtypes import EVENT_DTYPE
 from lobstream.kernels.registry import Registry
-from lobstream.replay.feed import wire
 from lobstream.replay.readers import parquet, read_events
 
 AAPL999 = "lobster/truncated_first999/AAPL_2012-06-21_34200000_57600000_message_10.csv"

@@ -8,8 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lobstream.kernels.registry import Instrument, Registry
-from lobstream.replay.instruments import load_registry
+from lobstream.kernels.registry import Instrument, Registry, load_registry
 
 
 def test_ids_are_dense_and_lookups_agree():

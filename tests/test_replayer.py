@@ -12,11 +12,12 @@ from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lobstream.engine.cli import main
+from lobstream.cli import main
+from lobstream.kernels import wire
 from lobstream.kernels.dtypes import ACTION_CLEAR, EVENT_DTYPE, FLAG_LAST, FLAG_SNAPSHOT
 from lobstream.kernels.registry import Registry
-from lobstream.replay.feed import wire
-from lobstream.replay.feed.replayer import Replayer, merge_by_time, message_cuts
+from lobstream.replay.feed.cuts import message_cuts
+from lobstream.replay.feed.replayer import Replayer, merge_by_time
 from lobstream.replay.readers import lobster
 from lobstream.replay.readers.parquet import ParquetWriter
 
@@ -179,7 +180,7 @@ def test_message_cuts_properties(groups, max_events, last_partial):
     ends = np.cumsum(sizes)
     pos = 0
     t = 0
-    for (_size, inst, step), end in zip(groups, ends, strict=True):
+    for (_, inst, step), end in zip(groups, ends, strict=True):
         t += step
         ev["instrument"][pos:end] = inst
         ev["ts_event"][pos:end] = t

@@ -20,8 +20,8 @@ from lobstream.kernels.features import (
     zscore_spec,
 )
 from lobstream.kernels.ring import apply_events_rows, new_ring
-from tests.reference.book import RefBook, event_streams
-from tests.reference.features import rows as ref_rows
+from lobstream.testkit.book import RefBook, event_streams
+from lobstream.testkit.features import rows as ref_rows
 
 SPECS = [
     zscore_spec(1000.0, 7.5, 3.0, 20.0, levels=3),

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from lobstream.engine.cli import main
+from lobstream.cli import main
 from lobstream.replay.training.sweep import best_trial, parse_sweep, trials
 
 REPO = Path(__file__).resolve().parents[1]

@@ -15,7 +15,7 @@ from lobstream.replay.backtest.trading import (
     signals_from_probs,
     trade_stats,
 )
-from tests.reference.simulate import simulate, simulate_rows, threshold_sweep
+from lobstream.testkit.simulate import simulate, simulate_rows, threshold_sweep
 
 
 def _ladder(n, start=100):

@@ -83,8 +83,8 @@ def test_train_cli_end_to_end_on_goog_slice(data_dir, tmp_path):
 
     from click.testing import CliRunner
 
+    from lobstream.cli.train import train
     from lobstream.models.artifact import load_model
-    from lobstream.replay.cli.train import train
 
     goog = data_dir / "lobster" / "GOOG_2012-06-21_34200000_57600000_message_10.csv.gz"
     if not goog.is_file():
@@ -145,10 +145,10 @@ def test_train_cli_label_kinds_on_bundled_slice(tmp_path, kind):
 
     from click.testing import CliRunner
 
+    from lobstream.cli.train import train
     from lobstream.kernels.labels import spread_alpha
     from lobstream.models.artifact import load_model
     from lobstream.models.manifest import LabelDef, label_def_from_manifest
-    from lobstream.replay.cli.train import train
     from lobstream.replay.samples import GOOG_MESSAGE_10
     from lobstream.replay.training.dataset import build_dataset
 
@@ -176,7 +176,7 @@ def test_train_cli_label_kinds_on_bundled_slice(tmp_path, kind):
 def test_train_cli_refuses_bad_alpha(tmp_path):
     from click.testing import CliRunner
 
-    from lobstream.replay.cli.train import train
+    from lobstream.cli.train import train
 
     f = tmp_path / "x.csv"
     f.write_text("")

@@ -8,8 +8,8 @@ import zmq
 from hypothesis import given
 from hypothesis import strategies as st
 
+from lobstream.kernels import wire
 from lobstream.kernels.dtypes import EVENT_DTYPE
-from lobstream.replay.feed import wire
 
 
 def make_events(n: int, seed: int = 0) -> np.ndarray:

@@ -12,7 +12,7 @@ run_backtest`. Each chunk of scored rows goes
   probabilities and the trend baseline's prediction) until its label is known, then hands it
   on to the confusion matrices (model, majority and trend baselines) and the calibration bins.
 
-:meth:`StreamingEvaluator.summary` returns the report; ``tests/reference/backtest.py`` keeps
+:meth:`StreamingEvaluator.summary` returns the report; ``testkit/backtest.py`` keeps
 every row and scores them all at the end, and the two agree: equal counts, metrics from the
 same confusion matrix, the same trades in the same order (so the same trading statistics to
 the last bit). Only the calibration bins' float sums are added in another order (plots only).
@@ -344,10 +344,6 @@ def summarise(
         "trading": trading,
         "kernel_conditions": result.report,
     }
-
-
-def _subset(trades: Trades, mask: np.ndarray) -> Trades:
-    return Trades(*(col[mask] for col in trades))
 
 
 def _subset(trades: Trades, mask: np.ndarray) -> Trades:

@@ -1,4 +1,5 @@
-"""PNG figures of a backtest and of the latency benchmark (matplotlib, Agg: no display needed)."""
+"""PNG figures of a backtest, of an explained prediction and of the latency benchmark
+(matplotlib, Agg: no display needed)."""
 
 from __future__ import annotations
 
@@ -246,3 +247,62 @@ def _rate_label(rate: float) -> str:
     if not rate:
         return "max"
     return f"{rate / 1000:g}k" if rate >= 1000 else f"{rate:g}"
+
+
+def plot_explanation(
+    path: Path,
+    image: np.ndarray,
+    attribution: np.ndarray,
+    mid_ticks: np.ndarray,
+    *,
+    title: str,
+    signed: bool,
+) -> Path:
+    """The book picture (2L, T) in grey with the attribution (2L, T) over it, and the mid.
+
+    Rows of ``image`` and ``attribution``: ask L at the top down to ask 1, then bid 1 down to
+    bid L (:func:`lobstream.models.explain.book_grid`). The attribution's opacity follows its
+    magnitude, so cells that did not matter leave the book visible. ``signed``: a diverging
+    colour map (red: towards the predicted class, blue: against it), else one from zero up.
+    """
+    from matplotlib import colors
+
+    two_l, T = image.shape
+    L = two_l // 2
+    fig, (ax, axm) = plt.subplots(
+        2,
+        1,
+        figsize=(9, 6.2),
+        sharex=True,
+        gridspec_kw={"height_ratios": [3.2, 1]},
+        layout="constrained",
+    )
+    extent = (-(T - 1) - 0.5, 0.5, two_l - 0.5, -0.5)
+    ax.imshow(image, cmap="Greys", aspect="auto", interpolation="nearest", extent=extent)
+    a = np.nan_to_num(np.asarray(attribution, np.float64))
+    vmax = float(np.abs(a).max()) or 1.0
+    if signed:
+        cmap, norm = plt.get_cmap("RdBu_r"), colors.Normalize(-vmax, vmax)
+    else:
+        cmap, norm = plt.get_cmap("inferno"), colors.Normalize(0.0, vmax)
+    rgba = cmap(norm(a))
+    rgba[..., 3] = 0.85 * np.sqrt(np.abs(a) / vmax)  # sqrt: small but real cells stay visible
+    ax.imshow(rgba, aspect="auto", interpolation="nearest", extent=extent)
+    ax.axhline(L - 0.5, color="black", lw=0.8)
+    ticks = list(range(two_l))
+    labels = [f"ask {L - r}" for r in range(L)] + [f"bid {r + 1}" for r in range(L)]
+    ax.set_yticks(ticks[:: max(1, L // 5)], labels[:: max(1, L // 5)], fontsize=7)
+    ax.set_ylabel("level (grey: normalised size)")
+    sm = plt.cm.ScalarMappable(norm=norm, cmap=cmap)
+    axm.plot(np.arange(-(T - 1), 1), mid_ticks, lw=1.0, color="black")
+    axm.set_ylabel("mid - last (ticks)", fontsize=8)
+    axm.set_xlabel("rows before the explained one")
+    # one bar beside both panels, so their time axes keep the same width
+    fig.colorbar(sm, ax=[ax, axm], pad=0.01, label="attribution (price + size of the cell)")
+    ax.set_title(title, fontsize=9)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    logger.info("wrote %s", path)
+    return path

@@ -33,7 +33,7 @@ flight, closes at the instrument's last row (``EXIT_END``); an entry still in fl
 fills.
 
 Completed trades are kept (in ticks; a trade is 80 bytes and there are far fewer trades than
-rows). ``tests/reference/simulate.py`` is the array simulator these trades are checked against,
+rows). ``testkit/simulate.py`` is the array simulator these trades are checked against,
 trade for trade and in the same order.
 """
 

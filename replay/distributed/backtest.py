@@ -65,14 +65,12 @@ _RUNNERS: dict[tuple, tuple] = {}
 def _scorer(path: Path, device: str, scorer: str, batch: int, threads, n_inst: int):
     """(manifest, a fresh scorer) of the artifact: a full-window scorer over this process's
     cached runner (the scorer's carry is new, the runner stateless between calls), or
-    :func:`make_scorer`'s (incremental runners hold per-slot state: never shared)."""
+    :func:`~lobstream.models.scoring.make_scorer`'s (incremental runners hold per-slot state:
+    never shared)."""
     from lobstream.models.artifact import load_model
     from lobstream.models.manifest import spec_from_manifest
-    from lobstream.replay.backtest.run import (
-        WindowScorer,
-        choose_scorer,
-        make_scorer,
-    )
+    from lobstream.models.runner import window_runner
+    from lobstream.models.scoring import WindowScorer, choose_scorer, make_scorer
 
     key = (str(path), os.path.getmtime(path), device, int(batch), threads)
     if key not in _RUNNERS:
@@ -86,8 +84,6 @@ def _scorer(path: Path, device: str, scorer: str, batch: int, threads, n_inst: i
             n_instruments=n_inst,
         )  # fmt: skip
     if runner is None:
-        from lobstream.models.compiled import window_runner
-
         runner = window_runner(module, manifest, device=device, max_batch=batch, threads=threads)
         _RUNNERS[key] = (manifest, module, runner)
     T, F = int(manifest["T"]), spec_from_manifest(manifest).n_features

@@ -97,3 +97,26 @@ def convert_on_ray(
         for inst in list(reg)[len(registry) :]:
             registry.add(inst.symbol, inst.tick_size, inst.price_scale)
     return summary
+
+
+def convert_here_or_on_ray(
+    ray_address: str | None,
+    paths: Sequence[str | Path],
+    out: str | Path,
+    registry: Registry,
+    *,
+    progress=None,
+    **kw,
+):
+    """:func:`lobstream.replay.convert.convert` in this process (``ray_address`` None, with
+    ``progress``), or :func:`convert_on_ray` on the Ray of ``ray_address`` (``"local"``: a
+    local one; no progress). Raises :class:`~lobstream.replay.distributed.session.
+    RayUnavailable` when Ray is missing or cannot be reached."""
+    if ray_address is None:
+        from lobstream.replay.convert import convert
+
+        return convert(paths, out, registry, progress=progress, **kw)
+    from lobstream.replay.distributed.session import RaySession
+
+    with RaySession(ray_address):
+        return convert_on_ray(paths, out, registry, **kw)

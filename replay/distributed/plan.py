@@ -40,7 +40,7 @@ def file_instruments(
             reg.add(head["symbol"][0], head["tick_size"][0])
             symbols = [head["symbol"][0]]
     elif mod.FORMAT == "lobster":
-        from lobstream.replay.readers import lobster
+        from lobstream.replay.readers.lobster import reader as lobster
 
         symbol = lobster.parse_name(lobster.pair_paths(path)[0]).symbol
         lobster._instrument(reg, symbol)  # what read() registers before its first event

@@ -1,9 +1,9 @@
-"""Ray for ``--ray [ADDRESS]``: the optional import, the click option and the session."""
+"""Ray for ``--ray [ADDRESS]``: the optional import and the session (the option itself is
+:func:`lobstream.cli.options.ray`)."""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 INSTALL_HINT = "pip install 'lobstream[ray]'"
 # the local Ray started by --ray with no address: small object store (results are small)
@@ -24,37 +24,6 @@ def import_ray():
             f"--ray needs Ray, which is not installed ({exc}): {INSTALL_HINT}"
         ) from None
     return ray
-
-
-def ray_option(f):
-    """``--ray [ADDRESS]`` on a click command (parameter ``ray_address``: None without it,
-    ``"local"`` for a bare ``--ray``)."""
-    import click
-
-    return click.option(
-        "--ray",
-        "ray_address",
-        is_flag=False,
-        flag_value="local",
-        default=None,
-        metavar="[ADDRESS]",
-        help=(
-            "Run on Ray: a bare --ray starts a local Ray on this machine; --ray=ADDRESS joins "
-            "a cluster (auto, HOST:6379, ray://HOST:10001). Put a bare --ray after the files "
-            f"(or write --ray=ADDRESS). Needs {INSTALL_HINT}."
-        ),
-    )(f)
-
-
-def check_ray_address(address: str | None) -> None:
-    """Refuse an address that is an existing path: a bare ``--ray`` took the next FILE."""
-    if address and address != "local" and Path(address).exists():
-        import click
-
-        raise click.UsageError(
-            f"--ray took {address!r} (a file) as its address: put a bare --ray after the "
-            "files, or write --ray=ADDRESS"
-        )
 
 
 class RaySession:

@@ -1,2 +1,3 @@
-"""Live feed side of replay: files -> events on the wire (replayer), synthetic event streams, and the
-market-data frame format both sides of the socket share (wire)."""
+"""Live feed side of replay: files -> events on the wire (``replayer``, which cuts batches into
+messages by the rule in ``cuts``) and seeded synthetic event streams (``synthetic``). The frame
+format both sides of the socket share is :mod:`lobstream.kernels.wire`."""

@@ -2,7 +2,7 @@
 
 Messages
 --------
-Each message is ``[b"md.<symbol>", events]`` (:mod:`lobstream.replay.feed.wire`) holding
+Each message is ``[b"md.<symbol>", events]`` (:mod:`lobstream.kernels.wire`) holding
 consecutive events of one instrument, cut only at the end of a LAST group (or where the
 instrument changes), packed up to ``batch`` events (a single longer group, such as a deep
 snapshot, stays whole). With ``speed > 0`` a message also spans no more than ``coalesce_us``
@@ -51,26 +51,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import zmq
 
+from lobstream.kernels import wire
 from lobstream.kernels.dtypes import ACTION_CLEAR, EVENT_DTYPE, FLAG_LAST, FLAG_SNAPSHOT
-from lobstream.kernels.message_cuts import cut_messages
 from lobstream.kernels.registry import Registry
-from lobstream.replay.feed import wire
+from lobstream.replay.feed.cuts import message_cuts
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_BATCH = 1024
 DEFAULT_HWM = 100_000
-_SPIN_NS = 200_000  # below this, wait by spinning: sleep() overshoots by ~50-100 us
-
-
-def message_cuts(events: np.ndarray, max_events: int, max_span_ns: int) -> np.ndarray:
-    """Message end indices for ``events`` (n,) EVENT_DTYPE (the rule:
-    :func:`lobstream.kernels.message_cuts.cut_messages`)."""
-    cuts = np.empty(2 * len(events) + 1, np.int64)
-    m = cut_messages(
-        events["ts_event"], events["flags"], events["instrument"], max_events, max_span_ns, cuts
-    )
-    return cuts[:m]
+_SPIN_NS = 200_000  # below this, wait by spinning: sleep() overshoots short waits
 
 
 def _group_keys(events: np.ndarray) -> np.ndarray:

@@ -15,7 +15,11 @@ instrument:
   Diffs recorded before the snapshot line are buffered and replayed after it under those rules.
 - ``seq`` is a per-instrument counter, contiguous while the id chain holds. A broken chain skips
   one number (a gap), so the book kernel marks the instrument stale until the next snapshot;
-  the diffs after the break are still emitted (and counted in the log).
+  the diffs after the break are still emitted (and counted in the log). A live feed
+  (:mod:`lobstream.live`) sets ``Chain.resync``: the diff that breaks the chain is emitted (its
+  skipped number marks the book stale) and held, with the ones after it, until the next
+  snapshot, after which they are replayed under the rules above, exactly as diffs before a
+  first snapshot.
 - Diffs for an instrument that has never had a snapshot are not emitted (their count is
   logged). The sync state is kept per registry, so files read one after the other with the
   same registry continue the same book.
@@ -37,7 +41,6 @@ from pathlib import Path
 
 import numpy as np
 
-from lobstream.kernels.decimal import OK, STATUS_NAMES
 from lobstream.kernels.dtypes import (
     ACTION_CLEAR,
     ACTION_TRADE,
@@ -49,6 +52,7 @@ from lobstream.kernels.dtypes import (
 from lobstream.kernels.registry import Instrument, Registry
 from lobstream.replay.errors import DataError, Defects
 from lobstream.replay.readers import _decimal
+from lobstream.replay.readers._decimal import OK, STATUS_NAMES
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +75,11 @@ class Chain:
     seq: int = 0
     last_ts: int = 0
     pending: deque = field(default_factory=lambda: deque(maxlen=MAX_PENDING))
+    # live feeds: after a chain break, hold the diffs in ``pending`` until the next snapshot
+    # (a recording goes on emitting them to the stale book instead)
+    resync: bool = False
+    gaps: int = 0  # chain breaks of this instrument
+    stale_snapshots: int = 0  # ... of them at the first diff after a snapshot
 
 
 @dataclass
@@ -262,7 +271,10 @@ class DepthReader:
         # diffs recorded before the snapshot line may straddle lastUpdateId: replay them
         pending, ch.pending = list(ch.pending), deque(maxlen=MAX_PENDING)
         for pck, pmi in pending:
-            self.diff(ch, pck, pmi, pck.msgs[pmi], plan)
+            if ch.synced:
+                self.diff(ch, pck, pmi, pck.msgs[pmi], plan)
+            else:  # a resyncing chain broke again: this snapshot is older than its diffs
+                ch.pending.append((pck, pmi))
 
     def diff(self, ch: Chain, ck: Chunk, mi: int, m: tuple, plan: list) -> None:
         U, u, pu = m[4], m[5], m[6]
@@ -279,7 +291,14 @@ class DepthReader:
             ok = (pu == L) if ch.futures else (U == L + 1)
         if not ok:
             self.stats.gaps += 1
+            ch.gaps += 1
+            ch.stale_snapshots += ch.fresh  # the first diff after a snapshot: it is too old
             ch.seq += 1  # skip one number: the book kernel sees the gap and marks it stale
+            if ch.resync:
+                # this diff and the ones after it wait for a fresh snapshot (on futures the
+                # first diff to apply after one may be this very diff)
+                ch.synced = False
+                ch.pending.append((ck, mi))
             logger.debug(
                 "%s row %s: %s update-id chain broken (previous u %s, U %s u %s pu %s)",
                 self.path,

@@ -4,12 +4,12 @@ DBN is decoded by the ``databento-dbn`` package with ``VersionUpgradePolicy.UPGR
 versions 1, 2 and 3 all arrive as v3 records (the MBO/MBP layouts did not change between
 versions). The file is fed to the decoder in 1 MiB pieces, so memory stays flat.
 
-- MBO: orders are aggregated into price levels by :func:`lobstream.kernels.mbo.mbo_to_events`
+- MBO: orders are aggregated into price levels by :func:`lobstream.replay.readers._mbo.mbo_to_events`
   (adds, cancels, modifies, clear ``R``; fills change nothing because the venue follows them
   with a cancel; trades become ``ACTION_TRADE``). Records flagged LAST (128) end a group; the
   SNAPSHOT flag (32) is carried to ``FLAG_SNAPSHOT``; ``R`` becomes ``ACTION_CLEAR``.
 - MBP-10 / MBP-1: each record's levels are diffed against the previous record's levels by
-  :func:`lobstream.kernels.mbo.levels_to_events`, so the book built from the events equals the
+  :func:`lobstream.replay.readers._mbo.levels_to_events`, so the book built from the events equals the
   record's own levels after every record. ``INT64_MAX`` prices are absent levels. A trade record
   whose levels are all undefined (ICE sends such) carries no book: only its trade is emitted.
 - The CSV export of MBO (``ts_recv,ts_event,rtype,...,sequence,symbol`` with ISO-8601 times and
@@ -35,12 +35,12 @@ import databento_dbn as dbn
 import numpy as np
 import polars as pl
 
-from lobstream.kernels import mbo as mbo_kernel
-from lobstream.kernels.decimal import EMPTY, OK
 from lobstream.kernels.dtypes import EVENT_DTYPE, FLAG_LAST, FLAG_SNAPSHOT
 from lobstream.kernels.registry import Instrument, Registry
 from lobstream.replay.errors import DataError, Defects
 from lobstream.replay.readers import DEFAULT_BATCH_ROWS, _decimal
+from lobstream.replay.readers import _mbo as mbo_kernel
+from lobstream.replay.readers._decimal import EMPTY, OK
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ symbol and timestamp (and snapshot state) form one group whose last event carrie
 book_snapshot_N (``...,asks[0].price,asks[0].amount,bids[0].price,bids[0].amount,...``): each
 row is a full top-N book. It is emitted as the updates from the previous row's book (levels that
 left the top N are deleted, new or changed ones set), via
-:func:`lobstream.kernels.mbo.levels_to_events`; the first row of a symbol is ``ACTION_CLEAR`` +
+:func:`lobstream.replay.readers._mbo.levels_to_events`; the first row of a symbol is ``ACTION_CLEAR`` +
 the full book as a snapshot. Every row ends with ``FLAG_LAST``. Diffs keep the stream small and
 make the book equal to each row; a consumer that joins mid-file still needs a snapshot.
 
@@ -31,8 +31,6 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from lobstream.kernels import mbo as levels_kernel
-from lobstream.kernels.decimal import EMPTY, OK
 from lobstream.kernels.dtypes import (
     ACTION_CLEAR,
     ACTION_UPDATE,
@@ -45,6 +43,8 @@ from lobstream.kernels.dtypes import (
 from lobstream.kernels.registry import Instrument, Registry
 from lobstream.replay.errors import DataError, Defects
 from lobstream.replay.readers import DEFAULT_BATCH_ROWS, _decimal
+from lobstream.replay.readers import _mbo as levels_kernel
+from lobstream.replay.readers._decimal import EMPTY, OK
 
 logger = logging.getLogger(__name__)
 

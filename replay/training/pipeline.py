@@ -1,6 +1,6 @@
 """The training pipeline: files -> dataset -> baselines -> training -> test -> artifact.
 
-:func:`run_training` is what ``lobstream train`` (:mod:`lobstream.replay.cli.train`), a sweep's
+:func:`run_training` is what ``lobstream train`` (:mod:`lobstream.cli.train`), a sweep's
 trials (:mod:`lobstream.replay.training.sweep`) and the benchmarks call; it needs no click, so
 a Ray worker or a notebook imports it without the command line.
 """
@@ -14,6 +14,39 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+
+def resolve_heads(
+    horizon: float | None, horizons: str | None, loss_weights: str | None
+) -> tuple[tuple[float, ...], tuple[float, ...] | None]:
+    """(horizons, loss weights) of a run from one ``horizon`` or the comma-separated
+    ``horizons`` (a head each) with their ``loss_weights``; the weights are None for one head.
+    Raises ``ValueError`` for both or neither given, or weights without ``horizons``."""
+    from lobstream.models.heads import parse_horizons, parse_loss_weights
+
+    if (horizon is None) == (horizons is None):
+        raise ValueError("give either --horizon K or --horizons K1,K2,... (not both)")
+    if horizons is None:
+        if loss_weights is not None:
+            raise ValueError("--loss-weights needs --horizons")
+        return (float(horizon),), None
+    hs = parse_horizons(horizons)
+    return hs, parse_loss_weights(loss_weights, len(hs))
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """``obj`` (a summary: numpy scalars and paths allowed) as indented JSON at ``path``."""
+    import json
+
+    Path(path).write_text(json.dumps(obj, indent=1, default=_json_default))
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(type(o))
 
 
 def _column(labels: np.ndarray, h: int) -> np.ndarray:
@@ -90,12 +123,11 @@ def run_training(
     parent's; window, levels and feature kind must be the parent's, see
     :mod:`lobstream.models.finetune`); ``freeze_layers`` ``"conv"`` trains only its head.
     """
-    from lobstream.models.artifact import export_model
+    from lobstream.models.artifact import export_model, resolve_device
     from lobstream.models.manifest import LabelDef
     from lobstream.models.train import (
         TrainConfig,
         evaluate,
-        pick_device,
         seed_everything,
         train_model,
     )
@@ -149,7 +181,7 @@ def run_training(
     res = train_model(model, tr, va, tc, progress=progress)
     say("scoring the test split")
     test = evaluate(
-        res.model, te, batch_size=tc.eval_batch_size, device=pick_device(tc.device),
+        res.model, te, batch_size=tc.eval_batch_size, device=resolve_device(tc.device),
         loss_weights=lw,
     )  # fmt: skip
     training = {

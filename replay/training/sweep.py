@@ -27,17 +27,13 @@ long trials; none applies to a grid of minutes-long trials, while Tune needs ``r
 from __future__ import annotations
 
 import dataclasses
-import functools
 import itertools
-import json
 import os
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
-
-import click
 
 # parameter -> (run_training keyword, parser of one value)
 SWEEPABLE: dict[str, tuple[str, Callable[[str], Any]]] = {
@@ -161,156 +157,73 @@ def best_trial(results: Sequence[dict]) -> int:
     return max(range(len(results)), key=lambda k: (results[k]["val_f1_macro"], -k))
 
 
-# ---------------------------------------------------------------- the train command's options
+def sweep_base(
+    grid: dict[str, list[Any]],
+    *,
+    horizon: float | None,
+    horizons: str | None = None,
+    loss_weights: str | None = None,
+    **run_kw: Any,
+) -> dict[str, Any]:
+    """run_training's keywords (but files, out) that every trial of ``grid`` starts from:
+    ``run_kw`` plus the label horizon(s). ``horizons`` (comma-separated, with
+    ``loss_weights``) makes every trial a multi-horizon model, and cannot go with a swept
+    horizon; without ``horizon`` the grid must sweep it. Raises ``ValueError`` otherwise."""
+    from lobstream.replay.training.pipeline import resolve_heads
 
-
-def sweep_options(command_fn):
-    """Add ``--sweep SPEC`` and ``--ray [ADDRESS]`` to the ``train`` command's function: with
-    ``--sweep`` the command runs :func:`sweep_command` instead of its own body."""
-    from lobstream.replay.distributed.session import ray_option
-
-    @functools.wraps(command_fn)
-    def wrapper(*args, sweep=None, ray_address=None, **kwargs):
-        if sweep is None:
-            if ray_address is not None:
-                raise click.UsageError("--ray on train runs a --sweep: give --sweep SPEC")
-            return command_fn(*args, **kwargs)
-        return sweep_command(sweep, ray_address, kwargs)
-
-    wrapper = click.option(
-        "--sweep",
-        "sweep",
-        default=None,
-        metavar="SPEC",
-        help=(
-            "Train a grid instead of one model, e.g. 'horizon=10,50 alpha=auto,0.0002 "
-            f"features=zscore,ticks_from_mid arch=binctabl,cnn' (sweepable: "
-            f"{', '.join(SWEEPABLE)}); prints the table, writes the best by validation "
-            "macro-F1 to --out. With --ray, one Ray task per trial."
-        ),
-    )(wrapper)
-    return ray_option(wrapper)
-
-
-def _base_from_cli(p: dict[str, Any], grid: dict[str, list[Any]]) -> dict[str, Any]:
-    """run_training's keywords (but files, out) from the train command's parameters
-    (``--horizons``/``--loss-weights``: every trial a multi-horizon model)."""
-    from lobstream.models.train import TrainConfig
-    from lobstream.replay.cli.train import _alpha, _split
-
-    keys = ("epochs", "batch_size", "lr", "weight_decay", "patience", "seed",
-            "max_train_windows", "max_eval_windows", "device", "threads", "chunk_rows",
-            "chunks_per_step")  # fmt: skip
-    tc = TrainConfig(
-        **{k: p[k] for k in keys if p.get(k) is not None}, sequence=not p.get("per_window")
-    )
-    horizon = p.get("horizon")
-    heads: dict[str, Any] = {}
-    if p.get("horizons"):  # one multi-horizon model per trial
+    if horizons:  # one multi-horizon model per trial
         if "horizon" in grid:
-            raise click.UsageError(
+            raise ValueError(
                 "--sweep horizon=... trains one horizon per trial: leave --horizons out"
             )
-        from lobstream.replay.cli.train import _heads_options
-
-        hs, lw = _heads_options(None, p["horizons"], p.get("loss_weights"))
-        heads = {"horizons": hs if len(hs) > 1 else None, "loss_weights": lw}
-        horizon = hs[0]
-    elif horizon is None:
+        hs, lw = resolve_heads(None, horizons, loss_weights)
+        return {
+            **run_kw,
+            "horizons": hs if len(hs) > 1 else None,
+            "loss_weights": lw,
+            "horizon": hs[0],
+        }
+    if horizon is None:
         if "horizon" not in grid:
-            raise click.UsageError("give --horizon K, or sweep it: --sweep 'horizon=10,50 ...'")
+            raise ValueError("give --horizon K, or sweep it: --sweep 'horizon=10,50 ...'")
         horizon = grid["horizon"][0]
-    return {
-        **heads,
-        "arch": p["arch"],
-        "horizon": horizon,
-        "horizon_unit": p["horizon_unit"],
-        "alpha": _alpha(p["alpha"]),
-        "label_kind": p["label"],
-        "window": p["window"],
-        "levels": p["levels"],
-        "features": p["features"],
-        "split": _split(p["split"]),
-        "max_events": p["max_events"],
-        "eval_stride": p["eval_stride"],
-        "train_config": tc,
-    }
+    return {**run_kw, "horizon": horizon}
 
 
-def sweep_command(spec: str, ray_address: str | None, p: dict[str, Any]) -> None:
-    """The ``train --sweep`` command body: run, print the table, write the best artifact."""
-    from rich.console import Console
-    from rich.table import Table
+def sweep_to(
+    files: Sequence[str],
+    grid: dict[str, list[Any]],
+    base: dict[str, Any],
+    out: str | Path,
+    *,
+    ray_address: str | None = None,
+    cpus_per_trial: int = 1,
+    on_trial: Callable[[dict], None] | None = None,
+) -> tuple[list[dict], int]:
+    """Run every trial (:func:`run_sweep`; on the Ray of ``ray_address`` when given, see
+    :class:`~lobstream.replay.distributed.session.RaySession`) and write the best trial's
+    artifact to ``out``. Returns (trials, index of the best)."""
+    if ray_address is None:
+        results = run_sweep(files, grid, base, on_trial=on_trial)
+    else:
+        from lobstream.replay.distributed.session import RaySession
 
-    from lobstream.replay.distributed.session import RaySession, RayUnavailable, check_ray_address
-    from lobstream.replay.errors import DataError
-
-    check_ray_address(ray_address)
-    if p.get("init"):
-        raise click.UsageError("--sweep trains fresh models: it does not take --init")
-    try:
-        grid = parse_sweep(spec)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--sweep") from None
-    base = _base_from_cli(p, grid)
-    err = Console(stderr=True)
-    n = len(trials(grid))
-    err.print(f"[dim]sweep: {n} trial(s) of {', '.join(grid)}{' on Ray' if ray_address else ''}")
-
-    def show(r: dict) -> None:
-        err.print(
-            f"[dim]trial {r['params']}: val macro-F1 {r['val_f1_macro']:.4f}, test "
-            f"{r['test_f1_macro']:.4f} ({r['seconds']:.0f} s)[/dim]"
-        )
-
-    threads = int(p.get("threads") or 1)
-    try:
-        if ray_address is None:
-            results = run_sweep(p["files"], grid, base, on_trial=show)
-        else:
-            try:
-                with RaySession(ray_address):
-                    results = run_sweep(
-                        p["files"], grid, base, use_ray=True, cpus_per_trial=threads, on_trial=show
-                    )
-            except RayUnavailable as exc:
-                raise click.UsageError(str(exc)) from None
-    except (DataError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
+        with RaySession(ray_address):
+            results = run_sweep(
+                files, grid, base, use_ray=True, cpus_per_trial=cpus_per_trial, on_trial=on_trial
+            )
     best = best_trial(results)
-    out = Path(p["out"])
+    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(results[best]["artifact"])
-    table = Table(title=f"sweep: {n} trial(s) on the chronological split; * best validation")
-    for h in (*grid, "alpha", "val macro-F1", "test macro-F1", "test acc", "best baseline test"):
-        table.add_column(h, justify="left" if h in grid else "right")
-    for k, r in enumerate(results):
-        bb = r["best_baseline_test_f1_macro"]
-        table.add_row(
-            *(str(r["params"][g]) + (" *" if k == best and i == 0 else "") for i, g in
-              enumerate(grid)),
-            f"{r['alpha']:.3g}",
-            f"{r['val_f1_macro']:.4f}",
-            f"{r['test_f1_macro']:.4f}",
-            f"{r['test_accuracy']:.4f}",
-            "" if bb is None else f"{bb:.4f} ({r['best_baseline']})",
-        )  # fmt: skip
-    Console().print(table)
-    if p.get("report_json"):
-        rows = [{k: v for k, v in r.items() if k != "artifact"} for r in results]
-        Path(p["report_json"]).write_text(
-            json.dumps({"grid": grid, "best": best, "trials": rows}, indent=1, default=_default)
-        )
-    click.echo(
-        f"{out}  sha256 {results[best]['summary']['sha256']}  best {results[best]['params']}"
-    )
+    return results, best
 
 
-def _default(o):
-    import numpy as np
+def write_sweep_report(
+    path: str | Path, grid: dict[str, list[Any]], results: Sequence[dict], best: int
+) -> None:
+    """The sweep as JSON: the grid, the best trial's index, every trial (no artifact bytes)."""
+    from lobstream.replay.training.pipeline import write_json
 
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(type(o))
+    rows = [{k: v for k, v in r.items() if k != "artifact"} for r in results]
+    write_json(path, {"grid": grid, "best": best, "trials": rows})

@@ -1,2 +1,0 @@
-"""The replay-side subcommands of ``lobstream``: replay/convert (data), train, backtest, explain;
-the options they share (options)."""
