@@ -19,7 +19,7 @@ def test_readme_has_main_job_and_test_commands():
     assert "pytest" in cmds[1]
     for cmd in cmds:
         # torch first, pinned to the CPU build on disk, before the project pulls a range
-        install = re.search(r"-e '\.\[test(,ray)?\]'", cmd)
+        install = re.search(r"-e '\.\[test(,ray)?(,live)?\]'", cmd)
         assert install, cmd
         assert cmd.index("torch==2.13.0") < install.start()
 
