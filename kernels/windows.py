@@ -33,7 +33,8 @@ def copy_windows(
     which : ndarray (B,) int, optional
         For (N, M, F) rows, the row array of each window (default: 0 for every window).
     """
-    r3 = rows[None] if rows.ndim == 2 else rows
+    # the kernel copies each window as one block; every caller's rows are C-contiguous already
+    r3 = np.ascontiguousarray(rows[None] if rows.ndim == 2 else rows)
     starts = np.ascontiguousarray(starts, dtype=np.int64)
     b = starts.shape[0]
     if r3.ndim != 3 or r3.dtype != np.float32:
@@ -72,12 +73,14 @@ def copy_windows(
 @njit(inline="always")
 def copy_window(rows, k, s, out, b):
     """``out[b, 0] = rows[k, s : s + T]`` for ``out`` (Bmax, 1, T, F): the window copy of
-    every kernel (inlined into its callers)."""
-    t = out.shape[2]
-    f = out.shape[3]
-    for r in range(t):
-        for c in range(f):
-            out[b, 0, r, c] = rows[k, s + r, c]
+    every kernel (inlined into its callers). Both arrays C-contiguous."""
+    # T consecutive rows are one contiguous block on both sides: a flat loop over T * F values
+    # runs near memcpy, where a row-by-column loop was ~0.7x of it
+    n = out.shape[2] * out.shape[3]
+    src = rows[k, s : s + out.shape[2]].reshape(n)
+    dst = out[b, 0].reshape(n)
+    for j in range(n):
+        dst[j] = src[j]
 
 
 @njit
