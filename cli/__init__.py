@@ -124,7 +124,33 @@ class LazyGroup(click.Group):
             ) from None
 
 
+def package_version() -> str:
+    """The installed lobstream's version (its package metadata), or "unknown" in a source
+    tree that was never installed."""
+    try:
+        return importlib.metadata.version("lobstream")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    # eager and read at call time: --version imports no subcommand and reads no metadata
+    # unless asked
+    if not value or ctx.resilient_parsing:
+        return
+    click.echo(f"lobstream {package_version()}")
+    ctx.exit()
+
+
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_version,
+    help="Print the version and exit.",
+)
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 def main(verbose: int) -> None:
     """lobstream: streaming limit-order-book signal engine."""

@@ -207,9 +207,11 @@ def backtest(
                 on_progress=on_progress,
                 on_unit=on_unit,
             )
-        except RayUnavailable as exc:
-            raise click.UsageError(str(exc)) from None
-        except (DataError, ValueError) as exc:
+        except (RayUnavailable, DataError, ValueError) as exc:
+            # a live progress leaves its last frame on the screen: the error gets a clean line
+            progress.remove_task(task)
+            if isinstance(exc, RayUnavailable):
+                raise click.UsageError(str(exc)) from None
             raise click.ClickException(str(exc)) from None
     if as_json:
         click.echo(json.dumps(summary))

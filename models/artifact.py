@@ -16,6 +16,7 @@ import logging
 import os
 import tempfile
 import warnings
+import zipfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -252,6 +253,28 @@ def check_manifest(manifest: dict[str, Any], expect: dict[str, Any], source: str
             )
 
 
+def _not_torchscript(path: Path) -> str:
+    """Why ``path`` is not a TorchScript archive, in one line: torch's own message talks of
+    its zip reader's internals, which do not tell a user what the file is."""
+    expected = "expected a model file written by lobstream train (export_model)"
+    size = path.stat().st_size
+    if size == 0:
+        what = "the file is empty (0 bytes)"
+    elif not zipfile.is_zipfile(path):
+        what = f"not a zip archive, or a truncated one ({size:,} bytes)"
+    else:
+        try:
+            with zipfile.ZipFile(path) as zf:
+                names = zf.namelist()
+        except (zipfile.BadZipFile, OSError):
+            names = []
+        if any(n.endswith("/data.pkl") for n in names) and not any("/code/" in n for n in names):
+            what = "a torch.save archive (weights or a pickled module), not TorchScript"
+        else:
+            what = "a zip archive without TorchScript code"
+    return f"not a TorchScript archive: {what}; {expected}"
+
+
 def load_model(
     path: str | os.PathLike,
     *,
@@ -294,11 +317,9 @@ def load_model(
     try:
         with quiet_jit():
             module = torch.jit.load(str(path), map_location=dev, _extra_files=extra)
-    except RuntimeError as e:
-        raise ArtifactError(
-            f"{path}: not a TorchScript archive ({str(e).splitlines()[0]}); "
-            "expected a file written by lobstream's export_model"
-        ) from None
+    except (RuntimeError, ValueError, OSError) as e:
+        logger.debug("%s: torch.jit.load failed: %s", path, e)
+        raise ArtifactError(f"{path}: {_not_torchscript(path)}") from None
     raw = extra[MANIFEST_NAME]
     if not raw:
         raise ArtifactError(

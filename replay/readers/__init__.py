@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from lobstream.kernels.registry import Registry
-from lobstream.replay.errors import Defects
+from lobstream.replay.errors import DataError, Defects
 
 # Tried in this order by auto-detection.
 READER_MODULES = (
@@ -57,7 +57,14 @@ def reader_for(path: str | Path, fmt: str = "auto"):
     for mod in _modules():
         if (fmt == "auto" and mod.detect(path)) or mod.FORMAT == fmt:
             return mod
-    raise ValueError(f"{path}: no reader for format {fmt!r}; known formats: {', '.join(formats())}")
+    known = ", ".join(formats())
+    if fmt == "auto":
+        raise DataError(
+            path,
+            f"not recognised as any supported format ({known}) by its name or first bytes: "
+            "pass --format if it is one of them (an empty or damaged file is not recognised)",
+        )
+    raise ValueError(f"{path}: no reader for format {fmt!r}; known formats: {known}")
 
 
 def read_events(

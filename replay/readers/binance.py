@@ -41,8 +41,8 @@ import polars as pl
 
 from lobstream.kernels.dtypes import SIDE_ASK, SIDE_BID
 from lobstream.kernels.registry import Registry
-from lobstream.replay.errors import Defects
-from lobstream.replay.readers import DEFAULT_BATCH_ROWS
+from lobstream.replay.errors import DataError, Defects
+from lobstream.replay.readers import DEFAULT_BATCH_ROWS, _files
 from lobstream.replay.readers._depth import (
     DEPTH,
     SNAP,
@@ -127,6 +127,10 @@ def read(
     """
     path = Path(path)
     defects = Defects() if defects is None else defects
+    problem = _files.empty_problem(path)
+    if problem:
+        raise DataError(path, problem + "; expected a recording of websocket messages or a "
+                        "depth CSV")  # fmt: skip
     rd = _Reader(path, registry, skip_bad, defects)
     with open(path, "rb") as fh:
         magic = fh.read(2)
@@ -365,6 +369,10 @@ class _Reader(DepthReader):
 
     # -- CSV ------------------------------------------------------------------------------
     def csv_chunks(self) -> Iterator[np.ndarray]:
+        # said before the rows are read (skipping, the short row is a bad record like others)
+        problem = _files.last_line_problem(self.path, len(_CSV_SCHEMA))
+        if problem and not self.skip_bad:
+            raise DataError(self.path, problem)
         lf = pl.scan_csv(self.path, schema=_CSV_SCHEMA, has_header=True)
         carry: pl.DataFrame | None = None
         row0 = 1  # file row of the first data row of the next frame (header is row 1)
@@ -387,7 +395,7 @@ class _Reader(DepthReader):
         except pl.exceptions.PolarsError as exc:
             self.bad(
                 "bad_record",
-                f"not a valid depth CSV ({exc}); expected columns "
+                f"not a valid depth CSV ({_files.polars_problem(exc)}); expected columns "
                 f"{_CSV_HEADER} with integer ids and timestamps",
                 row0,
             )
@@ -406,7 +414,9 @@ class _Reader(DepthReader):
         side[side_s == "a"] = SIDE_ASK
         typ = df["update_type"].to_numpy()
         for i in np.flatnonzero(side == 255)[:1]:
-            self.bad("bad_side", f"side must be 'a' or 'b', found {side_s[i]!r}", row0 + 1 + int(i))
+            # a missing side is most often a row cut short (a truncated file's last line)
+            found = "nothing (a short row?)" if side_s[i] is None else repr(side_s[i])
+            self.bad("bad_side", f"side must be 'a' or 'b', found {found}", row0 + 1 + int(i))
         good_typ = (typ == "snap") | (typ == "set")
         for i in np.flatnonzero(~good_typ)[:1]:
             self.bad(

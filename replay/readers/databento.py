@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import zlib
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -38,7 +39,7 @@ import polars as pl
 from lobstream.kernels.dtypes import EVENT_DTYPE, FLAG_LAST, FLAG_SNAPSHOT
 from lobstream.kernels.registry import Instrument, Registry
 from lobstream.replay.errors import DataError, Defects
-from lobstream.replay.readers import DEFAULT_BATCH_ROWS, _decimal
+from lobstream.replay.readers import DEFAULT_BATCH_ROWS, _decimal, _files
 from lobstream.replay.readers import _mbo as mbo_kernel
 from lobstream.replay.readers._decimal import EMPTY, OK
 
@@ -165,12 +166,16 @@ def read(
     Raises
     ------
     DataError
-        Truncated or undecodable DBN (byte count), or a malformed record (unknown action or
-        side, undefined or off-tick price, non-numeric CSV field) naming the file and record/row;
-        with ``skip_bad`` the record is skipped and counted by kind in ``defects``.
+        An empty file, a ``.csv.gz`` that is not gzip or is cut short, a zstd stream cut inside
+        a frame, truncated or undecodable DBN (byte offset), or a malformed record (unknown
+        action or side, undefined or off-tick price, non-numeric CSV field) naming the file and
+        record/row; with ``skip_bad`` the record is skipped and counted by kind in ``defects``.
     """
     path = Path(path)
     defects = Defects() if defects is None else defects
+    problem = _files.empty_problem(path)
+    if problem:
+        raise DataError(path, problem + "; expected a Databento DBN or MBO CSV file")
     rd = _Reader(path, registry, skip_bad, defects)
     name = path.name.lower()
     src = rd.csv_batches() if name.endswith((".csv", ".csv.gz")) else rd.dbn_batches()
@@ -230,10 +235,11 @@ class _Reader:
         self.last_ts: dict[int, int] = {}
         self.clamped = 0
 
-    def bad(self, kind: str, problem: str, row: int) -> None:
+    def bad(self, kind: str, problem: str, row: int | None, *, offset: int | None = None) -> None:
         if not self.skip_bad:
-            raise DataError(self.path, problem, row=row)
-        self.defects.add(kind, f"{self.path} row {row}")
+            raise DataError(self.path, problem, row=row, offset=offset)
+        where = f"row {row}" if row is not None else f"byte {offset}"
+        self.defects.add(kind, f"{self.path} {where}")
 
     # -- instruments ----------------------------------------------------------------------
     def ids(self, source_ids: np.ndarray, prices: np.ndarray) -> np.ndarray:
@@ -273,6 +279,13 @@ class _Reader:
 
     # -- DBN ------------------------------------------------------------------------------
     def dbn_batches(self) -> Iterator[np.ndarray]:
+        if _files.magic(self.path) == _ZSTD_MAGIC:
+            # the decompressor cannot tell a stream cut short from one that ended: a
+            # truncated .zst would otherwise read as a shorter file
+            cut = _files.zstd_problem(self.path)
+            if cut is not None:
+                # raises unless skip_bad; skipping, the whole records before the cut are read
+                self.bad("truncated_file", cut[0], None, offset=cut[1])
         dec = _decoder(self.path)
         meta = None
         offset = 0
@@ -288,9 +301,10 @@ class _Reader:
                 except (dbn.DBNError, ValueError) as exc:
                     self.bad(
                         "bad_dbn",
-                        f"not decodable as DBN near byte {offset} ({exc}); "
+                        f"not decodable as DBN ({_files.one_line(exc)}); "
                         "expected a Databento DBN file (v1-v3, plain or zstd)",
-                        0,
+                        None,
+                        offset=offset,
                     )
                     return
                 if meta is None and recs:
@@ -306,7 +320,12 @@ class _Reader:
         except (dbn.DBNError, ValueError):
             left = 0
         if meta is None:
-            self.bad("bad_dbn", "no DBN metadata header found; expected a Databento DBN file", 0)
+            self.bad(
+                "bad_dbn",
+                "no DBN metadata header found; expected a Databento DBN file",
+                None,
+                offset=0,
+            )
         elif left:
             self.bad(
                 "truncated_file",
@@ -484,11 +503,17 @@ class _Reader:
 
     # -- CSV ------------------------------------------------------------------------------
     def csv_batches(self) -> Iterator[np.ndarray]:
-        header = _csv_header(self.path)
+        problem = _files.gzip_name_problem(self.path)
+        if problem:
+            raise DataError(self.path, problem)
+        try:
+            header = _csv_header(self.path)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise DataError(self.path, _files.gzip_read_problem(exc), row=1) from None
         if not header.startswith(_CSV_COLUMNS):
             raise DataError(
                 self.path,
-                f"header {header[:80]!r} is not a Databento MBO CSV; "
+                f"header {_files.show_line(header)} is not a Databento MBO CSV; "
                 f"expected {_CSV_COLUMNS},symbol",
                 row=1,
             )
@@ -501,10 +526,12 @@ class _Reader:
         except pl.exceptions.PolarsError as exc:
             self.bad(
                 "bad_record",
-                f"not a valid MBO CSV row ({exc}); expected integers in "
+                f"not a valid MBO CSV row ({_files.polars_problem(exc)}); expected integers in "
                 "rtype, size, order_id, flags, sequence",
                 row0,
             )
+        except (OSError, EOFError) as exc:  # polars' gzip decoder: a truncated stream
+            self.bad("truncated_file", _files.gzip_read_problem(exc), row0)
 
     def csv_frame(self, df: pl.DataFrame, row0: int) -> np.ndarray:
         ts = df.select(

@@ -42,7 +42,7 @@ from lobstream.kernels.dtypes import (
 )
 from lobstream.kernels.registry import Instrument, Registry
 from lobstream.replay.errors import DataError, Defects
-from lobstream.replay.readers import DEFAULT_BATCH_ROWS, _decimal
+from lobstream.replay.readers import DEFAULT_BATCH_ROWS, _decimal, _files
 from lobstream.replay.readers import _mbo as levels_kernel
 from lobstream.replay.readers._decimal import EMPTY, OK
 
@@ -95,6 +95,9 @@ def read(
     """
     path = Path(path)
     defects = Defects() if defects is None else defects
+    problem = _files.empty_problem(path)  # gzip or not is told by the bytes, not the name
+    if problem:
+        raise DataError(path, problem)
     head = _header(path)
     rd = _Reader(path, registry, skip_bad, defects)
     if head == _INCREMENTAL:
@@ -104,7 +107,8 @@ def read(
     else:
         raise DataError(
             path,
-            f"header {head[:80]!r} is not a Tardis incremental_book_L2 or book_snapshot_N CSV",
+            f"header {_files.show_line(head)} is not a Tardis incremental_book_L2 or "
+            "book_snapshot_N CSV",
             row=1,
         )
     for events in src:
@@ -161,18 +165,36 @@ class _Reader:
         return inst
 
     def frames(self, schema: dict) -> Iterator[tuple[pl.DataFrame, int]]:
+        # a short last row would read as empty fields (absent levels, for a snapshot)
+        problem = _files.last_line_problem(self.path, len(schema))
+        if problem:
+            if not self.skip_bad:
+                raise DataError(self.path, problem)
+            self.defects.add("truncated_file", f"{self.path} last line")
         lf = pl.scan_csv(self.path, schema=schema, has_header=True)
         row0 = 2
+        held: pl.DataFrame | None = None  # one frame behind, so the last row can be dropped
         try:
             for df in lf.collect_batches(chunk_size=_BATCH):
-                yield df, row0
-                row0 += len(df)
+                if held is not None:
+                    yield held, row0
+                    row0 += len(held)
+                held = df
         except pl.exceptions.PolarsError as exc:
             self.bad(
                 "bad_record",
-                f"not a valid CSV row ({exc}); expected {len(schema)} comma-separated columns",
-                row0,
+                f"not a valid CSV row ({_files.polars_problem(exc)}); expected {len(schema)} "
+                "comma-separated columns",
+                row0 + (0 if held is None else len(held)),
             )
+        except (OSError, EOFError) as exc:  # polars' gzip decoder: a truncated stream
+            self.bad(
+                "truncated_file",
+                _files.gzip_read_problem(exc),
+                row0 + (0 if held is None else len(held)),
+            )
+        if held is not None:
+            yield (held[:-1] if problem else held), row0
 
     def timestamps(self, df: pl.DataFrame, row0: int) -> tuple[np.ndarray, np.ndarray]:
         ts = df["timestamp"].cast(pl.Int64, strict=False)

@@ -70,7 +70,7 @@ import numpy as np
 from lobstream.kernels.dtypes import EVENT_DTYPE
 from lobstream.kernels.registry import Instrument, Registry
 from lobstream.replay.errors import DataError, Defects
-from lobstream.replay.readers import DEFAULT_BATCH_ROWS
+from lobstream.replay.readers import DEFAULT_BATCH_ROWS, _files
 from lobstream.replay.readers.lobster.kernel import (
     BOOK_BAD_SIZE,
     BOOK_NON_POSITIVE_PRICE,
@@ -200,10 +200,14 @@ class _Lines:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        problem = _files.empty_problem(path) or _files.gzip_name_problem(path)
+        if problem:
+            raise DataError(path, problem)
         self._fh = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")  # noqa: SIM115
         self._buf = bytearray()
         self._nl = 0
         self._eof = False
+        self._taken = 0  # lines handed out so far
 
     def take(self, n: int) -> tuple[np.ndarray, int]:
         """Up to ``n`` lines, (B,) uint8 ending in a newline, and how many (0 at the end)."""
@@ -211,9 +215,11 @@ class _Lines:
             try:
                 block = self._fh.read(_READ_BLOCK)
             except (OSError, EOFError, zlib.error) as exc:
+                whole = self._taken + self._nl  # complete lines before the failure
                 raise DataError(
-                    self.path, f"cannot read the file: {exc}; is it complete?"
-                ) from None
+                    self.path, f"cannot read the file: {_files.gzip_read_problem(exc)}",
+                    row=whole + 1,
+                ) from None  # fmt: skip
             if not block:
                 self._eof = True
                 # A last line without a newline still counts; blank trailing lines do not.
@@ -232,6 +238,7 @@ class _Lines:
         out = np.frombuffer(self._buf, np.uint8, count=cut).copy()  # one copy, no bytes()
         del self._buf[:cut]
         self._nl -= k
+        self._taken += k
         return out, k
 
     def _cut(self, k: int) -> int:
@@ -504,7 +511,12 @@ def read(
     prev_ts = np.iinfo(np.int64).min
     halts = 0
     rounded = 0
-    msgs, obs = _Lines(msg_path), _Lines(ob_path)
+    msgs = _Lines(msg_path)
+    try:
+        obs = _Lines(ob_path)
+    except DataError:
+        msgs.close()
+        raise
     try:
         while True:
             mbuf, obuf, n = _take_pair(msgs, obs, chunk_rows, row0)
