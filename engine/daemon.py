@@ -292,7 +292,11 @@ class Daemon:
 
     def _idle_wait_ms(self, warm_s: float) -> float:
         """How long to block with ``model.keep_warm_ms`` on: until the model is next due a
-        throwaway call, made here when it is (only while the loop owns the runner)."""
+        throwaway call, made here when it is (only while the loop owns the runner), and only
+        while market data flows: before the first message and during an idle period
+        (``ingest.idle_after_s``) a closed market costs no CPU."""
+        if not self.ingest.live:
+            return _IDLE_WAIT_MS
         left = self._last_call + warm_s - time.perf_counter()
         if left <= 0 and not self.handoff.pulling:
             feed = self.model.feed

@@ -186,6 +186,12 @@ class Ingest:
             self._receive_ns = max(time.monotonic_ns() - max_ts, 0)
         return events, max_ts
 
+    @property
+    def live(self) -> bool:
+        """Whether market data flows: a message has come and no idle period has begun since
+        (with ``idle_after_s = 0`` every time after the first message)."""
+        return self._last_msg is not None and not self._idle
+
     def account(self) -> None:
         """Count what the last :meth:`drain` took (messages, events, receive latency).
 

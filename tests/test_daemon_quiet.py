@@ -122,3 +122,50 @@ def test_a_reload_request_during_a_load_is_served_after_it(ipc_dir, tmp_path, mo
         release.set()
         run.stop()
     assert final == newest and ok == 2 and len(calls) == 2
+
+
+def test_keep_warm_pauses_while_the_market_is_closed(ipc_dir, tmp_path):
+    """No throwaway call before the first message or during an idle period
+    (``ingest.idle_after_s``); they start again with the next message."""
+    path = tmp_path / "m.pt"
+    export_test_model(path)
+    cfg = make_cfg(
+        ipc_dir,
+        path,
+        SYMBOLS,
+        model={"keep_warm_ms": 2.0, "overlap_batch": 0},
+        ingest={"idle_after_s": 0.3},
+    )
+    events = synthetic_events(1200, n_instruments=2, seed=23, levels=4, snapshot_every=300)
+    third = len(events) // 3
+    totals = None
+    run = Running(cfg, SYMBOLS)
+    try:
+        totals = run.daemon.metrics.totals
+        for _ in range(30):  # the daemon waits for its feed: 0.3 s of loop rounds
+            time.sleep(0.01)
+        before_feed = totals["keep_warm_calls"]
+        run.wait_messages(run.send(events[:third]))
+        for _ in range(300):  # bounded: until the pause is counted
+            if totals["ingest.idle_periods"] == 1:
+                break
+            time.sleep(0.01)
+        warm_while_live = totals["keep_warm_calls"]
+        for _ in range(30):  # 0.3 s more of the closed market
+            time.sleep(0.01)
+        warm_while_closed = totals["keep_warm_calls"] - warm_while_live
+        run.wait_messages(run.send(events[third : 2 * third]))
+        for _ in range(300):
+            if totals["keep_warm_calls"] > warm_while_live + warm_while_closed:
+                break
+            time.sleep(0.01)
+        after_resume = totals["keep_warm_calls"] - warm_while_live - warm_while_closed
+        signals, _ = run.collect()
+    finally:
+        run.stop()
+    assert before_feed == 0
+    assert totals["ingest.idle_periods"] >= 1
+    assert warm_while_live > 0  # the 0.3 s before the pause was counted kept it warm
+    assert warm_while_closed == 0
+    assert after_resume > 0
+    assert len(signals) > 0
