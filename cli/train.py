@@ -32,6 +32,18 @@ def _alpha(value: str) -> float | None:
     return a
 
 
+def _tick_scale(value: str) -> float | None:
+    if value == "auto":
+        return None
+    try:
+        s = float(value)
+    except ValueError:
+        raise click.BadParameter(f"expected a number > 0 or 'auto', got {value!r}") from None
+    if not s > 0:
+        raise click.BadParameter(f"--tick-scale must be > 0, got {s}")
+    return s
+
+
 def _split(value: str) -> tuple[float, float]:
     try:
         a, b = (float(x) for x in value.split(","))
@@ -58,7 +70,12 @@ def _summary_rows(result: dict[str, Any]) -> list[tuple[str, str, float, float, 
 @click.option(
     "--arch", type=click.Choice(sorted(ARCHITECTURES)), default=DEFAULT_ARCH, show_default=True
 )
-@click.option("--horizon", type=float, default=None, help="Label horizon k (one head).")
+@click.option(
+    "--horizon",
+    type=float,
+    default=None,
+    help="Label horizon k (one head); 50 when neither --horizon nor --horizons is given.",
+)
 @click.option(
     "--horizons",
     default=None,
@@ -170,6 +187,42 @@ def _summary_rows(result: dict[str, Any]) -> list[tuple[str, str, float, float, 
     is_flag=True,
     help="Causal models: train per window like any other model (for comparison).",
 )
+@click.option(
+    "--mirror",
+    is_flag=True,
+    help=(
+        "Also train on the bid/ask mirror of every training window (sides swapped, down and "
+        "up flipped); needs --features ticks_from_mid. Validation and test stay real."
+    ),
+)
+@click.option(
+    "--tick-scale",
+    default="1",
+    show_default=True,
+    help=(
+        "--features ticks_from_mid: divide prices in ticks from the mid by this, or 'auto': "
+        "the training rows' mean distance from the mid over the top --levels (inputs of about "
+        "unit size for networks without an input normalisation layer)."
+    ),
+)
+@click.option(
+    "--split-scope",
+    type=click.Choice(["common", "instrument"]),
+    default="common",
+    show_default=True,
+    help=(
+        "Cut train/validation/test at the same instants for every file (one market), or at "
+        "each instrument's own time quantiles (files of different days or venues); with "
+        "several instruments the report scores each one's test part."
+    ),
+)
+@click.option(
+    "--curves",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="PNG of train loss and validation macro-F1 per epoch, baselines as lines "
+    "(default: MODEL.curves.png beside --out).",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
     "--device",
@@ -248,6 +301,10 @@ def train(
     chunk_rows,
     chunks_per_step,
     per_window,
+    mirror,
+    tick_scale,
+    split_scope,
+    curves,
     seed,
     device,
     threads,
@@ -293,6 +350,9 @@ def train(
         max_events=max_events,
         eval_stride=eval_stride,
         train_config=tc,
+        mirror=mirror,
+        split_scope=split_scope,
+        tick_scale=_tick_scale(tick_scale),
     )
     if sweep is not None:
         check_ray_address(ray_address)
@@ -304,7 +364,10 @@ def train(
     if ray_address is not None:
         raise click.UsageError("--ray on train runs a --sweep: give --sweep SPEC")
 
+    bar = _EpochBar(console, epochs)
+
     def progress(e: dict[str, Any]) -> None:
+        bar.done()
         console.print(
             f"epoch {e['epoch']:>3}/{epochs}  loss {e['train_loss']:.4f}  "
             f"val macro-F1 {e['val_f1_macro']:.4f}  acc {e['val_accuracy']:.4f}  "
@@ -316,11 +379,15 @@ def train(
         hs, lw = resolve_heads(horizon, horizons, loss_weights)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    if horizon is None and horizons is None:  # the default: spelt out in the reproduce line
+        ctx.params["horizon"] = hs[0]
     if freeze != "none" and init is None:
         raise click.BadParameter("--freeze needs --init (a parent model)", param_hint="--freeze")
     if init is not None and ctx.get_parameter_source("arch") is ParameterSource.DEFAULT:
         arch = ctx.params["arch"] = run_kw["arch"] = None  # the parent's; not in the reproduce line
     command = _command(ctx)
+    from lobstream.replay.training.curves import curves_path
+
     try:
         summary = run_training(
             list(files),
@@ -330,15 +397,21 @@ def train(
             loss_weights=lw,
             out=out,
             progress=progress,
+            step_progress=bar.step,
             status=lambda m: console.print(f"[dim]{m}[/dim]"),
             command=command,
             init=init,
             freeze_layers=freeze,
+            curves_png=curves or curves_path(out),
         )
     except (DataError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
+    finally:
+        bar.done()
     parent = summary["trained_on"].get("init")
     _print_tables(summary, parent["arch"] if parent else arch)
+    if "per_instrument" in summary:
+        _print_instruments(summary["per_instrument"])
     if report_json:
         write_json(report_json, summary)
     click.echo(f"{out}  sha256 {summary['sha256']}")
@@ -347,6 +420,46 @@ def train(
             f"fine-tuned from {parent['artifact']}  sha256 {parent['sha256']}  "
             f"freeze {parent['freeze']} ({parent['frozen_parameters']:,} parameters frozen)"
         )
+
+
+class _EpochBar:
+    """Progress within an epoch: a rich bar of training windows with windows/s and the
+    running loss, one bar an epoch (transient: the epoch's summary line replaces it), on a
+    terminal only."""
+
+    def __init__(self, console: Any, epochs: int) -> None:
+        self.console, self.epochs = console, epochs
+        self.bar = self.task = None
+        self.epoch = 0
+
+    def step(self, s: dict[str, Any]) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        if not self.console.is_terminal:  # a log file gets the per-epoch lines only
+            return
+        if self.bar is None or s["epoch"] != self.epoch:
+            self.done()
+            self.epoch = s["epoch"]
+            self.bar = Progress(
+                TextColumn(f"epoch {s['epoch']}/{self.epochs}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("windows  {task.fields[rate]} windows/s  loss {task.fields[loss]}"),
+                console=self.console,
+                transient=True,
+            )
+            self.bar.start()
+            self.task = self.bar.add_task("train", total=s["total"], rate="-", loss="-")
+        t = self.bar.tasks[0]
+        rate = s["windows"] / t.elapsed if t.elapsed else 0.0
+        self.bar.update(
+            self.task, completed=s["windows"], rate=f"{rate:,.0f}", loss=f"{s['loss']:.4f}"
+        )
+
+    def done(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
 
 
 def _sweep(files, spec, ray_address, run_kw, horizon, horizons, loss_weights, out, report_json,
@@ -438,6 +551,29 @@ def _print_tables(summary: dict[str, Any], arch: str) -> None:
         for r in _summary_rows(head):
             table.add_row(r[0], r[1], *(f"{x:.4f}" for x in r[2:]))
         Console().print(table)
+
+
+def _print_instruments(per: dict[str, Any]) -> None:
+    """Test macro-F1 of the model and each instrument's own baselines, per instrument."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="test macro-F1 per instrument (baselines fitted on its own train part)")
+    for h in ("instrument", "test windows", "model", "majority", "logistic", "trend"):
+        table.add_column(h, justify="left" if h == "instrument" else "right")
+    for name, e in per.items():
+        if "model" not in e:
+            table.add_row(name, str(e["windows"]["test"]), e.get("note", ""), "", "", "")
+            continue
+        b = e.get("baselines", {})
+        table.add_row(
+            name,
+            str(e["windows"]["test"]),
+            f"{e['model']['test']['f1_macro']:.4f}",
+            *(f"{b[k]['test']['f1_macro']:.4f}" if k in b else "-" for k in
+              ("majority", "logistic", "trend")),
+        )  # fmt: skip
+    Console().print(table)
 
 
 def _command(ctx: click.Context) -> str:

@@ -298,6 +298,7 @@ def train_model(
     val: Windows,
     config: TrainConfig = TrainConfig(),
     progress: Callable[[dict[str, Any]], None] | None = None,
+    step_progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place and return it with its best validation weights restored.
 
@@ -312,6 +313,9 @@ def train_model(
     progress : callable, optional
         Called after each epoch with that epoch's history entry (epoch, train_loss,
         val_f1_macro, val_accuracy, best, seconds, windows).
+    step_progress : callable, optional
+        Called after each optimizer step with {epoch, windows (so far this epoch), total
+        (the epoch's windows), loss (running mean)}: progress within an epoch.
     """
     if len(train) == 0 or len(val) == 0:
         raise ValueError(
@@ -340,6 +344,7 @@ def train_model(
             len(chunks), config.chunk_rows, len(train) / len(chunks),
         )  # fmt: skip
 
+    per_epoch = min(config.max_train_windows or len(train), len(train))
     history: list[dict[str, Any]] = []
     best_f1, best_epoch, best_state, best_metrics = -1.0, -1, None, {}
     t_start = time.perf_counter()
@@ -359,6 +364,11 @@ def train_model(
             scaler.update()
             total += float(loss.detach()) * len(idx)
             seen += len(idx)
+            if step_progress is not None:
+                step_progress(
+                    {"epoch": epoch + 1, "windows": seen, "total": per_epoch,
+                     "loss": total / seen}
+                )  # fmt: skip
         metrics = evaluate(
             model, val_sub, batch_size=config.eval_batch_size, device=device, loss_weights=lw
         )

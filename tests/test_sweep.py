@@ -87,3 +87,14 @@ def test_ray_without_sweep_is_refused(tmp_path):
     args = sweep_args(tmp_path, "horizon=10")[:-2] + ["--ray"]
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 2 and "--sweep" in res.output
+
+
+def test_sweep_base_horizon_default_and_grid():
+    from lobstream.replay.training.pipeline import DEFAULT_HORIZON
+    from lobstream.replay.training.sweep import parse_sweep, sweep_base
+
+    assert sweep_base(parse_sweep("arch=binctabl,cnn"), horizon=None)["horizon"] == DEFAULT_HORIZON
+    assert sweep_base(parse_sweep("horizon=10,50"), horizon=None)["horizon"] == 10.0
+    assert sweep_base(parse_sweep("arch=cnn"), horizon=20.0)["horizon"] == 20.0
+    with pytest.raises(ValueError, match="leave --horizons out"):
+        sweep_base(parse_sweep("horizon=10,50"), horizon=None, horizons="10,50")

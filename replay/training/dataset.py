@@ -93,6 +93,8 @@ class LobDataset:
     # labels are then (N, H), a window kept only where every head has a label
     heads: list[LabelDef] = field(default_factory=list)
     alphas: list[float] = field(default_factory=list)
+    split_scope: str = "common"  # cut instants common to every stream, or per instrument
+    symbols: dict[int, str] = field(default_factory=dict)  # instrument id -> symbol, if known
 
     def __post_init__(self) -> None:
         if not self.heads:
@@ -136,7 +138,12 @@ class LobDataset:
             "files": [Path(f).name for f in self.files],
             "events": self.n_events,
             "rows": int(self.rows.shape[0]),
-            "split": "chronological, cut at common ts_event quantiles, gap rows between parts",
+            "split": (
+                "chronological, cut at common ts_event quantiles, gap rows between parts"
+                if self.split_scope == "common"
+                else "chronological, cut at each instrument's own ts_event quantiles, gap rows "
+                "between parts"
+            ),
             "split_windows": {k: len(w) for k, w in self.parts.items()},
             "split_rows": {
                 k: int(sum(s.parts[k][1] - s.parts[k][0] for s in self.streams)) for k in PARTS
@@ -225,18 +232,36 @@ def _alpha(
     return balanced_alpha(np.concatenate(train_ch))
 
 
+def _cuts(
+    streams: list[Stream], ts_all: np.ndarray, fractions: tuple[float, float], scope: str
+) -> list[tuple[int, int]]:
+    """The two cut instants of each stream: the ``fractions`` quantiles of ``ts_event`` over
+    every row (scope "common") or over the rows of the stream's instrument ("instrument")."""
+    f_train, f_val = fractions
+    q = [f_train, f_train + f_val]
+    if scope == "common":
+        c = tuple(np.quantile(ts_all, q, method="lower"))
+        return [c] * len(streams)
+    if scope != "instrument":
+        raise ValueError(f"split scope must be 'common' or 'instrument', got {scope!r}")
+    by_inst: dict[int, tuple] = {}
+    for inst in {s.instrument for s in streams}:
+        ts = np.concatenate([ts_all[s.start : s.stop] for s in streams if s.instrument == inst])
+        by_inst[inst] = tuple(np.quantile(ts, q, method="lower"))
+    return [by_inst[s.instrument] for s in streams]
+
+
 def _split(
     streams: list[Stream],
     ts_all: np.ndarray,
     fractions: tuple[float, float],
     window: int,
     heads: list[LabelDef],
+    scope: str = "common",
 ) -> None:
-    """Set each stream's ``parts``: cut at the ``fractions`` quantiles of every row's
-    ``ts_event`` (the same instants for every stream), with the gap of the longest horizon."""
-    f_train, f_val = fractions
-    cut1, cut2 = np.quantile(ts_all, [f_train, f_train + f_val], method="lower")
-    for s in streams:
+    """Set each stream's ``parts``: cut at the ``fractions`` quantiles of ``ts_event`` (see
+    :func:`_cuts`), with the gap of the longest horizon."""
+    for s, (cut1, cut2) in zip(streams, _cuts(streams, ts_all, fractions, scope), strict=True):
         ts = ts_all[s.start : s.stop]
         b1 = int(np.searchsorted(ts, cut1, side="right"))
         b2 = max(int(np.searchsorted(ts, cut2, side="right")), b1)
@@ -251,13 +276,37 @@ def _split(
         }
 
 
-def _spec(features: str, raw: np.ndarray, streams: list[Stream], levels: int) -> FeatureSpec:
-    """The normalisation: z-score statistics from the training part's RAW rows only."""
+def _train_raw(raw: np.ndarray, streams: list[Stream]) -> np.ndarray:
+    return np.concatenate([raw[a:b] for s in streams for a, b in [s.parts["train"]]])
+
+
+def _tick_scale(tr: np.ndarray, levels: int) -> float:
+    """Mean distance from the mid, in ticks, of the top ``levels`` prices of both sides of
+    the training RAW rows ``tr``: divides ``ticks_from_mid`` prices to about unit size (an
+    instrument quoted over hundreds of ticks otherwise feeds a network inputs in the hundreds,
+    where the log sizes are about 5)."""
+    mid = 0.5 * (tr[:, 0].astype(np.float64) + tr[:, 2])
+    px = np.concatenate([tr[:, 0 : 4 * levels : 4], tr[:, 2 : 4 * levels : 4]], axis=1)
+    scale = float(np.abs(px - mid[:, None]).mean())
+    return scale if scale > 0 else 1.0
+
+
+def _spec(
+    features: str,
+    raw: np.ndarray,
+    streams: list[Stream],
+    levels: int,
+    tick_scale: float | None = 1.0,
+) -> FeatureSpec:
+    """The normalisation: z-score statistics from the training part's RAW rows only;
+    ``ticks_from_mid`` prices divided by ``tick_scale`` (None: :func:`_tick_scale` of the
+    training rows)."""
     if features == "zscore":
-        tr = np.concatenate([raw[a:b] for s in streams for a, b in [s.parts["train"]]])
-        return zscore_spec(*_zscore_params(tr, levels), levels=levels)
+        return zscore_spec(*_zscore_params(_train_raw(raw, streams), levels), levels=levels)
     if features == "ticks_from_mid":
-        return ticks_from_mid_spec(1.0, levels)
+        if tick_scale is None:
+            tick_scale = _tick_scale(_train_raw(raw, streams), levels)
+        return ticks_from_mid_spec(float(tick_scale), levels)
     raise ValueError(f"features must be 'zscore' or 'ticks_from_mid', got {features!r}")
 
 
@@ -295,6 +344,8 @@ def build_dataset(
     features: str = "zscore",
     registry: Registry | None = None,
     max_events: int | None = None,
+    split_scope: str = "common",
+    tick_scale: float | None = 1.0,
 ) -> LobDataset:
     """Build rows, labels and the train / val / test windows from LOB files.
 
@@ -317,13 +368,20 @@ def build_dataset(
         Instrument registry (a fresh one is filled by the readers when absent).
     max_events : int, optional
         Read only the first ``max_events`` events of each file (quick runs and tests).
+    split_scope : {"common", "instrument"}
+        Cut every stream at the same instants (the default: one market, one clock), or each
+        instrument at its own time quantiles: for files of different days and venues, where
+        common instants would put whole instruments into one part.
+    tick_scale : float or None
+        ``ticks_from_mid`` only: prices in ticks from the mid are divided by it; None: the mean
+        distance from the mid of the training rows' top ``levels`` prices.
     """
     registry = Registry() if registry is None else registry
     paths = [str(p) for p in paths]
     if not paths:
         raise ValueError("no input files given")
     sources = [(p, _file_events(p, registry, max_events)) for p in paths]
-    return dataset_from_events(
+    ds = dataset_from_events(
         sources,
         label,
         window=window,
@@ -331,7 +389,11 @@ def build_dataset(
         fractions=fractions,
         features=features,
         n_instruments=len(registry),
+        split_scope=split_scope,
+        tick_scale=tick_scale,
     )
+    ds.symbols = {inst.id: inst.symbol for inst in registry}
+    return ds
 
 
 def dataset_from_events(
@@ -343,6 +405,8 @@ def dataset_from_events(
     fractions: tuple[float, float] = (0.7, 0.15),
     features: str = "zscore",
     n_instruments: int | None = None,
+    split_scope: str = "common",
+    tick_scale: float | None = 1.0,
 ) -> LobDataset:
     """:func:`build_dataset` on events already read: ``sources`` is a list of (name, events
     (n,) EVENT_DTYPE), one per file; ``n_instruments`` defaults to the largest id + 1."""
@@ -386,7 +450,7 @@ def dataset_from_events(
         raise ValueError(f"{paths}: no feature rows (is the book ever two-sided?)")
 
     # 2. chronological split at common instants, with gaps
-    _split(streams, meta["ts_event"], (f_train, f_val), window, heads)
+    _split(streams, meta["ts_event"], (f_train, f_val), window, heads, split_scope)
 
     # 3. labels per part and head; each head's alpha from the training part only
     changes: dict[str, list[tuple[np.ndarray, list[np.ndarray]]]] = {p: [] for p in PARTS}
@@ -403,7 +467,7 @@ def dataset_from_events(
     alphas = [_alpha(lb, h, changes["train"], meta, streams, window) for h, lb in enumerate(heads)]
 
     # 4. z-score statistics from the training rows, then normalised rows from the kernel
-    spec = _spec(features, raw, streams, levels)
+    spec = _spec(features, raw, streams, levels, tick_scale)
     rows = _normalised_rows(paths, events_by_file, spec, n_instruments, meta, len(raw))
 
     parts = {}
@@ -424,7 +488,7 @@ def dataset_from_events(
         parts[p] = Windows(rows, ends[keep], lab, window)
     ds = LobDataset(
         rows, raw, meta, spec, window, levels, heads[0], alphas[0], streams, parts, paths,
-        n_events, report, heads, alphas,
+        n_events, report, heads, alphas, split_scope,
     )  # fmt: skip
     logger.info(
         "dataset: %s label, alpha %s, windows %s, balance %s",

@@ -15,17 +15,24 @@ from typing import Any
 
 import numpy as np
 
+# the label horizon when none is given: the bundled model's (k = 50 rows), the middle of the
+# 10 / 50 / 100 the literature and docs/MODEL.md report
+DEFAULT_HORIZON = 50.0
+
 
 def resolve_heads(
     horizon: float | None, horizons: str | None, loss_weights: str | None
 ) -> tuple[tuple[float, ...], tuple[float, ...] | None]:
     """(horizons, loss weights) of a run from one ``horizon`` or the comma-separated
     ``horizons`` (a head each) with their ``loss_weights``; the weights are None for one head.
-    Raises ``ValueError`` for both or neither given, or weights without ``horizons``."""
+    Neither given: one head of :data:`DEFAULT_HORIZON`. Raises ``ValueError`` for both given,
+    or weights without ``horizons``."""
     from lobstream.models.heads import parse_horizons, parse_loss_weights
 
-    if (horizon is None) == (horizons is None):
+    if horizon is not None and horizons is not None:
         raise ValueError("give either --horizon K or --horizons K1,K2,... (not both)")
+    if horizon is None and horizons is None:
+        horizon = DEFAULT_HORIZON
     if horizons is None:
         if loss_weights is not None:
             raise ValueError("--loss-weights needs --horizons")
@@ -107,6 +114,12 @@ def run_training(
     freeze_layers: str = "none",
     horizons: tuple[float, ...] | None = None,
     loss_weights: tuple[float, ...] | None = None,
+    mirror: bool = False,
+    split_scope: str = "common",
+    tick_scale: float | None = 1.0,
+    step_progress: Callable[[dict], None] | None = None,
+    curves_png: str | Path | None = None,
+    train_filter: Callable[[Any, Any], Any] | None = None,
 ) -> dict[str, Any]:
     """Build the dataset, fit baselines, train, test, and export (when ``out`` is given).
 
@@ -122,6 +135,18 @@ def run_training(
     ``init``: fine-tune the artifact at this path instead of a fresh model (``arch`` None: the
     parent's; window, levels and feature kind must be the parent's, see
     :mod:`lobstream.models.finetune`); ``freeze_layers`` ``"conv"`` trains only its head.
+
+    ``mirror``: add the bid/ask mirror of every training window, label flipped
+    (:mod:`lobstream.replay.training.augment`; ``ticks_from_mid`` features only). Validation,
+    test and the baselines see the real rows only. ``split_scope``: see
+    :func:`~lobstream.replay.training.dataset.build_dataset`; with several instruments the
+    summary has ``per_instrument``: each one's test part, model and its own baselines.
+    ``tick_scale``: ``ticks_from_mid`` prices divided by it (None: fitted on the training rows,
+    see :func:`~lobstream.replay.training.dataset.build_dataset`).
+    ``step_progress`` receives ``{epoch, windows, total, loss}`` after each optimizer step.
+    ``curves_png``: write the training curves there (:mod:`lobstream.replay.training.curves`;
+    the summary's ``curves`` holds the data). ``train_filter(ds, train_windows)``: the
+    training windows to use (learning curves); baselines fit on the same windows.
     """
     from lobstream.models.artifact import export_model, resolve_device
     from lobstream.models.manifest import LabelDef
@@ -141,6 +166,10 @@ def run_training(
         tc = dataclasses.replace(tc, loss_weights=lw)
     t0 = time.perf_counter()
     init_model = parent = None
+    if mirror and features != "ticks_from_mid":
+        raise ValueError(
+            "--mirror needs --features ticks_from_mid: z-scored prices have no exact mirror"
+        )
     if init is not None:
         if model_config:
             raise ValueError("--init takes the parent's model config; give no model config")
@@ -161,6 +190,8 @@ def run_training(
         fractions=split,
         features=features,
         max_events=max_events,
+        split_scope=split_scope,
+        tick_scale=tick_scale,
     )
     say(
         f"{ds.rows.shape[0]} rows; windows {[len(w) for w in ds.parts.values()]} "
@@ -168,7 +199,15 @@ def run_training(
         f"balance {ds.class_balance()}"
     )
     tr, va, te = _parts(ds, eval_stride)
+    if train_filter is not None:
+        tr = train_filter(ds, tr)
     bases = _baselines(ds, levels, window, (tr, va, te), len(hs), say)
+    fit_tr = tr
+    if mirror:
+        from lobstream.replay.training.augment import with_mirror
+
+        tr = with_mirror(tr)
+        say(f"mirror augmentation: {len(tr)} training windows (real and mirrored)")
     seed_everything(tc.seed)
     model = (
         init_model
@@ -178,7 +217,7 @@ def run_training(
     n_params = sum(p.numel() for p in model.parameters())
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     say(f"training {arch} ({n_train:,} of {n_params:,} parameters) on {tc.device}")
-    res = train_model(model, tr, va, tc, progress=progress)
+    res = train_model(model, tr, va, tc, progress=progress, step_progress=step_progress)
     say("scoring the test split")
     test = evaluate(
         res.model, te, batch_size=tc.eval_batch_size, device=resolve_device(tc.device),
@@ -193,14 +232,99 @@ def run_training(
         "trainable_parameters": n_train,
         "subsampling": "per-epoch random subset of max_train_windows (seed, epoch)",
         "eval_stride": eval_stride,
+        "mirror": mirror,
+        "training_windows": len(fit_tr),
+        "training_rows": _n_rows(fit_tr),
     }
     summary = _summary(ds, parent, res.val_metrics, test, bases, lw, training, command)
+    if len(ds.symbols) > 1 or len({s.instrument for s in ds.streams}) > 1:
+        say("scoring each instrument's test part")
+        summary["per_instrument"] = _per_instrument(ds, res.model, fit_tr, va, te, tc, lw)
     if out is not None:
         summary["sha256"] = export_model(
             res.model.cpu(), out, {k: v for k, v in summary.items() if k != "sha256"}
         )
         say(f"wrote {out}")
+    if curves_png is not None:
+        from lobstream.replay.training.curves import curves_data, plot_curves
+
+        summary["curves"] = {"png": str(curves_png), **curves_data(summary)}
+        plot_curves(curves_png, summary)
+        say(f"wrote {curves_png}")
     return summary
+
+
+def _n_rows(w: Any) -> int:
+    """Distinct feature rows under the windows ``w`` (each window covers T rows)."""
+    if len(w) == 0:
+        return 0
+    ends = np.sort(w.ends)
+    # a window adds the rows past the previous window's end, at most T
+    return int(w.window + np.minimum(np.diff(ends), w.window).sum())
+
+
+def _stream_mask(ds: Any, ends: np.ndarray, inst: int) -> np.ndarray:
+    mask = np.zeros(len(ends), bool)
+    for s in ds.streams:
+        if s.instrument == inst:
+            mask |= (ends >= s.start) & (ends < s.stop)
+    return mask
+
+
+def _per_instrument(
+    ds: Any, model: Any, tr: Any, va: Any, te: Any, tc: Any, lw: tuple[float, ...]
+) -> dict[str, Any]:
+    """Each instrument's validation and test windows: the model (primary head) beside
+    baselines fitted on that instrument's own training windows."""
+    from lobstream.models.artifact import resolve_device
+    from lobstream.models.train import evaluate
+
+    out: dict[str, Any] = {}
+    for inst in sorted({s.instrument for s in ds.streams}):
+        name = ds.symbols.get(inst, str(inst))
+        m_tr, m_va, m_te = (_stream_mask(ds, w.ends, inst) for w in (tr, va, te))
+        entry: dict[str, Any] = {
+            "windows": {"train": int(m_tr.sum()), "val": int(m_va.sum()), "test": int(m_te.sum())}
+        }
+        if m_tr.sum() < 2 or not m_va.any() or not m_te.any():
+            entry["note"] = "too few windows in a part to score"
+            out[name] = entry
+            continue
+        sub = [w.subset(np.flatnonzero(m)) for w, m in ((tr, m_tr), (va, m_va), (te, m_te))]
+        dev = resolve_device(tc.device)
+        entry["model"] = {
+            split: _primary(evaluate(model, w, batch_size=tc.eval_batch_size, device=dev,
+                                     loss_weights=lw))
+            for split, w in (("validation", sub[1]), ("test", sub[2]))
+        }  # fmt: skip
+        try:
+            entry["baselines"] = _instrument_baselines(ds, sub)
+        except ValueError as exc:  # e.g. one class only in a small instrument's training part
+            entry["baselines_error"] = str(exc)
+        out[name] = entry
+    return out
+
+
+def _instrument_baselines(ds: Any, sub: list[Any]) -> dict[str, Any]:
+    from lobstream.models.baselines import baseline_reports
+
+    return baseline_reports(
+        ds.raw,
+        ds.levels,
+        ds.window,
+        (sub[0].ends, _column(sub[0].labels, 0)),
+        {
+            "validation": (sub[1].ends, _column(sub[1].labels, 0)),
+            "test": (sub[2].ends, _column(sub[2].labels, 0)),
+        },
+        mid=ds.meta["mid"],
+        alpha=ds.alphas[0],
+        trend_lookback=_trend_lookback(ds, 0),
+    )
+
+
+def _primary(report: dict[str, Any]) -> dict[str, Any]:
+    return report["heads"][0] if "heads" in report else report
 
 
 def _loss_weights(given: tuple[float, ...] | None, n_heads: int) -> tuple[float, ...]:

@@ -168,7 +168,8 @@ def sweep_base(
     """run_training's keywords (but files, out) that every trial of ``grid`` starts from:
     ``run_kw`` plus the label horizon(s). ``horizons`` (comma-separated, with
     ``loss_weights``) makes every trial a multi-horizon model, and cannot go with a swept
-    horizon; without ``horizon`` the grid must sweep it. Raises ``ValueError`` otherwise."""
+    horizon; without ``horizon``, the grid's first or the default horizon. Raises
+    ``ValueError`` otherwise."""
     from lobstream.replay.training.pipeline import resolve_heads
 
     if horizons:  # one multi-horizon model per trial
@@ -184,9 +185,9 @@ def sweep_base(
             "horizon": hs[0],
         }
     if horizon is None:
-        if "horizon" not in grid:
-            raise ValueError("give --horizon K, or sweep it: --sweep 'horizon=10,50 ...'")
-        horizon = grid["horizon"][0]
+        from lobstream.replay.training.pipeline import DEFAULT_HORIZON
+
+        horizon = grid["horizon"][0] if "horizon" in grid else DEFAULT_HORIZON
     return {**run_kw, "horizon": horizon}
 
 
