@@ -2,7 +2,8 @@
 
 One :class:`Ingest` owns its SUB socket and is used only from the daemon's loop thread. A round
 drains what has arrived (non-blocking, at most ``max_drain`` messages), checks each frame
-(contract 4: ``[b"md.<symbol>", EVENT_DTYPE bytes]``, one instrument per message), and returns
+(contract 4: ``[b"md.<symbol>", EVENT_DTYPE bytes]``, one instrument per message, or the same
+with :mod:`lobstream.kernels.wire`'s version header between the two), and returns
 the accepted events as one contiguous batch for the book kernel. Bad frames are dropped and
 counted by reason; nothing in a frame can stop the daemon.
 
@@ -148,13 +149,18 @@ class Ingest:
                 break
             n_msg += 1
             n_parts = 1
-            body = b""
+            body = mid = b""
             while more(_RCVMORE):  # the parts of a message arrive together: never blocks
+                mid = body
                 body = recv(_NOBLOCK)
                 n_parts += 1
             if n_parts != 2:
-                self._reject(wire.REASON_PARTS, "message with %s parts, expected 2", n_parts)
-                continue
+                # three parts: a header between topic and payload (its version must be ours)
+                reason = wire.header_reason(mid) if n_parts == 3 else wire.REASON_PARTS
+                if reason != wire.REASON_OK:
+                    self._reject(reason, "message with %s parts (%r), expected 2 or a version "
+                                 "%s header", n_parts, mid[:8], wire.VERSION)  # fmt: skip
+                    continue
             parts = (head, body)
             inst = ids.get(parts[0])
             if inst is None:

@@ -2,13 +2,22 @@
 
 The payload is the raw little-endian bytes of a C-contiguous ``EVENT_DTYPE`` array, one
 instrument per message (the topic names it, so a subscriber can shard by topic prefix). No
-header and no per-event encoding: the sender hands zmq the numpy buffer (``copy=False``) and the
-receiver views the frame with ``np.frombuffer``.
+per-event encoding: the sender hands zmq the numpy buffer (``copy=False``) and the receiver
+views the frame with ``np.frombuffer``.
+
+Versions: a message of two frames is version 1, this format. A message may instead carry a
+header frame between topic and payload, ``[topic, b"LOB" + bytes([version]), payload]``
+(:data:`HEADER`, :func:`header`); version 1 sent that way is the same message. A later format
+is always sent with its header, so a receiver that does not know that version drops it,
+counted as ``"version"``, instead of misreading it. The header is four bytes, not one, so
+that a stray frame is not taken for one: a three-frame message whose middle frame does not
+start with ``b"LOB"`` is a ``"parts"`` error like any other frame count.
 
 Decoding is total: a bad frame yields ``(None, reason)`` with a short reason string that the
 daemon counts as a metric label, never an exception through the receive loop. Reasons:
 
-- ``"parts"``: not exactly two frames;
+- ``"parts"``: not two frames, nor three with a header in the middle;
+- ``"version"``: a header naming a version this receiver does not read;
 - ``"topic"``: the topic is not ``md.<symbol>`` with a non-empty UTF-8 symbol;
 - ``"empty"``: a zero-length payload;
 - ``"misaligned"``: the payload length is not a multiple of the event size (48 bytes).
@@ -40,13 +49,16 @@ from lobstream.kernels.dtypes import ACTION_CLEAR, ACTION_TRADE, EVENT_DTYPE, SI
 
 TOPIC_PREFIX = b"md."
 ITEMSIZE = EVENT_DTYPE.itemsize
+VERSION = 1  # the payload layout this module reads and writes
+HEADER_MAGIC = b"LOB"
 
 REASON_OK = "ok"
 REASON_PARTS = "parts"
 REASON_TOPIC = "topic"
 REASON_EMPTY = "empty"
 REASON_MISALIGNED = "misaligned"
-REASONS = (REASON_PARTS, REASON_TOPIC, REASON_EMPTY, REASON_MISALIGNED)
+REASON_VERSION = "version"
+REASONS = (REASON_PARTS, REASON_TOPIC, REASON_EMPTY, REASON_MISALIGNED, REASON_VERSION)
 REASON_WRONG_INSTRUMENT = "wrong_instrument"
 REASON_BAD_EVENT = "bad_event"
 REASON_TS_FUTURE = "ts_future"
@@ -62,6 +74,24 @@ class Decoded(NamedTuple):
     symbol: str | None
     events: np.ndarray | None
     reason: str
+
+
+def header(version: int = VERSION) -> bytes:
+    """The header frame naming ``version`` (0..255)."""
+    return HEADER_MAGIC + bytes([version])
+
+
+HEADER = header()
+
+
+def header_reason(frame: bytes) -> str:
+    """``"ok"`` for this version's header, ``"version"`` for another version's, ``"parts"``
+    for a frame that is not a header."""
+    if frame == HEADER:
+        return REASON_OK
+    if len(frame) == len(HEADER) and frame.startswith(HEADER_MAGIC):
+        return REASON_VERSION
+    return REASON_PARTS
 
 
 def topic(symbol: str) -> bytes:
@@ -81,7 +111,7 @@ def symbol_of(topic_frame: bytes) -> str | None:
         return None
 
 
-def encode(symbol_topic: bytes, events: np.ndarray) -> list:
+def encode(symbol_topic: bytes, events: np.ndarray, with_header: bool = False) -> list:
     """Frames for ``sock.send_multipart(frames, copy=False)``.
 
     Parameters
@@ -91,17 +121,23 @@ def encode(symbol_topic: bytes, events: np.ndarray) -> list:
     events : ndarray (n,) EVENT_DTYPE
         One instrument's events. Sent without a copy when C-contiguous, so the caller must not
         modify it until zmq has sent it (give each message its own array or slice).
+    with_header : bool
+        Put :data:`HEADER` between topic and payload (the same version-1 message, one frame
+        longer; without it the two-frame form says version 1).
     """
     if events.dtype != EVENT_DTYPE:
         raise TypeError(f"events must have EVENT_DTYPE, got {events.dtype}")
+    if with_header:
+        return [symbol_topic, HEADER, np.ascontiguousarray(events)]
     return [symbol_topic, np.ascontiguousarray(events)]
 
 
-def send(sock, symbol_topic: bytes, events: np.ndarray, flags: int = 0) -> int:
+def send(sock, symbol_topic: bytes, events: np.ndarray, flags: int = 0,
+         with_header: bool = False) -> int:  # fmt: skip
     """Send one message zero-copy; returns the payload size in bytes."""
-    frames = encode(symbol_topic, events)
+    frames = encode(symbol_topic, events, with_header)
     sock.send_multipart(frames, flags=flags, copy=False)
-    return frames[1].nbytes
+    return frames[-1].nbytes
 
 
 def decode_events(payload) -> tuple[np.ndarray | None, str]:
@@ -120,8 +156,15 @@ def decode_events(payload) -> tuple[np.ndarray | None, str]:
 
 
 def decode(frames: Sequence) -> Decoded:
-    """Decode a received multipart message (a list of ``bytes`` or ``zmq.Frame``)."""
-    if len(frames) != 2:
+    """Decode a received multipart message (a list of ``bytes`` or ``zmq.Frame``), with or
+    without a header frame."""
+    if len(frames) == 3:
+        mid = frames[1]
+        reason = header_reason(mid.bytes if hasattr(mid, "bytes") else bytes(mid))
+        if reason != REASON_OK:
+            return Decoded(None, None, reason)
+        frames = (frames[0], frames[2])
+    elif len(frames) != 2:
         return Decoded(None, None, REASON_PARTS)
     head, body = frames
     head = head.bytes if hasattr(head, "bytes") else bytes(head)

@@ -193,6 +193,7 @@ class BinanceFeed:
         self._close_reason: str | None = None
         self._joins_seen = 0
         self.received = 0  # websocket messages received
+        self.first_recv_ns: int | None = None  # time.monotonic_ns() of the first one
         self.error: BaseException | None = None
 
     # -- running -----------------------------------------------------------------------------
@@ -353,6 +354,8 @@ class BinanceFeed:
                         while True:
                             raw = await ws.recv(decode=False)
                             inbox.append((mono(), wall(), raw))
+                            if self.first_recv_ns is None:  # what a run's rate starts from
+                                self.first_recv_ns = inbox[-1][0]
                             wake.set()
                             got = True
                             self.received += 1

@@ -213,6 +213,7 @@ class LoopbackExchange:
         self.messages = [x for x in lines[pos:] if x[2] is None or "lastUpdateId" not in x[2]]
         if max_messages is not None:
             self.messages = self.messages[:max_messages]
+        self._behind: list[dict] = []  # streamed diffs not yet applied to the book
         self.pos = 0  # next message to stream
         self.depth_n = 0  # depth diffs streamed (or dropped) so far
         self.sent = 0  # recording messages streamed (or dropped on purpose)
@@ -240,11 +241,18 @@ class LoopbackExchange:
             self.book.diff(d)
 
     def _stream_diff(self, d: dict) -> None:
-        """The book moves on by a streamed (or lost) diff."""
+        """The book moves on by a streamed (or lost) diff: applied when a snapshot needs the
+        book (:meth:`_catch_up`), not while streaming, so sending stays cheap."""
         if self.depth_n in self._copies:
+            self._catch_up()
             self._copies[self.depth_n] = self.book.copy()
-        self._apply(d)
+        self._behind.append(d)
         self.depth_n += 1
+
+    def _catch_up(self) -> None:
+        behind, self._behind = self._behind, []
+        for d in behind:
+            self._apply(d)
 
     # -- servers ---------------------------------------------------------------------------
     def start(self, timeout_s: float = 10.0) -> LoopbackExchange:
@@ -318,6 +326,7 @@ class LoopbackExchange:
         n = self.snapshot_requests
         self.snapshot_requests += 1
         fault = self.faults.get(("stale", n))
+        self._catch_up()
         book = self.book
         if fault is not None and self._copies.get(fault.book_at) is not None:
             book = self._copies[fault.book_at]

@@ -3,13 +3,14 @@
 The publisher is the public way in for a venue lobstream has no connector for. It owns one
 ZeroMQ XPUB socket (bound by default; the daemon's ``ingest.mode = "connect"`` then connects to
 it) and speaks the wire format of :mod:`lobstream.kernels.wire`: ``[b"md.<symbol>", raw
-EVENT_DTYPE bytes]``, one instrument per message.
+EVENT_DTYPE bytes]``, one instrument per message (version 1; ``with_header`` puts the version
+header between the two frames).
 
 What a feed handler sends, per instrument:
 
 1. a snapshot first: :meth:`Publisher.snapshot` (``ACTION_CLEAR``, then one update per level,
-   all ``FLAG_SNAPSHOT``, the last ``FLAG_LAST``); the daemon ignores an instrument's updates
-   until it has had one;
+   all ``FLAG_SNAPSHOT``, the last ``FLAG_LAST``): the daemon's book starts empty, and without
+   a snapshot it would hold only the levels updated since it started;
 2. then level changes: :meth:`Publisher.update`, one message per exchange packet (the last
    event has ``FLAG_LAST``: the book is consistent after it, so a feature row may be written);
    a size is the new absolute size at the price, 0 removes the level;
@@ -143,6 +144,9 @@ class Publisher:
         How long :meth:`close` waits for queued messages to leave.
     ctx : zmq.Context, optional
         Defaults to the process-wide context.
+    with_header : bool
+        Send the wire's version header on every message (``[topic, b"LOB\\x01", payload]``);
+        without it the two-frame form says version 1 (one frame less per message).
     """
 
     def __init__(
@@ -155,7 +159,9 @@ class Publisher:
         lossless: bool = False,
         linger_ms: int = 1000,
         ctx: zmq.Context | None = None,
+        with_header: bool = False,
     ) -> None:
+        self.with_header = with_header
         self.registry = registry if registry is not None else Registry()
         self._ctx = ctx or zmq.Context.instance()
         self.sock = self._ctx.socket(zmq.XPUB)
@@ -336,7 +342,7 @@ class Publisher:
         topic = self._topics.get(inst)
         if topic is None:
             topic = self._topics[inst] = wire.topic(self.registry.by_id(inst).symbol)
-        self.bytes += wire.send(self.sock, topic, events)
+        self.bytes += wire.send(self.sock, topic, events, with_header=self.with_header)
         self.messages += 1
         self.events += len(events)
         return len(events)

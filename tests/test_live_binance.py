@@ -5,8 +5,9 @@ syncs, publishes on ipc:// and records; a ZeroMQ subscriber takes what it publis
 For each fault: the top-10 book of what was published equals the Binance reader's book over the
 same recording at every state after each (re)sync, the last run reaches the recording's end
 (nothing lost), the counters say what happened, and the recording reads back, through the
-Binance reader, as exactly the events that were published. The slow test runs ``lobstream
-serve`` fed by ``lobstream feed`` and checks its signals against the backtest of the recording.
+Binance reader, as exactly the events that were published. ``tests/test_live_serve.py`` (slow)
+runs ``lobstream serve`` fed by ``lobstream feed`` and checks the daemon's signals against the
+backtest of the recording.
 """
 
 from __future__ import annotations
@@ -230,6 +231,22 @@ def test_prometheus_endpoint_and_rollover(data_dir, ipc_dir, tmp_path):
         assert f"lobstream_feed_{name}" in text, name
     assert 'lobstream_feed_reconnects_total{reason="rollover"}' in text
     assert assert_live_matches(run.events, reader_states(run.path)) >= 1
+    # the values are the heartbeat's (scraped once everything was taken; only rollovers go on)
+    from prometheus_client.parser import text_string_to_metric_families
+
+    got = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
+    sym = (("symbol", "BTCUSDT"),)
+    inst = run.final["instruments"]["BTCUSDT"]
+    for name in ("messages", "gaps", "resyncs", "snapshot_requests"):
+        assert got[(f"lobstream_feed_{name}_total", sym)] == inst[name], name
+    assert got[("lobstream_feed_events_total", ())] == run.counts["events"]
+    assert got[("lobstream_feed_reconnects_total", (("reason", "rollover"),))] >= 1
+    offset = got[("lobstream_feed_clock_offset_seconds", sym)]
+    assert offset * 1e3 == pytest.approx(inst["clock_offset_ms"], rel=1e-12)
 
 
 def test_unreachable_exchange_gives_up(ipc_dir):

@@ -153,3 +153,38 @@ def test_example_feeds_the_daemon(artifact, ipc_dir):  # noqa: F811
         assert key in expected, f"daemon signal {key} has no window in the backtest"
         np.testing.assert_allclose(s["prob"], expected[key], atol=PROB_ATOL)
     assert int(sigs["seq"].max()) == max(k[1] for k in expected)
+
+
+def test_daemon_reads_the_version_header(artifact, ipc_dir):  # noqa: F811
+    """The same events with and without the version header give the same signals; another
+    version's header and a stray middle frame are dropped, counted by reason."""
+    from lobstream.replay.feed.synthetic import synthetic_events
+    from tests.test_daemon import Running
+
+    symbols = ["AAA"]
+    events = synthetic_events(600, n_instruments=1, seed=3, levels=4, snapshot_every=200)
+    events["ts_recv"] = time.monotonic_ns()
+    msgs = [events[k : k + 1] for k in range(len(events))]
+    run = Running(make_cfg(ipc_dir, artifact, symbols, ingest={"max_drain": 1}), symbols)
+    try:
+        n = 0
+        for k, ev in enumerate(msgs):
+            header = [wire.HEADER] if k % 2 else []  # every other message with the header
+            run.send_raw([b"md.AAA", *header, ev.tobytes()])
+            n += 1
+            if k == 100:
+                run.send_raw([b"md.AAA", wire.header(2), ev.tobytes()])
+                run.send_raw([b"md.AAA", b"LOB", ev.tobytes()])
+                n += 2
+        run.wait_messages(n)
+        signals, _ = run.collect()
+        totals = dict(run.daemon.metrics.totals)
+    finally:
+        run.stop()
+    assert totals["rejected.version"] == 1 and totals["rejected.parts"] == 1
+    assert totals["events"] == len(events)
+    module, manifest = load_model(artifact)
+    expected = backtest_probs(events, module, manifest, 1)
+    assert len(signals) > 100
+    for s in signals:
+        np.testing.assert_allclose(s["prob"], expected[(0, int(s["seq"]))], atol=PROB_ATOL)

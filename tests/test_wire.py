@@ -88,6 +88,45 @@ def test_bad_frames_give_reasons():
     assert ok.reason == "ok" and len(ok.events) == 3
 
 
+def test_version_header():
+    ev = make_events(3)
+    frames = wire.encode(b"md.A", ev, with_header=True)
+    assert frames[1] == wire.HEADER == b"LOB\x01" and frames[2] is ev
+    ok = wire.decode([frames[0], frames[1], ev.tobytes()])
+    assert ok.reason == "ok" and ok.symbol == "A" and fields_equal(ok.events, ev)
+    # another version is told apart from a stray frame
+    assert wire.decode([b"md.A", wire.header(2), ev.tobytes()]) == (None, None, "version")
+    assert wire.decode([b"md.A", b"LOB", ev.tobytes()]).reason == "parts"
+    assert wire.decode([b"md.A", b"\x01", ev.tobytes()]).reason == "parts"
+    # two frames are version 1 whatever they hold: a header alone is a 4-byte payload
+    assert wire.decode([b"md.A", wire.HEADER]).reason == "misaligned"
+    # the rest of the checks apply after the header
+    assert wire.decode([b"xx.A", wire.HEADER, ev.tobytes()]).reason == "topic"
+    assert wire.decode([b"md.A", wire.HEADER, b""]).reason == "empty"
+    assert wire.header_reason(wire.header(255)) == "version"
+    assert wire.header_reason(b"LOB\x01\x00") == "parts"
+
+
+def test_send_with_header(ipc_dir):
+    ctx = zmq.Context.instance()
+    pull, push = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
+    for s in (pull, push):
+        s.linger = 0
+        s.rcvtimeo = 5000
+    try:
+        pull.bind(f"ipc://{ipc_dir}/h.sock")
+        push.connect(f"ipc://{ipc_dir}/h.sock")
+        ev = make_events(5)
+        assert wire.send(push, wire.topic("GOOG"), ev, with_header=True) == ev.nbytes
+        frames = pull.recv_multipart()
+        assert len(frames) == 3 and frames[1] == wire.HEADER
+        msg = wire.decode(frames)
+        assert msg.reason == "ok" and fields_equal(msg.events, ev)
+    finally:
+        pull.close()
+        push.close()
+
+
 def test_unaligned_buffer_is_copied():
     ev = make_events(4)
     raw = bytearray(1) + bytearray(ev.tobytes())
@@ -95,12 +134,20 @@ def test_unaligned_buffer_is_copied():
     assert reason == "ok" and events.flags.aligned and fields_equal(events, ev)
 
 
-@given(st.binary(max_size=400), st.binary(max_size=20), st.integers(0, 3))
-def test_decode_is_total(payload, head, n_frames):
-    frames = [head, payload, b"x"][:n_frames]
+@given(
+    st.binary(max_size=400),
+    st.binary(max_size=20),
+    st.integers(0, 4),
+    st.sampled_from([b"", b"LOB\x01", b"LOB\x02", b"LOB"]),
+)
+def test_decode_is_total(payload, head, n_frames, mid):
+    frames = [head, payload, b"x", b"y"][:n_frames]
+    if n_frames == 3 and mid:
+        frames = [head, mid, payload]
     msg = wire.decode(frames)  # never raises
     assert msg.reason in (*wire.REASONS, "ok")
     if msg.reason == "ok":
+        assert len(frames) == 2 or frames[1] == wire.HEADER
         assert len(payload) % wire.ITEMSIZE == 0 and len(msg.events) * wire.ITEMSIZE == len(payload)
     else:
         assert msg.events is None
