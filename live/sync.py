@@ -201,6 +201,7 @@ class BinanceSync:
             # which instrument: spot and USD-M bodies do not say (a recording's file name
             # does); the body is recorded as it came
             rd.parse_obj({**obj, "symbol": symbol}, row, ck)
+            ck.local_ns[row] = wall_ns  # what the recording's line will say
             body = body.replace(b"\n", b"") if b"\n" in body else body
             lines.append((row, symbol, b"%d %s" % (wall_ns, body)))
         elif obj is not None:

@@ -306,13 +306,9 @@ def test_forced_resync_holds_until_snapshot(data_dir):
     assert sum(b"depthUpdate" in line for _, line in out.lines) > 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a spot REST snapshot has no time and takes the newest exchange time the reader "
-    "has stamped: live, before any trade or applied diff, that is 0 (1970), which the daemon "
-    "refuses as a ts_jump; the reader's rule (replay/readers/_depth.py) needs a fallback",
-)
 def test_spot_snapshot_before_any_trade_has_a_time(data_dir):
+    """A spot REST snapshot carries no time: before any stamped message its chain has none to
+    lend it, and it takes its receipt time (the recording's line says the same)."""
     market, _, sym, tick = RECORDINGS["spot"]
     lines = load_recording([recording(data_dir, "spot")])
     k = next(i for i, (_, _, d) in enumerate(lines) if d is not None and "lastUpdateId" in d)

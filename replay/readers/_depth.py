@@ -113,6 +113,9 @@ class Chunk:
         self.ticks = self.size = self.sides = np.zeros(0, np.int64)
         # per message: kind, row, key, ts_ns, U, u, pu, lv_start, lv_end
         self.msgs: list[tuple] = []
+        # row -> local receipt time (ns) of the snapshot lines: a spot REST snapshot carries no
+        # time of its own, and before any stamped message its chain has none to lend it
+        self.local_ns: dict[int, int] = {}
 
     def add_levels(self, levels: list, side: int) -> None:
         if not levels:
@@ -257,7 +260,7 @@ class DepthReader:
         return ts
 
     def snapshot(self, ch: Chain, ck: Chunk, mi: int, m: tuple, plan: list) -> None:
-        ts = self.stamp(ch, m[3] if m[3] else ch.last_ts)
+        ts = self.stamp(ch, m[3] or ch.last_ts or ck.local_ns.get(m[1], 0))
         n = m[8] - m[7]
         ch.seq += 1
         plan.append(

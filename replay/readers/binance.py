@@ -203,7 +203,13 @@ class _Reader(DepthReader):
             if b"@bookTicker" in line[sp : sp + 48]:
                 self.stats.ignored += 1
                 continue
-            parts.append(line[sp + 1 :].rstrip())
+            part = line[sp + 1 :].rstrip()
+            if b'"lastUpdateId"' in part[:64]:
+                try:
+                    ck.local_ns[row] = int(line[:sp])
+                except ValueError:
+                    pass  # the snapshot keeps the chain's time; its JSON is checked below
+            parts.append(part)
             rows.append(row)
         # depth diffs (most of the bytes) are decoded by polars in one call; the rest, and any
         # chunk polars refuses, by the json module
