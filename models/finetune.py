@@ -41,6 +41,9 @@ FEATURE_LAYERS: dict[str, tuple[str, ...]] = {
     "binctabl": ("bin", "bl1", "bl2"),
     # both LSTMs (per level, then over time); the final linear layer trains
     "hrnn": ("level_lstm", "time_lstm"),
+    # row_features: the level LSTM, the row summary and the time convolution; the decays of
+    # the recurrence and the MLP head train
+    "hrnn_causal": ("level_lstm", "summary", "time_conv"),
 }
 
 

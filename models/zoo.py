@@ -16,6 +16,7 @@ from torch import nn
 from lobstream.models.binctabl import BiNCTABL, BiNCTABLConfig
 from lobstream.models.causal.cnn import CNNCausal, CNNCausalConfig
 from lobstream.models.causal.deeplob import DeepLOBCausal, DeepLOBCausalConfig
+from lobstream.models.causal.hrnn import HRNNCausal, HRNNCausalConfig
 from lobstream.models.cnn import CNN, CNNConfig
 from lobstream.models.deeplob import DeepLOB, DeepLOBConfig
 from lobstream.models.hrnn import HRNN, HRNNConfig
@@ -29,6 +30,7 @@ ARCHITECTURES: dict[str, tuple[type, type[nn.Module]]] = {
     "binctabl": (BiNCTABLConfig, BiNCTABL),
     "cnn_causal": (CNNCausalConfig, CNNCausal),
     "deeplob_causal": (DeepLOBCausalConfig, DeepLOBCausal),
+    "hrnn_causal": (HRNNCausalConfig, HRNNCausal),
 }
 
 

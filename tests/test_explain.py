@@ -72,6 +72,7 @@ def test_method_per_architecture() -> None:
         "deeplob_causal": ex.GRAD_CAM,
         "binctabl": ex.INPUT_X_GRADIENT,
         "hrnn": ex.INPUT_X_GRADIENT,
+        "hrnn_causal": ex.INPUT_X_GRADIENT,
     }
 
 

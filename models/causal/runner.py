@@ -16,6 +16,11 @@ into the conv before it), the LSTM's two biases summed. Rows are pushed in the s
 ModelRunner's windows hold: the normalised feature rows the ring kernel writes (normalisation
 happens upstream, in ``kernels.features``; the runner applies none).
 
+Which state an architecture keeps and which kernel advances it is its entry in ``_ARCHS``:
+:class:`ProgramStream` (the compiled program above) for cnn_causal and deeplob_causal,
+:class:`~lobstream.models.causal.hrnn.HRNNStream` (a windowed linear recurrence, one step a
+row) for hrnn_causal. The runner itself is the same for all: slot ids, row checks, counts.
+
 Rows since reset < T: the window is not full, and the row's probabilities are NaN (``ready``
 says which slots are full). The ModelRunner would instead see a window that starts with zero
 rows; the incremental runner refuses to guess.
@@ -33,14 +38,21 @@ import torch
 from torch import nn
 
 from lobstream.models.artifact import load_model
-from lobstream.models.causal import cnn, deeplob
+from lobstream.models.causal import cnn, deeplob, hrnn
 from lobstream.models.causal import kernel as K
 from lobstream.models.heads import n_heads, out_shape
 from lobstream.models.zoo import arch_of, build_from_config, config_from_dict
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["IncrementalRunner", "is_causal", "compile_program", "Program", "ProgramBuilder"]
+__all__ = [
+    "IncrementalRunner",
+    "Program",
+    "ProgramBuilder",
+    "ProgramStream",
+    "compile_program",
+    "is_causal",
+]
 
 
 def is_causal(manifest: dict[str, Any]) -> bool:
@@ -231,9 +243,9 @@ def _head_mlp(model: nn.Module, nf: int, C: int) -> tuple[int, int, list[np.ndar
     return K.HEAD_MLP, H, w
 
 
-# arch -> (trunk builder, beside the model; head builder); a new causal architecture adds one
-# line here
-_ARCHS = {
+# arch -> (trunk builder, beside the model; head builder): the architectures compiled into a
+# program for the conv kernels (a new one of that kind adds one line here)
+_PROGRAMS = {
     "deeplob_causal": (deeplob.incremental_trunk, _head_lstm),
     "cnn_causal": (cnn.incremental_trunk, _head_mlp),
 }
@@ -242,14 +254,14 @@ _ARCHS = {
 def compile_program(model: nn.Module) -> Program:
     """The kernels' program for an eager causal zoo model in eval mode (not modified)."""
     arch = arch_of(model)
-    if arch not in _ARCHS:
+    if arch not in _PROGRAMS:
         raise ValueError(
-            f"architecture {arch!r} has no incremental path; causal ones are {sorted(_ARCHS)}"
+            f"architecture {arch!r} has no program; compiled ones are {sorted(_PROGRAMS)}"
         )
     cfg = model.config
     T, F, R, C = int(cfg.T), int(cfg.F), int(model.receptive_field), int(model.feature_dim)
     nf = T - R + 1
-    trunk, head_fn = _ARCHS[arch]
+    trunk, head_fn = _PROGRAMS[arch]
     b = ProgramBuilder()
     x = b.buf(F, 1)
     feat = trunk(model, b, x)
@@ -321,6 +333,54 @@ def _reach(b: ProgramBuilder, dst: int) -> int:
     return best
 
 
+class ProgramStream:
+    """Per-slot state of a compiled program and its kernel (:func:`compile_program`,
+    :mod:`lobstream.models.causal.kernel`): the incremental path of the conv architectures.
+
+    What :class:`IncrementalRunner` needs of a causal architecture's path: ``T, F, R, C,
+    n_out, floats_per_slot``, ``push(counts, ids, rows, want, out)`` (advances ``counts``),
+    ``reset(sel)`` and ``keep_warm()``.
+    """
+
+    def __init__(self, model: nn.Module, n_slots: int) -> None:
+        self.program = p = compile_program(model)
+        self.T, self.F = p.T, p.F
+        self.R, self.C = int(model.receptive_field), int(model.feature_dim)
+        self.n_out = int(p.head[K.HD_NC])  # logits per window: 3 per head (models.heads)
+        self.state = np.zeros((n_slots, p.state_size), dtype=np.float32)
+        self.floats_per_slot = int(p.state_size)
+        self._scratch = np.zeros(p.scratch_size, dtype=np.float32)
+        # keep_warm's own one-slot state
+        self._spare = np.zeros((1, p.state_size), dtype=np.float32)
+
+    def _run(self, state, counts, ids, rows, want, out) -> None:
+        p = self.program
+        K.push(p.params, p.ops, p.slopes, p.bufs, p.head, state, counts, ids, rows, want, out,
+               self._scratch)  # fmt: skip
+
+    def push(self, counts, ids, rows, want, out) -> None:
+        self._run(self.state, counts, ids, rows, want, out)
+
+    def reset(self, sel) -> None:
+        self.state[sel] = 0.0
+
+    def keep_warm(self) -> None:
+        """A throwaway push (one row and the head) on a state of its own."""
+        out = np.empty((1, self.n_out), dtype=np.float32)
+        self._run(self._spare, np.full(1, self.T, np.int64), np.zeros(1, np.int64),
+                  np.zeros((1, self.F), np.float32), np.ones(1, np.bool_), out)  # fmt: skip
+
+
+# arch -> its incremental path (what the runner keeps per slot and the kernel that advances
+# it); a causal architecture streams once it is here. The streaming HRNN's state is a windowed
+# recurrence, not ring caches of conv rows, so it has a kernel of its own.
+_ARCHS: dict[str, type] = {
+    "deeplob_causal": ProgramStream,
+    "cnn_causal": ProgramStream,
+    "hrnn_causal": hrnn.HRNNStream,
+}
+
+
 # ---- the runner ----------------------------------------------------------------------------
 
 
@@ -360,6 +420,7 @@ class IncrementalRunner:
         Rows pushed per slot since its reset; read-only for callers.
     T, F, R, C : int
         Window rows, features per row, receptive field, feature width.
+    stream : the architecture's per-slot state and kernel (``_ARCHS``)
     """
 
     def __init__(
@@ -380,13 +441,17 @@ class IncrementalRunner:
                 f"{sorted(_ARCHS)} (use ModelRunner otherwise)"
             )
         self.arch = arch_of(model)
+        if self.arch not in _ARCHS:
+            raise ValueError(
+                f"architecture {self.arch!r} has no incremental path; causal ones are "
+                f"{sorted(_ARCHS)}"
+            )
         self.manifest = manifest
-        self.program = compile_program(model)
-        p = self.program
-        self.T, self.F = p.T, p.F
-        self.R, self.C = int(model.receptive_field), int(model.feature_dim)
+        self.stream = _ARCHS[self.arch](model, int(n_slots))
+        st = self.stream
+        self.T, self.F, self.R, self.C = st.T, st.F, st.R, st.C
         # logits per window: 3 per head (models.heads); push returns (n, 3) or (n, H, 3)
-        self.n_out = int(p.head[K.HD_NC])
+        self.n_out = st.n_out
         self.n_heads = self.n_out // 3
         self.out_shape = out_shape(self.n_heads)
         if self.n_heads != n_heads(manifest):
@@ -404,15 +469,14 @@ class IncrementalRunner:
                 f"T={self.T}, F={self.F}"
             )
         self.n_slots = int(n_slots)
-        self.state = np.zeros((self.n_slots, p.state_size), dtype=np.float32)
         self.counts = np.zeros(self.n_slots, dtype=np.int64)
-        self._scratch = np.zeros(p.scratch_size, dtype=np.float32)
         self._all_want = np.ones(1, dtype=np.bool_)
         if warm:
-            self._warm()
+            # one compile (or cache load) covers push and push_many
+            self.keep_warm()
         logger.info(
-            "incremental runner: %s, T=%d R=%d C=%d, %d slots of %d floats",
-            self.arch, self.T, self.R, self.C, self.n_slots, p.state_size,
+            "incremental runner: %s, T=%d R=%d C=%d, %d slots",
+            self.arch, self.T, self.R, self.C, self.n_slots,
         )  # fmt: skip
 
     @classmethod
@@ -429,28 +493,10 @@ class IncrementalRunner:
         module, manifest = load_model(path, expect=expect, sha256=sha256, device="cpu")
         return cls(module, manifest, n_slots=n_slots, warm=warm)
 
-    def _warm(self) -> None:
-        # Same argument types as every later call, on a throwaway state: one compile (or cache
-        # load) covers push and push_many for every program.
-        p = self.program
-        self._throwaway = (
-            np.zeros((1, p.state_size), dtype=np.float32),
-            np.zeros((1, self.F), dtype=np.float32),
-            np.empty((1, self.n_out), dtype=np.float32),
-        )
-        self.keep_warm()
-
     def keep_warm(self) -> None:
         """A throwaway push (one row and the head) on a state of its own: the weights and the
         kernel stay in cache while a quiet market sends nothing; no slot changes."""
-        if not hasattr(self, "_throwaway"):
-            self._warm()
-            return
-        p = self.program
-        state, rows, out = self._throwaway
-        counts = np.full(1, self.T, dtype=np.int64)
-        K.push(p.params, p.ops, p.slopes, p.bufs, p.head, state, counts,
-               np.zeros(1, np.int64), rows, self._all_want, out, self._scratch)  # fmt: skip
+        self.stream.keep_warm()
 
     def _ids(self, ids: Any) -> np.ndarray:
         a = np.asarray(ids)
@@ -501,9 +547,7 @@ class IncrementalRunner:
             if w.shape != (len(ids),):
                 raise ValueError(f"want has shape {w.shape}; expected ({len(ids)},)")
         out = np.empty((len(ids), self.n_out), dtype=np.float32)
-        p = self.program
-        K.push(p.params, p.ops, p.slopes, p.bufs, p.head, self.state, self.counts, ids, x, w,
-               out, self._scratch)  # fmt: skip
+        self.stream.push(self.counts, ids, x, w, out)
         return out if self.n_heads == 1 else out.reshape(len(ids), *self.out_shape)
 
     def push_many(self, slot: int, rows: np.ndarray, want: np.ndarray | None = None) -> np.ndarray:
@@ -522,13 +566,9 @@ class IncrementalRunner:
     def reset(self, ids: Any = None) -> None:
         """Forget the rows of ``ids`` (all slots when None), after a snapshot or a stale gap:
         their next T - 1 pushes return NaN, then full windows of rows after the reset."""
-        if ids is None:
-            self.state[:] = 0.0
-            self.counts[:] = 0
-            return
-        ids = self._ids(ids)
-        self.state[ids] = 0.0
-        self.counts[ids] = 0
+        sel = slice(None) if ids is None else self._ids(ids)
+        self.stream.reset(sel)
+        self.counts[sel] = 0
 
     def __repr__(self) -> str:
         return f"IncrementalRunner({self.arch}, T={self.T}, R={self.R}, n_slots={self.n_slots})"

@@ -20,6 +20,9 @@ level updates that a real feed would send for it:
 ``ts_event`` grows by about ``dt_ns`` per event (non-decreasing); ``ts_recv`` is 0 (unknown);
 ``seq`` counts per instrument from 1. All randomness comes from ``seed``: same arguments, same
 array, on every run.
+
+A market with a planted, known predictive structure (and the true probabilities of its
+label, the Bayes ceiling of any model) is :mod:`~lobstream.replay.feed.synthetic.planted`.
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ import numpy as np
 
 from lobstream.kernels.dtypes import EVENT_DTYPE
 from lobstream.replay.feed.synthetic.kernel import GEN_WIDTH, MAX_DEPTH, generate
+from lobstream.replay.feed.synthetic.planted import PlantedMarket, planted_events, probs_from_rows
+
+__all__ = ["PlantedMarket", "planted_events", "probs_from_rows", "synthetic_events"]
 
 START_TS = 1_750_000_000_000_000_000  # 2025-06-15, ns since the epoch
 
