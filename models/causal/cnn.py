@@ -2,7 +2,7 @@
 
 The streaming-native variant of :mod:`lobstream.models.cnn`. Each stage is a
 (kernel_t, 3) convolution, *valid* along time (no time padding, so a feature row never
-depends on where a window starts) and padded by 1 along the level axis, ReLU, and a max-pool
+depends on where a window starts) and padded by 1 along the level axis, LeakyReLU, and a max-pool
 along levels only (pooling along time would tie a row's feature to the pool's phase). A
 (1, F') convolution then merges what is left of the level axis into ``feature_dim`` channels,
 so a row's feature is a C-vector.
@@ -16,7 +16,8 @@ incremental inference):
 - ``head(feats (B, T - R + 1, C)) -> logits (B, 3)``.
 - ``forward(x (B, 1, T, F)) = head(row_features(x))``.
 
-Head: a small MLP over the flattened T - R + 1 feature rows. Unlike last-row or pooled
+Head: a small MLP over the flattened T - R + 1 feature rows (scaled by 1 / (T - R + 1)) plus a
+direct path from the newest feature row to its hidden layer. Unlike last-row or pooled
 features it keeps *when* in the window something happened (the recent path matters for a
 short-horizon label), and it is cheap: T' x C x hidden multiply-adds per window (192 k at the
 defaults), about what the convolutions of one input row cost, and one matrix-vector product per
@@ -34,6 +35,11 @@ from torch import nn
 
 if TYPE_CHECKING:  # the runner imports the zoo, which imports this module
     from lobstream.models.causal.runner import ProgramBuilder
+
+
+# LeakyReLU in the trunk: on a signal that no single input predicts (a product) the loss sits
+# at chance first, and plain ReLU stages could switch off there for good (outputs all zero)
+NEGATIVE_SLOPE = 0.1
 
 
 @dataclass(frozen=True)
@@ -99,11 +105,14 @@ class CNNCausal(nn.Module):
         for c_out in config.channels:
             layers += [
                 nn.Conv2d(c_in, c_out, (config.kernel_t, 3), padding=(0, 1)),  # valid in time
-                nn.ReLU(),
+                nn.LeakyReLU(NEGATIVE_SLOPE),
                 nn.MaxPool2d((1, 2)),  # levels only
             ]
             c_in = c_out
-        layers += [nn.Conv2d(c_in, config.feature_dim, (1, config.levels_out())), nn.ReLU()]
+        layers += [
+            nn.Conv2d(c_in, config.feature_dim, (1, config.levels_out())),
+            nn.LeakyReLU(NEGATIVE_SLOPE),
+        ]
         self.convs = nn.Sequential(*layers)
         self.mlp = nn.Sequential(
             nn.Flatten(),
@@ -112,6 +121,13 @@ class CNNCausal(nn.Module):
             nn.ReLU(),
             nn.Linear(config.hidden, config.n_classes),
         )
+        # the flattened rows enter scaled by 1 / T': with T' x C inputs, AdamW's per-weight
+        # steps otherwise move the hidden layer T' times as fast as one row's path does, and the
+        # head learns to output a constant before the signal is found
+        self.flat_scale: float = 1.0 / (config.T - r + 1)
+        # the newest feature row straight to the hidden layer: the label depends on it most
+        # (incremental inference folds it into the first Linear's last-row weights)
+        self.newest = nn.Linear(config.feature_dim, config.hidden, bias=False)
 
     @torch.jit.export
     def row_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -122,7 +138,9 @@ class CNNCausal(nn.Module):
     @torch.jit.export
     def head(self, feats: torch.Tensor) -> torch.Tensor:
         """Logits of windows from their feature rows: (B, T - R + 1, C) -> (B, n_classes)."""
-        return self.mlp(feats)  # Flatten copies a non-contiguous (gathered) input
+        flat = self.mlp[0](feats) * self.flat_scale  # Flatten copies a gathered input
+        z = self.mlp[2](self.mlp[1](flat)) + self.newest(feats[:, -1])
+        return self.mlp[4](self.mlp[3](z))  # ReLU, Linear
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.row_features(x))  # (B, 3)

@@ -238,6 +238,12 @@ def _head_mlp(model: nn.Module, nf: int, C: int) -> tuple[int, int, list[np.ndar
     l1, l2 = lin
     H = l1.out_features
     w1 = l1.weight.detach().double().numpy().reshape(H, nf, C).transpose(1, 2, 0)  # (T', C, H)
+    # cnn_causal's head: flattened rows scaled by flat_scale, the newest row also through
+    # ``newest`` (C -> H, no bias), which is the same as adding its weights to the last row's
+    w1 = w1 * float(getattr(model, "flat_scale", 1.0))
+    newest = getattr(model, "newest", None)
+    if newest is not None:
+        w1[nf - 1] += newest.weight.detach().double().numpy().T
     w = [w1, l1.bias.detach().double().numpy(), l2.weight.detach().double().numpy(),
          l2.bias.detach().double().numpy(), np.zeros(0), np.zeros(0)]  # fmt: skip
     return K.HEAD_MLP, H, w
