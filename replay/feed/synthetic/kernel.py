@@ -26,7 +26,8 @@ _EDGE = 128  # re-centre the generator's ladder when the touch comes this close 
 
 
 @njit
-def _emit(out, m, ts, seq, price, size, inst, side, action, flags):
+def emit_event(out, m, ts, seq, price, size, inst, side, action, flags):
+    """Write event ``m`` of ``out`` (unless ``out`` is full); the next index."""
     if m >= out.shape[0]:
         return m
     rec = out[m]
@@ -71,7 +72,7 @@ def _snapshot(out, m, ts, seqs, gb, ga, gbase, i, nlev):
     so the generator's book stays the book the consumer sees."""
     w = gb.shape[1]
     seqs[i] += 1
-    m = _emit(out, m, ts, seqs[i], 0, 0.0, i, 0, ACTION_CLEAR, FLAG_SNAPSHOT)
+    m = emit_event(out, m, ts, seqs[i], 0, 0.0, i, 0, ACTION_CLEAR, FLAG_SNAPSHOT)
     n_b = 0
     for s in range(w - 1, -1, -1):
         if gb[i, s] > 0.0:
@@ -92,13 +93,17 @@ def _snapshot(out, m, ts, seqs, gb, ga, gbase, i, nlev):
             left -= 1
             seqs[i] += 1
             fl = FLAG_SNAPSHOT | (FLAG_LAST if left == 0 else 0)
-            m = _emit(out, m, ts, seqs[i], gbase[i] + s, gb[i, s], i, SIDE_BID, ACTION_UPDATE, fl)
+            m = emit_event(
+                out, m, ts, seqs[i], gbase[i] + s, gb[i, s], i, SIDE_BID, ACTION_UPDATE, fl
+            )
     for s in range(w):
         if ga[i, s] > 0.0:
             left -= 1
             seqs[i] += 1
             fl = FLAG_SNAPSHOT | (FLAG_LAST if left == 0 else 0)
-            m = _emit(out, m, ts, seqs[i], gbase[i] + s, ga[i, s], i, SIDE_ASK, ACTION_UPDATE, fl)
+            m = emit_event(
+                out, m, ts, seqs[i], gbase[i] + s, ga[i, s], i, SIDE_ASK, ACTION_UPDATE, fl
+            )
     return m
 
 
@@ -186,14 +191,16 @@ def generate(out, n_inst, seed, nlev, start_price, near_touch, delete_prob, impr
                 q = min(rest, _lot())
                 seqs[i] += 1
                 tflags = FLAG_LAST if last_every else 0
-                m = _emit(out, m, ts, seqs[i], gbase[i] + touch, q, i, side, ACTION_TRADE, tflags)
+                m = emit_event(
+                    out, m, ts, seqs[i], gbase[i] + touch, q, i, side, ACTION_TRADE, tflags
+                )
                 remain = rest - q
                 # a side is never traded empty: the last level is refilled
                 if remain <= 0.0 and _next_level(lad, i, side, touch + away) < 0:
                     remain = _lot()
                 _set(lad, best, i, side, touch, remain)
                 seqs[i] += 1
-                m = _emit(out, m, ts, seqs[i], gbase[i] + touch, remain, i, side, ACTION_UPDATE,
+                m = emit_event(out, m, ts, seqs[i], gbase[i] + touch, remain, i, side, ACTION_UPDATE,
                           flags)  # fmt: skip
             else:
                 spread = gba[i] - gbb[i]
@@ -216,6 +223,8 @@ def generate(out, n_inst, seed, nlev, start_price, near_touch, delete_prob, impr
                         size = _lot()
                 _set(lad, best, i, side, s, size)
                 seqs[i] += 1
-                m = _emit(out, m, ts, seqs[i], gbase[i] + s, size, i, side, ACTION_UPDATE, flags)
+                m = emit_event(
+                    out, m, ts, seqs[i], gbase[i] + s, size, i, side, ACTION_UPDATE, flags
+                )
             if end:
                 break

@@ -18,25 +18,11 @@ from lobstream.kernels.dtypes import (
     SIDE_ASK,
     SIDE_BID,
 )
+from lobstream.replay.feed.synthetic.kernel import emit_event
 
 SIGNAL_LINEAR = 0
 SIGNAL_NONLINEAR = 1
 MAX_SIZE = 200.0  # sizes are log-uniform on [1, MAX_SIZE]
-
-
-@njit
-def _emit(out, m, ts, seq, price, size, side, action, flags):
-    rec = out[m]
-    rec.ts_event = ts
-    rec.ts_recv = 0
-    rec.seq = seq
-    rec.price = price
-    rec.size = size
-    rec.instrument = 0
-    rec.side = side
-    rec.action = action
-    rec.flags = flags
-    return m + 1
 
 
 @njit
@@ -84,17 +70,19 @@ def generate_planted(events, probs, row_event, n_rows, seed, levels, kind, beta,
     m = 0
     # row 0: the opening snapshot
     seq += 1
-    m = _emit(events, m, ts, seq, 0, 0.0, 0, ACTION_CLEAR, FLAG_SNAPSHOT)
+    m = emit_event(events, m, ts, seq, 0, 0.0, 0, 0, ACTION_CLEAR, FLAG_SNAPSHOT)
     for i in range(levels):
         b[i] = _size()
         a[i] = _size()
     for i in range(levels):
         seq += 1
-        m = _emit(events, m, ts, seq, mid - 1 - i, b[i], SIDE_BID, ACTION_UPDATE, FLAG_SNAPSHOT)
+        m = emit_event(
+            events, m, ts, seq, mid - 1 - i, b[i], 0, SIDE_BID, ACTION_UPDATE, FLAG_SNAPSHOT
+        )
     for i in range(levels):
         seq += 1
         fl = FLAG_SNAPSHOT | (FLAG_LAST if i == levels - 1 else 0)
-        m = _emit(events, m, ts, seq, mid + 1 + i, a[i], SIDE_ASK, ACTION_UPDATE, fl)
+        m = emit_event(events, m, ts, seq, mid + 1 + i, a[i], 0, SIDE_ASK, ACTION_UPDATE, fl)
     move = 0
     for t in range(n_rows):
         if t > 0:
@@ -103,11 +91,11 @@ def generate_planted(events, probs, row_event, n_rows, seed, levels, kind, beta,
             if move == 1:
                 s = _size()
                 seq += 1
-                m = _emit(events, m, ts, seq, mid + 1, 0.0, SIDE_ASK, ACTION_UPDATE, 0)
+                m = emit_event(events, m, ts, seq, mid + 1, 0.0, 0, SIDE_ASK, ACTION_UPDATE, 0)
                 seq += 1
-                m = _emit(events, m, ts, seq, mid, s, SIDE_BID, ACTION_UPDATE, 0)
+                m = emit_event(events, m, ts, seq, mid, s, 0, SIDE_BID, ACTION_UPDATE, 0)
                 seq += 1
-                m = _emit(events, m, ts, seq, mid - levels, 0.0, SIDE_BID, ACTION_UPDATE, 0)
+                m = emit_event(events, m, ts, seq, mid - levels, 0.0, 0, SIDE_BID, ACTION_UPDATE, 0)
                 for i in range(levels - 1, 0, -1):
                     b[i] = b[i - 1]
                 for i in range(1, levels):
@@ -116,16 +104,16 @@ def generate_planted(events, probs, row_event, n_rows, seed, levels, kind, beta,
                 a[levels - 1] = _size()
                 mid += 1
                 seq += 1
-                m = _emit(events, m, ts, seq, mid + levels, a[levels - 1], SIDE_ASK,
+                m = emit_event(events, m, ts, seq, mid + levels, a[levels - 1], 0, SIDE_ASK,
                           ACTION_UPDATE, 0)  # fmt: skip
             elif move == -1:
                 s = _size()
                 seq += 1
-                m = _emit(events, m, ts, seq, mid - 1, 0.0, SIDE_BID, ACTION_UPDATE, 0)
+                m = emit_event(events, m, ts, seq, mid - 1, 0.0, 0, SIDE_BID, ACTION_UPDATE, 0)
                 seq += 1
-                m = _emit(events, m, ts, seq, mid, s, SIDE_ASK, ACTION_UPDATE, 0)
+                m = emit_event(events, m, ts, seq, mid, s, 0, SIDE_ASK, ACTION_UPDATE, 0)
                 seq += 1
-                m = _emit(events, m, ts, seq, mid + levels, 0.0, SIDE_ASK, ACTION_UPDATE, 0)
+                m = emit_event(events, m, ts, seq, mid + levels, 0.0, 0, SIDE_ASK, ACTION_UPDATE, 0)
                 for i in range(levels - 1, 0, -1):
                     a[i] = a[i - 1]
                 for i in range(1, levels):
@@ -134,7 +122,7 @@ def generate_planted(events, probs, row_event, n_rows, seed, levels, kind, beta,
                 b[levels - 1] = _size()
                 mid -= 1
                 seq += 1
-                m = _emit(events, m, ts, seq, mid - levels, b[levels - 1], SIDE_BID,
+                m = emit_event(events, m, ts, seq, mid - levels, b[levels - 1], 0, SIDE_BID,
                           ACTION_UPDATE, 0)  # fmt: skip
             # size updates that keep every price: the touch often (flow), deeper rarely (shape)
             for side in range(2):
@@ -144,11 +132,11 @@ def generate_planted(events, probs, row_event, n_rows, seed, levels, kind, beta,
                         q[i] = _size()
                         px = mid - 1 - i if side == SIDE_BID else mid + 1 + i
                         seq += 1
-                        m = _emit(events, m, ts, seq, px, q[i], side, ACTION_UPDATE, 0)
+                        m = emit_event(events, m, ts, seq, px, q[i], 0, side, ACTION_UPDATE, 0)
             if m == first:  # every row is at least one event
                 b[levels - 1] = _size()
                 seq += 1
-                m = _emit(events, m, ts, seq, mid - levels, b[levels - 1], SIDE_BID,
+                m = emit_event(events, m, ts, seq, mid - levels, b[levels - 1], 0, SIDE_BID,
                           ACTION_UPDATE, 0)  # fmt: skip
             events[m - 1].flags = FLAG_LAST
             for j in range(first, m):
