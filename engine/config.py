@@ -47,6 +47,10 @@ class ModelConfig:
     # a quiet market: a throwaway model call after this many ms without one keeps the model's
     # weights in cache for the next real call (costs CPU); 0 = off
     keep_warm_ms: float = 0.0
+    # a round the loop infers itself runs book, rows, selection, model and records in one
+    # compiled call where the model is a kernel (compiled or incremental); false: stage by
+    # stage (for comparison; the signals are the same)
+    fused: bool = True
 
 
 @dataclass(frozen=True)

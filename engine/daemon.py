@@ -59,6 +59,7 @@ from lobstream.kernels.book import new_book, new_report
 from lobstream.kernels.dtypes import CODE_CROSSED, CODE_SEQ_GAP
 from lobstream.kernels.ring import apply_events_rows, gather_windows, new_ring
 from lobstream.kernels.ring import warmup as warmup_kernels
+from lobstream.models.quiet import QuietPath, quiet_path
 from lobstream.models.scoring import IncrementalFeed, choose_scorer, incremental_feed
 
 if TYPE_CHECKING:
@@ -187,6 +188,7 @@ class Daemon:
         # v1 records, or v2 for a multi-horizon artifact (engine.signals); zeroed padding
         self.records = signal_records(self.max_batch, model.manifest.get("heads"))
         self.records["model_id"] = model.model_id
+        self.quiet = self._quiet_path(warm=True)
         self.signals_by_inst = np.zeros(n, np.int64)
         self.metrics = Metrics()
         self.rlog = RateLimitedLog(logger, cfg.logging.max_per_s)
@@ -330,6 +332,8 @@ class Daemon:
         """
         sent = self._publish_finished()
         events, _ = self.ingest.drain()
+        if events is not None and self.quiet is not None and not self.handoff.pulling:
+            return sent + self._quiet_round(events)
         applied = self._apply_kernel(events) if events is not None else None
         # a call that finished during the drain and apply is published now, not a round later
         sent += self._publish_finished()
@@ -337,6 +341,46 @@ class Daemon:
         self.ingest.account()
         if applied is not None:
             self._account(*applied)
+        return sent
+
+    def _quiet_path(self, warm: bool = False) -> QuietPath | None:
+        """The fused call of this model and these buffers (``model.fused``), or None."""
+        if not self.cfg.model.fused:
+            return None
+        path = quiet_path(self.model, self.book, self.ring, self.spec, self.report,
+                          self.scheduler.last, self.scheduler.cursor, self.records)  # fmt: skip
+        if path is not None and warm:
+            path.warm()
+        return path
+
+    def _quiet_round(self, events: np.ndarray) -> int:
+        """The round of :meth:`round` in one compiled call (:mod:`lobstream.models.quiet`):
+        the events applied, the due windows selected and inferred, their records filled; here
+        only the send and the accounting. When the due windows are the inference thread's
+        batch, the call stops after the book and the round dispatches as the other path."""
+        h = self.handoff
+        big = h.overlap_batch if self.worker is not None and not h.hold else 0
+        q = self.quiet
+        with h.lock:
+            t0 = time.perf_counter_ns()
+            n = q.run(events, big)
+            t1 = time.perf_counter_ns()
+        if n > 0:
+            h.more_due = bool(q.sel[1])
+            rec = self.records[:n]
+            now = time.monotonic_ns()
+            rec["ts_publish"] = now
+            self.publisher.send_signals(rec)
+            t2 = time.perf_counter_ns()
+            self._last_call = t2 * 1e-9
+            self.metrics.observe("publish", (t2 - t1) * 1e-9)
+            self._count_sent(q.ids[:n], rec["ts_recv"], int(q.sel[0]), now)
+            sent = n
+        else:
+            h.more_due = False
+            sent = self._dispatch() if n < 0 else 0
+        self.ingest.account()
+        self._account(q.stale_before, t1 - t0, "fused")
         return sent
 
     def _dispatch(self) -> int:
@@ -386,9 +430,9 @@ class Daemon:
             apply_events_rows(self.book, self.ring, self.spec, events, self.report)
             return stale_before, time.perf_counter_ns() - t0
 
-    def _account(self, stale_before: np.ndarray, book_ns: int) -> None:
+    def _account(self, stale_before: np.ndarray, book_ns: int, stage: str = "book") -> None:
         rep = self.report
-        self.metrics.observe("book", book_ns * 1e-9)
+        self.metrics.observe(stage, book_ns * 1e-9)
         if rep[0].any():
             self.metrics.add_conditions(rep[0])
             if rep[0, CODE_SEQ_GAP] or rep[0, CODE_CROSSED] or stale_before.any():
@@ -433,10 +477,17 @@ class Daemon:
         rec["ts_publish"] = now
         self.publisher.send_signals(rec)
         t3 = time.perf_counter_ns()
-        self.signals_by_inst[ids] += 1
         m.observe("gather", (t1 - t0) * 1e-9)
         m.observe("model", (t2 - t1) * 1e-9)
         m.observe("publish", (t3 - tp) * 1e-9)
+        self._count_sent(ids, ts_recv, conflated, now)
+        return b
+
+    def _count_sent(self, ids: np.ndarray, ts_recv: np.ndarray, conflated: int, now: int) -> None:
+        """Count signals just sent for ``ids``, whose newest events arrived at ``ts_recv``."""
+        b = len(ids)
+        m = self.metrics
+        self.signals_by_inst[ids] += 1
         m.batch_size.observe(b)
         m.count("signals", b)
         m.count("model_calls")
@@ -449,7 +500,6 @@ class Daemon:
             known = ts_recv[ts_recv > 0]
             if len(known):
                 m.observe_many("end_to_end", (now - known) * 1e-9)
-        return b
 
     # -- status heartbeat --------------------------------------------------------------------
     def status(self) -> dict:
@@ -527,6 +577,13 @@ class Daemon:
                     f"vs {self.spec.to_dict()}, T={self.T}); the rings hold rows of the old "
                     "spec: restart the daemon to change them"
                 )
+            if self.cfg.model.fused:
+                # compile (or load) the new model's fused call here, not on the loop at the swap
+                records = signal_records(1, new.manifest.get("heads"))
+                path = quiet_path(new, self.book, self.ring, self.spec, self.report,
+                                  self.scheduler.last, self.scheduler.cursor, records)  # fmt: skip
+                if path is not None:
+                    path.warm()
         except Exception as exc:  # a bad file must never stop a running daemon
             logger.error("reload refused, keeping %s: %s", self.model.sha256[:12], exc)
             self.metrics.reloads.labels("refused").inc()
@@ -560,6 +617,7 @@ class Daemon:
                 self.records.dtype.itemsize,
             )  # fmt: skip
         self.records["model_id"] = new.model_id
+        self.quiet = self._quiet_path()  # compiled for this model by the loader (_load_new)
         self._loader = None
         self.handoff.release()  # the inference thread may take batches again
         self.metrics.reloads.labels("ok").inc()

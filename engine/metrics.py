@@ -25,7 +25,10 @@ from lobstream.kernels.dtypes import CODE_NAMES
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("receive", "book", "gather", "model", "publish", "end_to_end")
+# "receive": from the newest event's ts_recv to its messages taken and checked, of which
+# "drain" is the taking and checking; "fused": book, rows, selection and model in the one
+# compiled call of a quiet round (models.quiet), in place of "book", "gather" and "model"
+STAGES = ("receive", "drain", "book", "gather", "model", "fused", "publish", "end_to_end")
 # Frame-level rejections (the message is dropped before the book sees it): the wire decoder's
 # reasons, a topic not in the registry, and the checks of a message's records as a whole.
 FRAME_REASONS = (*wire.REASONS, "unknown_instrument", *wire.CONTENT_REASONS)

@@ -31,7 +31,9 @@ class Scheduler:
         self.max_batch = int(max_batch)
         # rows below a full window can never be inferred, so they are not "conflated" either
         self.last = np.full(n_instruments, self.window - 1, np.int64)
-        self._cursor = 0
+        # where the next round-robin selection starts; an array, so that the daemon's fused
+        # quiet call (models.quiet) advances the same state
+        self.cursor = np.zeros(1, np.int64)
 
     def due(self, count: np.ndarray, stale: np.ndarray) -> np.ndarray:
         """Ids of due instruments, (k,) int64 ascending.
@@ -69,9 +71,9 @@ class Scheduler:
         if len(ids) < min(max(min_batch, 1), self.max_batch):
             return ids[:0], 0
         if len(ids) > self.max_batch:
-            start = np.searchsorted(ids, self._cursor)
+            start = np.searchsorted(ids, self.cursor[0])
             ids = np.concatenate((ids[start:], ids[:start]))[: self.max_batch]
-            self._cursor = int(ids[-1]) + 1
+            self.cursor[0] = ids[-1] + 1
         conflated = int((count[ids] - self.last[ids] - 1).sum())
         self.last[ids] = count[ids]
         return ids, conflated

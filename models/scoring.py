@@ -221,10 +221,22 @@ class IncrementalFeed:
         self.F = int(runner.F)
         self.out_shape = tuple(getattr(runner, "out_shape", (3,)))
         self.pushed = np.zeros(n, np.int64)
-        # counts for the heartbeat: every row of a selected instrument is pushed or skipped
-        self.rows_pushed = 0
-        self.rows_skipped = 0  # older than the window at a restart: no signal can need them
-        self.restarts = 0
+        # counts for the heartbeat, in an array so that the daemon's fused quiet call
+        # (models.quiet) keeps them too: rows pushed; rows skipped (older than the window at a
+        # restart: no signal can need them); restarts
+        self.stats = np.zeros(3, np.int64)
+
+    @property
+    def rows_pushed(self) -> int:
+        return int(self.stats[0])
+
+    @property
+    def rows_skipped(self) -> int:
+        return int(self.stats[1])
+
+    @property
+    def restarts(self) -> int:
+        return int(self.stats[2])
 
     @property
     def n_slots(self) -> int:
@@ -305,9 +317,9 @@ class IncrementalFeed:
         want[ends - 1] = True
         lapped = ids[new > t]
         self.pushed[ids] = count
-        self.rows_pushed += total
-        self.rows_skipped += int((new - k).sum())
-        self.restarts += len(lapped)
+        self.stats[0] += total
+        self.stats[1] += int((new - k).sum())
+        self.stats[2] += len(lapped)
         return IncrementalCall(self, slots, ring.rows[slots, pos], want, lapped)
 
 

@@ -90,6 +90,9 @@ class CompiledRunner(WindowRunner):
     ----------
     input : ndarray (max_batch, 1, T, F) float32
         Write windows here, then call ``infer(n)``. Never reallocated.
+    kernel, params, scratch
+        The forward kernel, its parameter tuple and its two scratch buffers:
+        ``kernel(x, n, out, params, *scratch)`` (the daemon's fused quiet call runs it too).
     """
 
     device = torch.device("cpu")
@@ -111,13 +114,13 @@ class CompiledRunner(WindowRunner):
         self.n_heads = n_heads(manifest)
         self.out_shape = out_shape(self.n_heads)
         self.max_batch = self.micro_batch = int(max_batch)
-        build, self._kernel, size = _PROGRAMS[self.arch]
-        self._params = build(module)
-        n32, n64 = size(self.T, self.F, self._params)
-        self._scratch = (np.zeros(n32, dtype=np.float32), np.zeros(n64, dtype=np.float64))
+        build, self.kernel, size = _PROGRAMS[self.arch]
+        self.params = build(module)
+        n32, n64 = size(self.T, self.F, self.params)
+        self.scratch = (np.zeros(n32, dtype=np.float32), np.zeros(n64, dtype=np.float64))
         self.input = np.zeros((self.max_batch, 1, self.T, self.F), dtype=np.float32)
         self._out = np.zeros((self.max_batch, 3 * self.n_heads), dtype=np.float32)
-        self._kernel(self.input, 1, self._out, self._params, *self._scratch)  # compile or load
+        self.kernel(self.input, 1, self._out, self.params, *self.scratch)  # compile or load
         if check:
             self._check(module)
 
@@ -127,7 +130,7 @@ class CompiledRunner(WindowRunner):
             logits = module.eval()(torch.from_numpy(window)).reshape(self.n_heads, 3)
             want = torch.softmax(logits, dim=1).numpy().reshape(1, -1)
         got = np.zeros_like(want)
-        self._kernel(window, 1, got, self._params, *self._scratch)
+        self.kernel(window, 1, got, self.params, *self.scratch)
         diff = float(np.abs(got - want).max())
         if not diff <= CHECK_TOLERANCE:
             raise CompileError(f"the compiled {self.arch} program differs from the module by "
@@ -135,14 +138,14 @@ class CompiledRunner(WindowRunner):
 
     def keep_warm(self) -> None:
         """A throwaway batch-1 call on whatever ``input[0]`` holds (read only)."""
-        self._kernel(self.input, 1, self._out, self._params, *self._scratch)
+        self.kernel(self.input, 1, self._out, self.params, *self.scratch)
 
     def infer(self, n: int) -> np.ndarray:
         """Class probabilities of the first ``n`` windows of ``input``: (n, 3) float32, or
         (n, H, 3) for H heads; a new array the caller may keep."""
         self._check_n(n)
         out = np.empty((n, 3 * self.n_heads), dtype=np.float32)
-        self._kernel(self.input, n, out, self._params, *self._scratch)
+        self.kernel(self.input, n, out, self.params, *self.scratch)
         return out.reshape(n, *self.out_shape)
 
     def __repr__(self) -> str:

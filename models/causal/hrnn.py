@@ -185,7 +185,7 @@ class HRNNStream:
         # hidden layer; logits
         hd = c.level_hidden
         n_scr = 6 * hd + c.levels * hd + c.summary_dim + 3 * self.C + c.hidden + self.n_out
-        self._scratch = np.zeros(n_scr, np.float32)
+        self.scratch = np.zeros(n_scr, np.float32)
         # keep_warm's own one-slot state, full, so its push runs the head
         self._spare = (
             np.zeros((1, ring, c.summary_dim), np.float32),
@@ -198,7 +198,7 @@ class HRNNStream:
         self._push(
             w["w_ih"], w["w_hh"], w["b_lstm"], w["w_sum"], w["b_sum"], w["w_conv"], w["b_conv"],
             w["lam"], w["lam_n"], w["w1"], w["b1"], w["w2"], w["b2"], *state, counts, ids,
-            rows, want, out, self._scratch, self.T,
+            rows, want, out, self.scratch, self.T,
         )  # fmt: skip
 
     def push(self, counts, ids, rows, want, out) -> None:

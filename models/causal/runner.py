@@ -355,14 +355,14 @@ class ProgramStream:
         self.n_out = int(p.head[K.HD_NC])  # logits per window: 3 per head (models.heads)
         self.state = np.zeros((n_slots, p.state_size), dtype=np.float32)
         self.floats_per_slot = int(p.state_size)
-        self._scratch = np.zeros(p.scratch_size, dtype=np.float32)
+        self.scratch = np.zeros(p.scratch_size, dtype=np.float32)
         # keep_warm's own one-slot state
         self._spare = np.zeros((1, p.state_size), dtype=np.float32)
 
     def _run(self, state, counts, ids, rows, want, out) -> None:
         p = self.program
         K.push(p.params, p.ops, p.slopes, p.bufs, p.head, state, counts, ids, rows, want, out,
-               self._scratch)  # fmt: skip
+               self.scratch)  # fmt: skip
 
     def push(self, counts, ids, rows, want, out) -> None:
         self._run(self.state, counts, ids, rows, want, out)
