@@ -151,6 +151,7 @@ class Run:
         self.tmp = tmp
         self.metrics = None if null else tomllib.loads(cfg_path.read_text())["metrics"]["address"]
         self.stages: dict = {}
+        self._before: dict | None = None  # a scrape at the start of the timed part
         self.pub = None
         md, sig = f"ipc://{tmp}/md", f"ipc://{tmp}/sig"
         if null:
@@ -172,9 +173,20 @@ class Run:
             raise RuntimeError(f"daemon did not start; log: {(tmp / 'daemon.log').read_text()}")
         self.ctx, self.pub = harness.feeder(md)
 
+    def mark(self) -> None:
+        """From here on the stages count (the timed part): warm-up is left out."""
+        if self.metrics:
+            self._before = harness.scrape(self.metrics)
+
     def stop(self) -> harness.Received:
         try:
-            self.stages = harness.stage_means(harness.scrape(self.metrics)) if self.metrics else {}
+            if not self.metrics:
+                self.stages = {}
+            elif self._before is None:
+                self.stages = harness.stage_means(harness.scrape(self.metrics))
+            else:
+                got = harness.stage_breakdown(self._before, harness.scrape(self.metrics))
+                self.stages = {k: {**v, "n": v["count"] or None} for k, v in got.items()}
         except OSError as exc:
             self.stages = {"error": str(exc)}
         if self.pub is not None:
@@ -219,6 +231,7 @@ def low_load(
         # warm-up: fill the window (and the daemon's first model calls) before timing
         harness.send_runs(h.pub, harness.plan_runs(ev[: info["T"] + 50]), [b"md.LOW"])
         time.sleep(1.0)
+        h.mark()
         start = time.monotonic_ns()
         cpu0 = harness.cpu_seconds(h.proc.pid)
         rest = ev[info["T"] + 50 :][:n]
@@ -442,7 +455,17 @@ def _report_low(args, model: Path, info: dict, quiet: dict, other: dict | None) 
     _print_model_alone(args, info)
     _print_quiet(args, info, quiet)
     _print_paths(quiet["low"], other)
+    _print_stages("low load", quiet["low"])
     return 0
+
+
+def _print_stages(name: str, phase: dict) -> None:
+    """The daemon's own histograms per stage: of the timed part at low load (mean, and p50
+    within its histogram bucket), since the start at high load (mean)."""
+    st = phase.get("stages", {})
+    rows = [[k, v["mean_us"], v.get("p50_us", float("nan")), v["n"]]
+            for k, v in st.items() if isinstance(v, dict) and v.get("n")]  # fmt: skip
+    print_table(f"{name}: daemon stages", ["stage", "mean us", "p50 us", "observations"], rows)
 
 
 def main(argv=None) -> int:
@@ -493,6 +516,10 @@ def main(argv=None) -> int:
         help="the daemon's model.keep_warm_ms (throwaway model calls on a quiet market); 0 = off",
     )  # fmt: skip
     ap.add_argument(
+        "--staged", action="store_true",
+        help="the daemon's model.fused = false: a quiet round stage by stage, not one call",
+    )  # fmt: skip
+    ap.add_argument(
         "--runner", default="auto", choices=("auto", "torch", "numba"),
         help="the daemon's model.runner (and the model-alone runner): auto takes the compiled "
         "Numba kernel for BiN-CTABL on the CPU",
@@ -506,6 +533,8 @@ def main(argv=None) -> int:
     DAEMON["model"] = {"keep_warm_ms": args.keep_warm_ms} if args.keep_warm_ms else {}
     if args.runner != "auto":
         DAEMON["model"]["runner"] = args.runner
+    if args.staged:
+        DAEMON["model"]["fused"] = False
     made = None
     if args.causal:
         made = Path(tempfile.mkdtemp(prefix="lobbench-model", dir="/tmp"))
@@ -593,9 +622,7 @@ def _main(args, model: Path) -> int:
           str(h["signals_ratio"] >= 0.8)] for k, h in enumerate(highs)],
     )  # fmt: skip
     for name, phase in (("low load", low), ("high load (median run)", high)):
-        st = phase.get("stages", {})
-        parts = [f"{k} {v['mean_us']:.0f}" for k, v in st.items() if isinstance(v, dict) and v["n"]]
-        print(f"{name} daemon stages, mean us: " + ", ".join(parts))
+        _print_stages(name, phase)
     print(
         f"high load: fed {high['achieved_feed_events_per_s']:.0f} events/s, taken "
         f"{high['events_taken']}/{high['events_sent']}, seq gaps {high['seq_gaps']}, "

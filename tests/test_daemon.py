@@ -467,7 +467,7 @@ def test_prometheus_metrics(artifact, ipc_dir):
     assert values['lobstream_rejected_total{reason="unknown_instrument"}'] == 0  # made at start
     assert values["lobstream_signals_total"] > 0
     assert 'lobstream_book_conditions_total{condition="seq_gap"}' in values
-    for stage in ("receive", "book", "gather", "model", "publish", "end_to_end"):
+    for stage in ("receive", "drain", "book", "gather", "model", "fused", "publish", "end_to_end"):
         assert f'lobstream_stage_seconds_count{{stage="{stage}"}}' in values
     assert values['lobstream_stage_seconds_count{stage="model"}'] > 0
     assert 'lobstream_stage_seconds_bucket{le="1e-06",stage="model"}' in values
