@@ -331,9 +331,15 @@ class Daemon:
         never sits between an event and its signal.
         """
         sent = self._publish_finished()
-        events, _ = self.ingest.drain()
-        if events is not None and self.quiet is not None and not self.handoff.pulling:
-            return sent + self._quiet_round(events)
+        fused = self.quiet is not None and not self.handoff.pulling
+        # the fused call checks the frames itself
+        events, _ = self.ingest.drain(check=not fused)
+        if events is not None and fused:
+            done = self._quiet_round(events)
+            if done is not None:
+                return sent + done
+            # a message failed the fused call's check: dropped here, the rest as below
+            events, _ = self.ingest.check_now(events)
         applied = self._apply_kernel(events) if events is not None else None
         # a call that finished during the drain and apply is published now, not a round later
         sent += self._publish_finished()
@@ -353,18 +359,22 @@ class Daemon:
             path.warm()
         return path
 
-    def _quiet_round(self, events: np.ndarray) -> int:
+    def _quiet_round(self, events: np.ndarray) -> int | None:
         """The round of :meth:`round` in one compiled call (:mod:`lobstream.models.quiet`):
-        the events applied, the due windows selected and inferred, their records filled; here
-        only the send and the accounting. When the due windows are the inference thread's
-        batch, the call stops after the book and the round dispatches as the other path."""
+        the frames checked, the events applied, the due windows selected and inferred, their
+        records filled; here only the send and the accounting. When the due windows are the
+        inference thread's batch, the call stops after the book and the round dispatches as
+        the other path. None, with nothing applied, when a message fails the check."""
         h = self.handoff
         big = h.overlap_batch if self.worker is not None and not h.hold else 0
         q = self.quiet
         with h.lock:
             t0 = time.perf_counter_ns()
-            n = q.run(events, big)
+            n = q.run(events, big, self.ingest.checks())
             t1 = time.perf_counter_ns()
+        if n == -2:
+            return None
+        self.ingest.taken(len(events), int(q.sel[2]))
         if n > 0:
             h.more_due = bool(q.sel[1])
             rec = self.records[:n]

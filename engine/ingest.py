@@ -100,6 +100,11 @@ class Ingest:
         self._stamp = 0
         self._verdict = np.zeros(cfg.max_drain, np.int64)
         self._where = np.zeros(cfg.max_drain, np.int64)
+        # instrument and record count of each accepted frame of the last drain
+        self._frame_inst = np.zeros(cfg.max_drain, np.int64)
+        self._frame_count = np.zeros(cfg.max_drain, np.int64)
+        self._n_frames = 0
+        self._taken_ns = 0  # monotonic ns when the last unchecked drain ended
         self._lead_ns = int(cfg.max_clock_lead_s * 1e9) if cfg.max_clock_lead_s > 0 else -1
         self._jump_ns = int(cfg.max_ts_jump_s * 1e9) if cfg.max_ts_jump_s > 0 else -1
         self.wall_ns = time.time_ns  # the host clock of the lead check (tests fix it)
@@ -117,10 +122,14 @@ class Ingest:
         self._longest = 0.0
         self._next_peer_poll = 0.0
 
-    def drain(self) -> tuple[np.ndarray | None, int]:
+    def drain(self, check: bool = True) -> tuple[np.ndarray | None, int]:
         """Take what has arrived, at most ``max_drain`` messages, without blocking.
 
         Bad frames are counted here; messages, events and the receive stage by :meth:`account`.
+
+        With ``check`` false the records are not checked here: the caller runs the check in a
+        compiled call of its own (``check_messages(events, *self.checks())``, the daemon's
+        fused quiet call) and then calls :meth:`taken`, or :meth:`check_now` when it failed.
 
         Returns
         -------
@@ -128,15 +137,14 @@ class Ingest:
             Accepted events of every good frame, in arrival order, or None. A read-only view
             on one buffer holding the payloads of the round back to back (no per-event work).
         newest_ts_recv : int
-            Largest ``ts_recv`` among them (0 when none carry one), for the receive stage.
+            Largest ``ts_recv`` among them (0 when none carry one, or not checked here).
         """
         t0 = time.perf_counter_ns()
         recv = self.sock.recv
         more = self.sock.getsockopt
         ids = self.ids
+        frame_inst, frame_count = self._frame_inst, self._frame_count
         bufs: list[bytes] = []
-        insts: list[int] = []
-        counts: list[int] = []
         n_msg = 0
         self.backlog = False
         while True:
@@ -169,36 +177,60 @@ class Ingest:
                     self._reject(reason, "message with %s parts (%r), expected 2 or a version "
                                  "%s header", n_parts, mid[:8], wire.VERSION)  # fmt: skip
                     continue
-            parts = (head, body)
-            inst = ids.get(parts[0])
+            inst = ids.get(head)
             if inst is None:
-                self._reject(
-                    "unknown_instrument", "unknown topic %r: not in the registry", parts[0]
-                )
+                self._reject("unknown_instrument", "unknown topic %r: not in the registry", head)
                 continue
-            size = len(parts[1])
+            size = len(body)
             if size == 0 or size % wire.ITEMSIZE:
                 reason = wire.REASON_EMPTY if size == 0 else wire.REASON_MISALIGNED
-                self._reject(reason, "%s: bad frame (%s), %s bytes", parts[0], reason, size)
+                self._reject(reason, "%s: bad frame (%s), %s bytes", head, reason, size)
                 continue
-            bufs.append(parts[1])
-            insts.append(inst)
-            counts.append(size // wire.ITEMSIZE)
+            frame_inst[len(bufs)] = inst
+            frame_count[len(bufs)] = size // wire.ITEMSIZE
+            bufs.append(body)
         self._n_msg = n_msg
+        self._n_frames = len(bufs)
         if not bufs:
             return None, 0
         events, reason = wire.decode_events(bufs[0] if len(bufs) == 1 else b"".join(bufs))
         if events is None:  # pragma: no cover - lengths were checked frame by frame
             self._reject(reason, "round of %s messages undecodable (%s)", len(bufs), reason)
             return None, 0
-        events = self._check(events, insts, counts)
+        if not check:
+            self._taken_ns = time.monotonic_ns()
+            self._drain_ns = time.perf_counter_ns() - t0
+            return events, 0
+        events, max_ts = self.check_now(events)
+        self._drain_ns = time.perf_counter_ns() - t0
+        return events, max_ts
+
+    def checks(self) -> tuple:
+        """The arguments of ``check_messages`` after the events, for the frames of the last
+        :meth:`drain` (``check=False``); each call starts a new check (a new stamp)."""
+        self._stamp += 1
+        n = self._n_frames
+        return (self._frame_inst[:n], self._frame_count[:n], self.last_ts, self._ref,
+                self._mark, self._stamp, self._clock_limit(), self._jump_ns, self._verdict,
+                self._where)  # fmt: skip
+
+    def taken(self, n_events: int, max_ts: int) -> None:
+        """The caller's check of the last unchecked drain accepted all ``n_events``, whose
+        largest ``ts_recv`` is ``max_ts``: counted as :meth:`drain` counts its own."""
+        self._n_events = n_events
+        if max_ts > 0:
+            self._receive_ns = max(self._taken_ns - max_ts, 0)
+
+    def check_now(self, events: np.ndarray) -> tuple[np.ndarray | None, int]:
+        """Check the events of the last drain here: drop, whole and counted, every message
+        with a bad record; ``(accepted events or None, their largest ts_recv)``."""
+        events = self._check(events)
         if len(events) == 0:
             return None, 0
         self._n_events = len(events)
         max_ts = int(events["ts_recv"].max())
         if max_ts > 0:
             self._receive_ns = max(time.monotonic_ns() - max_ts, 0)
-        self._drain_ns = time.perf_counter_ns() - t0
         return events, max_ts
 
     @property
@@ -258,15 +290,11 @@ class Ingest:
             return _TS_MAX
         return min(self.wall_ns() + self._lead_ns, _TS_MAX)
 
-    def _check(self, events: np.ndarray, insts: list[int], counts: list[int]) -> np.ndarray:
+    def _check(self, events: np.ndarray) -> np.ndarray:
         """Drop, whole, every message with a bad record (the rules: ``check_messages``)."""
-        self._stamp += 1
-        ins = np.array(insts, np.int64)
-        cnt = np.array(counts, np.int64)
-        n_bad = check_messages(events, ins, cnt, self.last_ts, self._ref, self._mark,
-                               self._stamp, self._clock_limit(), self._jump_ns,
-                               self._verdict, self._where)  # fmt: skip
-        if n_bad == 0:
+        args = self.checks()
+        ins, cnt = args[0], args[1]
+        if check_messages(events, *args) == 0:
             return events
         verdict = self._verdict[: len(ins)]
         starts = np.concatenate(([0], np.cumsum(cnt)[:-1]))
@@ -277,7 +305,7 @@ class Ingest:
                 VERDICTS[verdict[f]],
                 "%s: record %s of %s (instrument %s, action %s, side %s, price %s, size %s, "
                 "ts_event %s): %s",
-                self.symbols[insts[f]], int(self._where[f]), counts[f], int(ev["instrument"]),
+                self.symbols[int(ins[f])], int(self._where[f]), int(cnt[f]), int(ev["instrument"]),
                 int(ev["action"]), int(ev["side"]), int(ev["price"]), float(ev["size"]),
                 int(ev["ts_event"]), VERDICTS[verdict[f]],
             )  # fmt: skip

@@ -2,7 +2,8 @@
 
 On a quiet market the daemon's cost is the Python between its stages, not the stages: each
 numpy call and kernel dispatch runs on caches gone cold since the last message. So a round the
-loop infers itself is one compiled call: :func:`apply_select` applies the round's events and
+loop infers itself is one compiled call: the frame check (``kernels.wire.check_messages``)
+first, then :func:`apply_select` applies the round's events and
 writes rows (the ring kernel), then scans the due windows and selects the batch exactly as
 :meth:`lobstream.engine.scheduler.Scheduler.select` does; the model's kernel runs on it; and
 :func:`fill_signals` writes the signal records. Python only sends them.
@@ -32,7 +33,8 @@ def apply_select(
     ``last`` (N,) and ``cursor`` (1,) are the scheduler's state, advanced as ``select`` does;
     ``stale_before`` (N,) gets the stale flags as they were before the events; ``due`` (N,) is
     scratch; ``ids`` (max_batch,) receives the selection, ascending from the round-robin
-    cursor. ``sel`` (2,) int64 receives ``(conflated rows, 1 if windows were left due)``.
+    cursor. ``sel`` (3,) int64 receives ``(conflated rows, 1 if windows were left due, the
+    events' largest ts_recv)``.
 
     Returns the number of windows selected: 0 when none is due, -1 when at least ``big_at``
     (> 0) are (the inference thread's batch: nothing is selected, the caller hands over).
@@ -40,6 +42,10 @@ def apply_select(
     n = stale.shape[0]
     for i in range(n):
         stale_before[i] = stale[i]
+    newest = 0
+    for k in range(events.shape[0]):
+        newest = max(newest, events[k].ts_recv)
+    sel[2] = newest
     _run(bid, ask, base, best_bid, best_ask, last_seq, last_ts, stale, healing,
          top_key, top_n, n_levels, top_row, row_spec,
          events, report, MODE_RING, rows, count, meta, slot, first, kind, nlev, a0, a1, a2, a3)  # fmt: skip

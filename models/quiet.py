@@ -28,6 +28,7 @@ from lobstream.kernels.features import _spec_args
 from lobstream.kernels.quiet import apply_select, fill_signals
 from lobstream.kernels.ring import new_ring
 from lobstream.kernels.windows import copy_window
+from lobstream.kernels.wire import check_messages
 from lobstream.models.binctabl.compiled import CompiledRunner
 from lobstream.models.binctabl.kernel import binctabl_forward
 from lobstream.models.causal.hrnn import HRNNStream
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
     from lobstream.kernels.features import FeatureSpec
     from lobstream.kernels.ring import RingState
 
-__all__ = ["QuietPath", "quiet_path"]
+__all__ = ["QuietPath", "no_frames", "quiet_path"]
 
 # the streaming HRNN kernel's weight arguments, in its order (models.causal.hrnn_kernel.push)
 _HRNN_WEIGHTS = ("w_ih", "w_hh", "b_lstm", "w_sum", "b_sum", "w_conv", "b_conv", "lam", "lam_n",
@@ -52,7 +53,11 @@ _HRNN_WEIGHTS = ("w_ih", "w_hh", "b_lstm", "w_sum", "b_sum", "w_conv", "b_conv",
 
 
 @njit
-def _apply(events, big_at, book, report, ring, spec, sched):
+def _apply(events, big_at, check, book, report, ring, spec, sched):
+    """The frame check of the drain (``Ingest.checks``), then book, rows and selection; -2
+    when a message fails the check (nothing is applied: the caller drops it and goes on)."""
+    if check_messages(events, *check) > 0:
+        return -2
     return apply_select(*book, events, report, *ring, *spec, *sched, big_at)
 
 
@@ -82,10 +87,10 @@ def _one_head(k, want, slots, i):
 
 
 @njit
-def quiet_window(events, big_at, book, report, ring, spec, sched, sig, probs, x, params,
+def quiet_window(events, big_at, check, book, report, ring, spec, sched, sig, probs, x, params,
                  s32, s64):  # fmt: skip
     """Whole windows on the compiled BiN-CTABL (``models.binctabl.compiled``)."""
-    nb = _apply(events, big_at, book, report, ring, spec, sched)
+    nb = _apply(events, big_at, check, book, report, ring, spec, sched)
     if nb <= 0:
         return nb
     ids = sched[4]
@@ -97,10 +102,10 @@ def quiet_window(events, big_at, book, report, ring, spec, sched, sig, probs, x,
 
 
 @njit
-def quiet_program(events, big_at, book, report, ring, spec, sched, sig, probs, inc, program,
+def quiet_program(events, big_at, check, book, report, ring, spec, sched, sig, probs, inc, program,
                   state, counts, scratch, slots, want, out):  # fmt: skip
     """Incremental: a conv causal model's compiled program (``models.causal.kernel``)."""
-    nb = _apply(events, big_at, book, report, ring, spec, sched)
+    nb = _apply(events, big_at, check, book, report, ring, spec, sched)
     if nb <= 0:
         return nb
     ids = sched[4]
@@ -119,10 +124,10 @@ def quiet_program(events, big_at, book, report, ring, spec, sched, sig, probs, i
 
 
 @njit
-def quiet_hrnn(events, big_at, book, report, ring, spec, sched, sig, probs, inc, weights,
+def quiet_hrnn(events, big_at, check, book, report, ring, spec, sched, sig, probs, inc, weights,
                state, counts, scratch, slots, want, out, T):  # fmt: skip
     """Incremental: the streaming HRNN (``models.causal.hrnn_kernel``)."""
-    nb = _apply(events, big_at, book, report, ring, spec, sched)
+    nb = _apply(events, big_at, check, book, report, ring, spec, sched)
     if nb <= 0:
         return nb
     ids = sched[4]
@@ -149,11 +154,13 @@ def quiet_hrnn(events, big_at, book, report, ring, spec, sched, sig, probs, inc,
 class QuietPath:
     """One compiled call per round, bound to the daemon's state (see the module docstring).
 
-    ``run(events, big_at)`` applies ``events`` and, unless ``big_at`` (> 0) windows or more are
-    due, infers the due ones and fills ``records[:n]``; returns ``n`` (0: none due; -1: the
-    inference thread's batch, nothing selected). After it, ``ids[:n]`` are the instruments,
-    ``stale_before`` the stale flags before the events and ``sel`` (conflated rows, windows
-    left due). ``records`` is the daemon's buffer (model_id and v2 header fields kept);
+    ``run(events, big_at, check)`` checks the frames (``check``: ``Ingest.checks()``), applies
+    ``events`` and, unless ``big_at`` (> 0) windows or more are due, infers the due ones and
+    fills ``records[:n]``; returns ``n`` (0: none due; -1: the inference thread's batch,
+    nothing selected; -2: a message failed the check, nothing applied). After it, ``ids[:n]``
+    are the instruments, ``stale_before`` the stale flags before the events and ``sel``
+    (conflated rows, windows left due, the events' largest ts_recv). ``records`` is the
+    daemon's buffer (model_id and v2 header fields kept);
     ``last`` and ``cursor`` are the scheduler's.
     """
 
@@ -164,7 +171,7 @@ class QuietPath:
         b = len(records)
         self.ids = np.zeros(b, np.int64)
         self.stale_before = np.zeros(n, np.uint8)
-        self.sel = np.zeros(2, np.int64)
+        self.sel = np.zeros(3, np.int64)
         self.records = records
         self.probs = np.zeros((b, n_out), np.float32)
         if "head_prob" in records.dtype.names:
@@ -178,8 +185,8 @@ class QuietPath:
         self._args = (tuple(book), report, tuple(ring), _spec_args(spec, book), sched,
                       (records, *heads), self.probs, *model_args)  # fmt: skip
 
-    def run(self, events: np.ndarray, big_at: int) -> int:
-        return self._kernel(events, big_at, *self._args)
+    def run(self, events: np.ndarray, big_at: int, check: tuple) -> int:
+        return self._kernel(events, big_at, check, *self._args)
 
     def warm(self) -> None:
         """Compile (or load) the kernel for read-only and writable events, so the first message
@@ -194,7 +201,16 @@ class QuietPath:
         ro = ev.copy()
         ro.flags.writeable = False
         for events in (ev, ro):
-            twin.run(events, 0)
+            twin.run(events, 0, no_frames())
+
+
+def no_frames() -> tuple:
+    """A frame check of no frames (the argument of :meth:`QuietPath.run` where events come
+    without an ingest, as in tests), typed as ``Ingest.checks()``."""
+    one = np.zeros(1, np.int64)
+    return (one[:0], one[:0], np.full(1, np.iinfo(np.int64).min), np.zeros(1, np.int64),
+            np.full(1, -1, np.int64), 0, np.iinfo(np.int64).max, -1, np.zeros(1, np.int64),
+            np.zeros(1, np.int64))  # fmt: skip
 
 
 def quiet_path(model, book: BookState, ring: RingState, spec: FeatureSpec, report: np.ndarray,

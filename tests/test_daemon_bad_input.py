@@ -12,10 +12,10 @@ import os
 import shutil
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -28,8 +28,10 @@ from lobstream.kernels.dtypes import (
     SIDE_ASK,
     SIDE_BID,
 )
+from lobstream.models.artifact import export_model
+from lobstream.models.zoo import build_model
 from lobstream.replay.feed.synthetic import START_TS, synthetic_events
-from tests.test_daemon import Running, T, export_test_model, make_cfg
+from tests.test_daemon import MANIFEST, Running, T, export_test_model, make_cfg
 
 SYMBOLS = ["AAA", "BBB"]
 
@@ -273,9 +275,14 @@ class Feed:
 @pytest.fixture(scope="module")
 def healing():
     with tempfile.TemporaryDirectory(prefix="lobh", dir="/tmp") as ipc:
-        path = os.path.join(ipc, "cnn.pt")
-        export_test_model(Path(path))
+        # a compiled BiN-CTABL: its rounds are the fused call's (models.quiet), whose frame
+        # check must drop what the stage-by-stage path drops (the torch model of ``running``)
+        path = os.path.join(ipc, "binctabl.pt")
+        torch.manual_seed(0)
+        model = build_model("binctabl", T=T, levels=2, hidden1=(6, 3), hidden2=(5, 2)).eval()
+        export_model(model, path, MANIFEST)
         run = Running(make_cfg(ipc, path, SYMBOLS), SYMBOLS)
+        assert run.daemon.quiet is not None
         run.daemon.ingest.wall_ns = lambda: HOST_NS  # no real clock decides a rejection
         feed = Feed()
         try:

@@ -21,7 +21,7 @@ from lobstream.kernels.book import new_book, new_report
 from lobstream.kernels.ring import apply_events_rows, gather_windows, new_ring
 from lobstream.models.artifact import export_model
 from lobstream.models.manifest import spec_from_manifest
-from lobstream.models.quiet import quiet_path
+from lobstream.models.quiet import no_frames, quiet_path
 from lobstream.models.zoo import build_model
 from lobstream.replay.feed.synthetic import synthetic_events
 from tests.test_daemon import MANIFEST, Running, make_cfg
@@ -157,7 +157,7 @@ def test_fused_rounds_select_as_the_scheduler(tmp_path, kind):
     while k < len(events):
         ev = events[k : k + int(rng.integers(1, 41))]
         k += len(ev)
-        n = fused.run(ev, 0)
+        n = fused.run(ev, 0, no_frames())
         before = book2.stale.copy()
         apply_events_rows(book2, ring2, spec, ev, report2)
         ids, conflated = sched2.select(ring2.count, book2.stale)
