@@ -188,6 +188,7 @@ class Daemon:
         # v1 records, or v2 for a multi-horizon artifact (engine.signals); zeroed padding
         self.records = signal_records(self.max_batch, model.manifest.get("heads"))
         self.records["model_id"] = model.model_id
+        self._ts_publish = self.records["ts_publish"]  # a view: the fused round stamps it
         self.quiet = self._quiet_path(warm=True)
         self.signals_by_inst = np.zeros(n, np.int64)
         self.metrics = Metrics()
@@ -374,21 +375,20 @@ class Daemon:
             t1 = time.perf_counter_ns()
         if n == -2:
             return None
-        self.ingest.taken(len(events), int(q.sel[2]))
         if n > 0:
-            h.more_due = bool(q.sel[1])
-            rec = self.records[:n]
             now = time.monotonic_ns()
-            rec["ts_publish"] = now
-            self.publisher.send_signals(rec)
+            self._ts_publish[:n] = now
+            self.publisher.send_signals(self.records, n)
             t2 = time.perf_counter_ns()
+            h.more_due = bool(q.sel[1])
             self._last_call = t2 * 1e-9
             self.metrics.observe("publish", (t2 - t1) * 1e-9)
-            self._count_sent(q.ids[:n], rec["ts_recv"], int(q.sel[0]), now)
+            self._count_sent(q.ids[:n], self.records["ts_recv"][:n], int(q.sel[0]), now)
             sent = n
         else:
             h.more_due = False
             sent = self._dispatch() if n < 0 else 0
+        self.ingest.taken(len(events), int(q.sel[2]))
         self.ingest.account()
         self._account(q.stale_before, t1 - t0, "fused")
         return sent
@@ -621,6 +621,7 @@ class Daemon:
         if new.manifest.get("heads") != old.manifest.get("heads"):
             # another head layout: another record (v1 <-> v2, or other horizons)
             self.records = signal_records(len(self.records), new.manifest.get("heads"))
+            self._ts_publish = self.records["ts_publish"]
             logger.warning(
                 "reloaded model has %d head(s), the old one %d: signal records now %d bytes",
                 len(new.manifest.get("heads") or [0]), len(old.manifest.get("heads") or [0]),

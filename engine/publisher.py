@@ -46,6 +46,8 @@ class Publisher:
         self.symbols = list(symbols)
         self.topics = [signal_topic(s) for s in self.symbols]
         self.status_topic = cfg.status_topic.encode()
+        self._viewed: np.ndarray | None = None  # the records whose bytes _raw views
+        self._raw = memoryview(b"")
         self.sock = ctx.socket(zmq.PUB)
         self.sock.setsockopt(zmq.SNDHWM, cfg.sndhwm)
         self.sock.setsockopt(zmq.LINGER, cfg.linger_ms)
@@ -64,28 +66,33 @@ class Publisher:
             self.sock.connect(cfg.endpoint)
         logger.info("publishing signals on %s (%s, %s)", cfg.endpoint, cfg.mode, cfg.encoding)
 
-    def send_signals(self, records: np.ndarray) -> None:
-        """Publish one message per record.
+    def send_signals(self, records: np.ndarray, n: int | None = None) -> None:
+        """Publish one message per record, of the first ``n`` (default: all).
 
         Parameters
         ----------
         records : ndarray (B,) SIGNAL_DTYPE
             Not modified. Must have been allocated zeroed (padding bytes are sent as they are).
+            The same buffer call after call (the daemon's, with ``n``) reuses its byte view.
         """
         send = self.sock.send_multipart
+        if n is None:
+            n = len(records)
         if self.json:
-            for k in range(len(records)):
+            for k in range(n):
                 i = int(records[k]["instrument"])
                 send([self.topics[i], encode_json(records[k], self.symbols[i])], zmq.NOBLOCK)
             return
-        raw = memoryview(records.view(np.uint8)).cast("B")
+        if records is not self._viewed:
+            self._viewed, self._raw = records, memoryview(records.view(np.uint8)).cast("B")
+        raw = self._raw
         size = records.dtype.itemsize
         topics = self.topics
         part = self.sock.send
         # Two plain sends per message rather than send_multipart: its per-part Python work was
         # most of the publish stage at high load (100 records per batch). PUB never blocks on a
         # full peer queue (it drops); NOBLOCK guards a connecting PUB.
-        for k, i in enumerate(records["instrument"].tolist()):
+        for k, i in enumerate(records["instrument"][:n].tolist()):
             part(topics[i], _MORE_NOBLOCK)
             part(raw[k * size : (k + 1) * size], _NOBLOCK)
 
