@@ -201,3 +201,15 @@ def test_throughput_and_latency_on_cuda(artifact, tmp_path):
     )
     assert res.exit_code == 0, res.output
     assert json.loads(res.output.strip().splitlines()[-1])["rates"][0]["n_signals"] > 0
+
+
+def test_transport_smoke(capsys):
+    """bench.transport times every case both ways over a real ipc:// pair and stops."""
+    from lobstream.bench import transport
+
+    assert transport.main(["--json", "--calls", "5", "--rate", "1000"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert len(out["cases"]) == 10
+    for case in out["cases"].values():
+        assert 0 < case["warm_p50_us"] <= case["warm_p99_us"]
+        assert 0 < case["paced_p50_us"] <= case["paced_p99_us"]
