@@ -2,7 +2,8 @@
 Bayes ceiling.
 
 ``python -m bench.learn [--json] [--quick] [--signals linear,nonlinear]
-[--archs binctabl,cnn_causal,deeplob_causal,hrnn_causal] [--rows 60000] [--epochs 12]``
+[--archs binctabl,cnn_causal,deeplob_causal,hrnn_causal] [--rows 60000] [--epochs 12]
+[--seed 0] [--train-seed N]``
 
 For each signal of :mod:`lobstream.replay.feed.synthetic.planted` the market is written as a
 canonical Parquet file and every architecture is trained on it by
@@ -109,7 +110,8 @@ def run_signal(signal: str, args: Any, say) -> dict:
         f"macro-F1 {_f1(oracle, 'test'):.3f}")  # fmt: skip
     tc = TrainConfig(
         epochs=args.epochs, patience=args.patience, max_train_windows=args.max_train_windows,
-        max_eval_windows=args.max_eval_windows, seed=args.seed, threads=args.threads,
+        max_eval_windows=args.max_eval_windows, threads=args.threads,
+        seed=args.seed if args.train_seed is None else args.train_seed,
         lr=args.lr, chunk_rows=args.chunk_rows, chunks_per_step=args.chunks_per_step,
     )  # fmt: skip
     runs, baselines = {}, None
@@ -210,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--features", default="ticks_from_mid", choices=("ticks_from_mid", "zscore"))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    # the model's initialisation and window order alone, on the same market: seed variance
+    ap.add_argument("--train-seed", type=int, default=None, help="training seed (default --seed)")
     ap.add_argument("--out", default="/tmp/lobstream_learn", help="artifacts and markets")
     args = ap.parse_args(argv)
     args.signals = [s for s in args.signals.split(",") if s]

@@ -132,3 +132,18 @@ def test_bench_learn_small_run(tmp_path: Path, capsys) -> None:
         assert (tmp_path / f"{r['signal']}_hrnn_causal.pt").exists()
     lin = res["linear"]
     assert lin["models"]["hrnn_causal"]["test"] > lin["baselines"]["majority"]["test"] + 0.2
+
+
+@pytest.mark.slow
+def test_bench_learn_train_seed_keeps_the_market(tmp_path: Path, capsys) -> None:
+    """--train-seed changes the model's initialisation and window order only: the market, the
+    oracle and the baselines stay those of --seed, the model's training does not."""
+    base = ["--json", "--quick", "--archs", "binctabl", "--signals", "linear", "--epochs", "1"]
+    outs = []
+    for seed in ("0", "1"):
+        assert learn.main([*base, "--train-seed", seed, "--out", str(tmp_path / seed)]) == 0
+        outs.append(json.loads(capsys.readouterr().out)["results"][0])
+    a, b = outs
+    assert a["oracle"] == b["oracle"] and a["baselines"] == b["baselines"]
+    loss_a, loss_b = (r["models"]["binctabl"]["history"][0]["train_loss"] for r in (a, b))
+    assert loss_a != loss_b
