@@ -354,8 +354,10 @@ class Daemon:
         """The fused call of this model and these buffers (``model.fused``), or None."""
         if not self.cfg.model.fused:
             return None
+        # at most max_batch records: a reloaded runner may take fewer windows than the buffer
         path = quiet_path(self.model, self.book, self.ring, self.spec, self.report,
-                          self.scheduler.last, self.scheduler.cursor, self.records)  # fmt: skip
+                          self.scheduler.last, self.scheduler.cursor,
+                          self.records[: self.max_batch])  # fmt: skip
         if path is not None and warm:
             path.warm()
         return path

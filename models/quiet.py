@@ -217,6 +217,7 @@ def quiet_path(model, book: BookState, ring: RingState, spec: FeatureSpec, repor
                last: np.ndarray, cursor: np.ndarray, records: np.ndarray) -> QuietPath | None:  # fmt: skip
     """The :class:`QuietPath` of a loaded model (``engine.daemon.LoadedModel``): its incremental
     feed where it has one, else its compiled whole-window runner; None for any other model.
+    A call selects at most ``len(records)`` windows: no more than the runner's input holds.
     ``last`` and ``cursor`` are the scheduler's (``Scheduler.last``, ``Scheduler.cursor``)."""
     feed = model.feed
     b = len(records)
@@ -250,6 +251,8 @@ def quiet_path(model, book: BookState, ring: RingState, spec: FeatureSpec, repor
         runner = model.runner
         if not isinstance(runner, CompiledRunner) or runner.kernel is not binctabl_forward:
             return None
+        if b > len(runner.input):
+            raise ValueError(f"{b} records for a runner of {len(runner.input)} windows")
         args = (runner.input, runner.params, *runner.scratch)
         kernel = quiet_window
         n_out = 3 * runner.n_heads
