@@ -350,14 +350,16 @@ class Daemon:
             self._account(*applied)
         return sent
 
-    def _quiet_path(self, warm: bool = False) -> QuietPath | None:
-        """The fused call of this model and these buffers (``model.fused``), or None."""
+    def _quiet_path(self, model: LoadedModel | None = None, records: np.ndarray | None = None,
+                    warm: bool = False) -> QuietPath | None:  # fmt: skip
+        """The fused call (``model.fused``) of ``model`` (default: the running one) on the
+        daemon's state and ``records`` (default: its buffer, at most max_batch records: a
+        reloaded runner may take fewer windows than the buffer holds), or None."""
         if not self.cfg.model.fused:
             return None
-        # at most max_batch records: a reloaded runner may take fewer windows than the buffer
-        path = quiet_path(self.model, self.book, self.ring, self.spec, self.report,
+        path = quiet_path(model or self.model, self.book, self.ring, self.spec, self.report,
                           self.scheduler.last, self.scheduler.cursor,
-                          self.records[: self.max_batch])  # fmt: skip
+                          self.records[: self.max_batch] if records is None else records)  # fmt: skip
         if path is not None and warm:
             path.warm()
         return path
@@ -589,13 +591,8 @@ class Daemon:
                     f"vs {self.spec.to_dict()}, T={self.T}); the rings hold rows of the old "
                     "spec: restart the daemon to change them"
                 )
-            if self.cfg.model.fused:
-                # compile (or load) the new model's fused call here, not on the loop at the swap
-                records = signal_records(1, new.manifest.get("heads"))
-                path = quiet_path(new, self.book, self.ring, self.spec, self.report,
-                                  self.scheduler.last, self.scheduler.cursor, records)  # fmt: skip
-                if path is not None:
-                    path.warm()
+            # compile (or load) the new model's fused call here, not on the loop at the swap
+            self._quiet_path(new, signal_records(1, new.manifest.get("heads")), warm=True)
         except Exception as exc:  # a bad file must never stop a running daemon
             logger.error("reload refused, keeping %s: %s", self.model.sha256[:12], exc)
             self.metrics.reloads.labels("refused").inc()

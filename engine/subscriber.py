@@ -2,12 +2,15 @@
 
 Example::
 
+    import logging
+
     from lobstream.engine.subscriber import Subscriber
 
+    log = logging.getLogger("signals")
     with Subscriber("ipc:///tmp/lobstream-sig", symbols=["GOOG"]) as sub:
         for msg in sub.iter(timeout_s=5.0):
             if msg.kind == "signal":
-                print(msg.symbol, msg.records["prob"], msg.latency_ns)
+                log.info("%s %s %s", msg.symbol, msg.records["prob"], msg.latency_ns)
 
 The socket belongs to the thread that created the subscriber (ZeroMQ sockets never cross
 threads).
